@@ -1,0 +1,166 @@
+"""Cost accounting: phase timers that are right on a GPU, and a run's peak memory.
+
+Timers synchronise the device at phase boundaries only (never inside a training step), so a phase's
+seconds include the kernels it queued. Peak memory is the run's own: on CUDA, torch's peak allocated and
+reserved bytes plus the process's NVML reading (faiss allocates outside torch's allocator); on CPU, the
+peak resident set size since the run started, which stays correct when Ray reuses a worker process
+(the kernel's high-water mark is reset at the start of the run; where that is not allowed, a sampling
+thread measures it).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+PHASES = ("estep", "train", "eval")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PhaseTimer:
+    """Accumulates wall-clock seconds per phase; `lap()` returns and clears the current epoch's."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.current: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def phase(self, name: str):
+        synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.device)
+            self.current[name] += time.perf_counter() - start
+
+    def lap(self) -> dict[str, float]:
+        out = {f"{p}_s": round(self.current.get(p, 0.0), 6) for p in PHASES}
+        self.current = defaultdict(float)
+        return out
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> int | None:
+    """The kernel's peak RSS (VmHWM) of this process, or None where /proc has no such field."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux: writing 5 to clear_refs). False if not permitted."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Measures the peak memory of the code between `start()` and `stop()`."""
+
+    def __init__(self, device: torch.device, sample_every_s: float = 0.05):
+        self.device = device
+        self.sample_every_s = sample_every_s
+        self._sampled_peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._nvml_handle = None
+        self._nvml_peak = 0
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._nvml_handle = _nvml_handle(self.device)
+            self.sample()
+            return
+        self._hwm_ok = _reset_hwm()
+        if not self._hwm_ok:
+            self._sampled_peak = _rss_bytes()
+            self._thread = threading.Thread(target=self._sample_loop, daemon=True)
+            self._thread.start()
+
+    def _sample_loop(self) -> None:
+        while not self._stop.wait(self.sample_every_s):
+            self._sampled_peak = max(self._sampled_peak, _rss_bytes())
+
+    def sample(self) -> None:
+        """Take an NVML reading now (called at phase boundaries, where faiss may have allocated)."""
+        if self._nvml_handle is not None:
+            self._nvml_peak = max(self._nvml_peak, _nvml_process_bytes(self._nvml_handle) or 0)
+
+    def stop(self) -> dict:
+        if self.device.type == "cuda":
+            self.sample()
+            allocated = torch.cuda.max_memory_allocated(self.device)
+            reserved = torch.cuda.max_memory_reserved(self.device)
+            nvml = self._nvml_peak or None
+            return {
+                "kind": "cuda",
+                "peak_memory_bytes": max(reserved, nvml or 0),
+                "torch_allocated_peak_bytes": allocated,
+                "torch_reserved_peak_bytes": reserved,
+                "nvml_peak_bytes": nvml,
+                "rss_peak_bytes": None,
+            }
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            peak = max(self._sampled_peak, _rss_bytes())
+            how = "sampled"
+        else:
+            peak = _hwm_bytes() or _rss_bytes()
+            how = "vmhwm"
+        return {
+            "kind": "rss",
+            "rss_method": how,
+            "peak_memory_bytes": peak,
+            "rss_peak_bytes": peak,
+            "torch_allocated_peak_bytes": None,
+            "torch_reserved_peak_bytes": None,
+            "nvml_peak_bytes": None,
+        }
+
+
+def _nvml_handle(device: torch.device):
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
+    except Exception:  # NVML is optional: no library, no driver support, or no permission
+        return None
+
+
+def _nvml_process_bytes(handle) -> int | None:
+    try:
+        import pynvml
+
+        pid = os.getpid()
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == pid:
+                return int(proc.usedGpuMemory or 0)
+    except Exception:
+        return None
+    return None

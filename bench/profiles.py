@@ -1,0 +1,36 @@
+"""Run profiles: how much data, how many epochs and which seeds a grid uses.
+
+- smoke: a deterministic sample of at most 2,000 users per dataset and 3 epochs; the 16-run grid takes
+  minutes on 2 CPU cores. For checking that everything runs, not for conclusions.
+- quick: full data, a small epoch budget; enough to compare per-epoch costs and early accuracy.
+- paper: SPEC's protocol: up to 300 epochs, patience 40 on valid NDCG@20, seeds 1, 2, 3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.errors import BenchError
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    max_users: int | None  # None: every user
+    epochs: int
+    patience: int
+    seeds: tuple[int, ...]
+
+
+PROFILES = {
+    "smoke": Profile("smoke", max_users=2000, epochs=3, patience=3, seeds=(1,)),
+    "quick": Profile("quick", max_users=None, epochs=10, patience=5, seeds=(1,)),
+    "paper": Profile("paper", max_users=None, epochs=300, patience=40, seeds=(1, 2, 3)),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise BenchError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None

@@ -1,0 +1,234 @@
+"""The one training loop, shared by every method: epochs, timed phases, early stopping, the run record.
+
+A run is described by a `RunSpec` (what to run) and produces a record dict (docs/records.md). This module
+knows nothing of Ray, Optuna or files of results: `epoch_callback` lets a tuner observe valid metrics (and
+stop a trial by raising), and the caller decides where the record goes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from bench.configs import method_class, resolve_config
+from bench.costs import PeakMemory, PhaseTimer
+from bench.data import SequenceData
+from bench.errors import BenchError
+from bench.evaluate import PROTOCOLS, evaluate
+from methods import DatasetInfo, Method
+
+SELECTION_METRIC = "NDCG@20"  # model selection on valid, as the published code
+
+
+@dataclass
+class RunSpec:
+    """Everything that determines a run's result (and a few things that only say how to run it)."""
+
+    method: str
+    dataset: str
+    seed: int = 1
+    profile: str = "custom"
+    epochs: int = 300
+    patience: int = 40
+    max_users: int | None = None
+    protocol: str = "reference"
+    config_source: str = "paper"
+    overrides: dict = field(default_factory=dict)
+    # How to run, not what: excluded from the run's identity.
+    device: str = "auto"
+    num_threads: int | None = None
+    save_checkpoint: str | None = None
+
+    def identity(self) -> dict:
+        keys = ("method", "dataset", "seed", "profile", "epochs", "patience", "max_users", "protocol")
+        return {k: getattr(self, k) for k in keys}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for but torch sees no CUDA device")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise BenchError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__), capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    try:
+        import faiss
+
+        faiss_version = faiss.__version__
+    except ImportError:
+        faiss_version = None
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "faiss": faiss_version,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "hostname": platform.node(),
+        "git_commit": git_commit(),
+    }
+
+
+def build_method(spec: RunSpec, data: SequenceData, device: torch.device) -> tuple[Method, dict, str]:
+    config, source_label = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
+    if config.max_len != data.max_len:
+        raise BenchError(f"config max_len {config.max_len} differs from the data's {data.max_len}")
+    info = DatasetInfo(name=data.name, item_size=data.item_size, num_users=data.num_users)
+    torch.manual_seed(spec.seed)  # parameter initialisation and dropout
+    try:
+        method = method_class(spec.method)(config, info, seed=spec.seed).to(device)
+    except ValueError as exc:
+        raise BenchError(f"{spec.method} on {spec.dataset}: {exc}") from None
+    return method, config.to_dict(), source_label
+
+
+def run(
+    spec: RunSpec,
+    *,
+    progress: bool = True,
+    epoch_callback: Callable[[int, dict], None] | None = None,
+    data: SequenceData | None = None,
+) -> dict:
+    """Train and evaluate one run; returns its record (status ok). User errors raise BenchError."""
+    if spec.protocol not in PROTOCOLS:
+        raise BenchError(f"unknown evaluation protocol {spec.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if spec.epochs < 1 or spec.patience < 1:
+        raise BenchError("epochs and patience must be >= 1")
+    if spec.num_threads:
+        torch.set_num_threads(spec.num_threads)
+    device = resolve_device(spec.device)
+    started = dt.datetime.now(dt.timezone.utc)
+    wall_start = time.perf_counter()
+    memory = PeakMemory(device)
+    memory.start()
+    if data is None:
+        data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
+    method, config, source_label = build_method(spec, data, device)
+    optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr, weight_decay=method.config.weight_decay)
+    generator = torch.Generator(device=device).manual_seed(spec.seed)
+    timer = PhaseTimer(device)
+    batch_size = method.config.batch_size
+    augment_args = method.config.augment_args() if method.num_views else None
+
+    epochs: list[dict] = []
+    best = {"score": -math.inf, "epoch": -1, "state": None, "valid": None, "elapsed": 0.0}
+    bar = tqdm(range(spec.epochs), desc=f"{spec.method}/{spec.dataset}", disable=not progress, leave=False)
+    for epoch in bar:
+        method.train()
+        with timer.phase("estep"):
+            method.on_epoch_start(epoch, data)
+        memory.sample()
+        loss_sums: dict[str, torch.Tensor] = {}
+        steps = 0
+        with timer.phase("train"):
+            for batch in data.train_batches(batch_size, generator, method.num_views, augment_args):
+                terms = method.training_step(batch)
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                optimizer.step()
+                for name, value in terms.items():  # summed on the device: no per-step host sync
+                    loss_sums[name] = loss_sums.get(name, 0.0) + value.detach()
+                steps += 1
+        with timer.phase("eval"):
+            valid = evaluate(method, data, "valid", spec.protocol)
+        losses = {name: float(total) / steps for name, total in loss_sums.items()}
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise RuntimeError(f"non-finite loss at epoch {epoch}: {losses}")
+        row = {"epoch": epoch, "valid": valid, **timer.lap(), "losses": losses}
+        epochs.append(row)
+        if valid[SELECTION_METRIC] > best["score"]:
+            best.update(score=valid[SELECTION_METRIC], epoch=epoch, valid=valid, elapsed=time.perf_counter() - wall_start)
+            best["state"] = {k: v.detach().clone() for k, v in method.state_dict().items()}
+        bar.set_postfix({"valid NDCG@20": f"{valid[SELECTION_METRIC]:.4f}", "best": best["epoch"]})
+        if epoch_callback is not None:
+            epoch_callback(epoch, row)
+        if epoch - best["epoch"] >= spec.patience:
+            break
+    bar.close()
+
+    method.load_state_dict(best["state"])
+    test_start = time.perf_counter()
+    test = evaluate(method, data, "test", spec.protocol)
+    test_eval_s = time.perf_counter() - test_start
+    if spec.save_checkpoint:
+        save_checkpoint(best["state"], spec.save_checkpoint)
+    mem = memory.stop()
+    wall = time.perf_counter() - wall_start
+    totals = {f"{p}_s": round(sum(e[f"{p}_s"] for e in epochs), 6) for p in ("estep", "train", "eval")}
+    return {
+        "method": spec.method,
+        "dataset": spec.dataset,
+        "seed": spec.seed,
+        "profile": spec.profile,
+        "protocol": spec.protocol,
+        "config_source": source_label,
+        "config": config,
+        "spec": {k: v for k, v in asdict(spec).items() if k not in ("overrides",)},
+        "status": "ok",
+        "error": None,
+        "device": device.type,
+        "env": {**environment(device), **method.run_info()},
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "num_users": data.num_users,
+        "best_epoch": best["epoch"],
+        "best_valid": best["valid"],
+        "test": test,
+        "epochs": epochs,
+        "totals": {
+            **totals,
+            "test_eval_s": round(test_eval_s, 6),
+            "wall_s": round(wall, 6),
+            "time_to_best_s": round(best["elapsed"], 6),
+            "epochs_run": len(epochs),
+        },
+        "peak_memory_bytes": mem["peak_memory_bytes"],
+        "memory": mem,
+    }
+
+
+def save_checkpoint(state: dict, path: str) -> None:
+    """Write a state_dict in the published layout, atomically."""
+    target = os.path.abspath(path)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.tmp{os.getpid()}"
+    torch.save({k: v.cpu() for k, v in state.items()}, tmp)
+    os.replace(tmp, target)
+
+
+def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    """Read a published-layout state_dict; any unreadable file is a user error."""
+    if not os.path.isfile(path):
+        raise BenchError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise BenchError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or "item_embeddings.weight" not in state:
+        raise BenchError(f"checkpoint {path} is not a state_dict in the published layout (no item_embeddings.weight)")
+    return state

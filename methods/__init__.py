@@ -1,0 +1,21 @@
+"""The methods the benchmark compares, by registry name.
+
+Adding a method: one file in this folder (a `Method` subclass), one line below, one `configs/<name>.toml`.
+"""
+
+from __future__ import annotations
+
+from methods.base import DatasetInfo, Method, MethodConfig
+from methods.cl4srec import CL4SRec
+from methods.elcrec import ELCRec
+from methods.iclrec import ICLRec
+from methods.sasrec import SASRec
+
+REGISTRY: dict[str, type[Method]] = {
+    "sasrec": SASRec,
+    "cl4srec": CL4SRec,
+    "iclrec": ICLRec,
+    "elcrec": ELCRec,
+}
+
+__all__ = ["REGISTRY", "DatasetInfo", "Method", "MethodConfig"]

@@ -1,0 +1,34 @@
+"""CL4SRec as the ICLRec code runs it: rec loss + instance contrastive loss between two augmented views.
+
+Each view is the whole encoder output flattened to L*H values ("concatenate"), contrasted with NCE
+(temperature 1 by default) against every other view in the batch (SPEC sections 5-6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from methods.base import AugmentedConfig, Method
+from methods.losses import nce_loss, rec_bce_loss
+
+
+@dataclass
+class CL4SRecConfig(AugmentedConfig):
+    pass
+
+
+class CL4SRec(Method):
+    name = "cl4srec"
+    Config = CL4SRecConfig
+    num_views = 2
+
+    def training_step(self, batch) -> dict[str, torch.Tensor]:
+        hidden = self(batch.input_ids)  # [B, L, H]
+        rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)
+        views = self(torch.cat(batch.views)).flatten(1)  # [2B, L*H], its own forward pass
+        view1, view2 = views.chunk(2)
+        instance = nce_loss(view1, view2, self.config.temperature)
+        loss = rec + self.config.cl_weight * instance
+        return {"rec": rec, "instance": instance, "loss": loss}

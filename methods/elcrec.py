@@ -1,0 +1,101 @@
+"""ELCRec: end-to-end learnable clustering of intents (SPEC section 6).
+
+The K cluster centers are a parameter, initialised once by the same k-means as ICLRec's E-step and then
+learnt by gradient. Per batch:
+1. instance term: each position of the two encoded views gets its nearest center (squared L2, with the
+   centers as the last optimiser step left them) added ("shift") or concatenated ("concat"); NCE on the
+   flattened result, so gradients reach the gathered centers;
+2. the centers are projected onto the unit sphere in place (no gradient through the projection); the
+   clustering loss pulls the normalised mean-pooled rec output z towards all centers and pushes centers
+   apart;
+3. intent term: each user's intent is the center nearest to z (gradient reaches the center), contrasted
+   with a second encoding of the same two views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.base import IntentConfig, Method
+from methods.clustering import kmeans, nearest_centroid, resolve_backend
+from methods.losses import elcrec_cluster_loss, intent_loss, nce_loss, rec_bce_loss
+
+
+@dataclass
+class ELCRecConfig(IntentConfig):
+    trade_off: float = 1.0  # weight of the clustering loss
+    prototype: str = "concat"  # how a view's positions use their nearest center: shift | concat
+
+    def validate(self) -> None:
+        super().validate()
+        if self.prototype not in ("shift", "concat"):
+            raise ValueError(f"prototype must be shift or concat, got {self.prototype!r}")
+        if self.trade_off < 0:
+            raise ValueError(f"trade_off must be >= 0, got {self.trade_off}")
+
+
+class ELCRec(Method):
+    name = "elcrec"
+    Config = ELCRecConfig
+    num_views = 2
+
+    def __init__(self, config: ELCRecConfig, info, seed: int = 1):
+        super().__init__(config, info, seed)
+        if config.num_intents > info.num_users:
+            raise ValueError(f"num_intents {config.num_intents} exceeds the {info.num_users} training users")
+        self.cluster_centers = nn.Parameter(torch.zeros(config.num_intents, config.hidden_size))  # [K, H]
+
+    def on_epoch_start(self, epoch: int, data) -> None:
+        if epoch > 0:  # the only k-means is the initialisation; afterwards the centers are learnt
+            return
+        pooled = self.encode_mean_pooled(data.train_input)  # [N, H], eval mode
+        c = self.config
+        centroids = kmeans(
+            pooled, c.num_intents, seed=self.seed, niter=c.kmeans_niter, nredo=c.kmeans_nredo,
+            max_points_per_centroid=c.kmeans_max_points_per_centroid, backend=c.kmeans_backend,
+        )
+        with torch.no_grad():
+            self.cluster_centers.copy_(F.normalize(centroids, p=2, dim=1))
+
+    def training_step(self, batch) -> dict[str, torch.Tensor]:
+        c = self.config
+        centers = self.cluster_centers  # [K, H]
+        hidden = self(batch.input_ids)  # [B, L, H], rec pass
+        rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)
+
+        views = torch.cat(batch.views)  # [2B, L]
+        encoded = self(views)  # [2B, L, H], instance pass
+        nearest = nearest_centroid(encoded.detach().flatten(0, 1), centers.detach())  # [2B*L]
+        gathered = centers[nearest].view_as(encoded)  # [2B, L, H], carries gradient to the centers
+        if c.prototype == "shift":
+            augmented = encoded + gathered  # [2B, L, H]
+        else:
+            augmented = torch.cat([encoded, gathered], dim=-1)  # [2B, L, 2H]
+        view1, view2 = augmented.flatten(1).chunk(2)
+        instance = nce_loss(view1, view2, c.temperature)
+
+        with torch.no_grad():  # in-place projection onto the unit sphere, as the published code does
+            centers.div_(centers.norm(dim=1, keepdim=True))
+        z = F.normalize(hidden.mean(dim=1), p=2, dim=1)  # [B, H], with gradient
+        cluster = elcrec_cluster_loss(z, centers)
+
+        intent_ids = nearest_centroid(z.detach(), centers.detach())  # [B]
+        pooled1, pooled2 = self(views).mean(dim=1).chunk(2)  # [B, H] each, intent pass
+        intent = intent_loss(pooled1, pooled2, centers[intent_ids], c.temperature)
+
+        loss = rec + c.cl_weight * instance + c.trade_off * cluster + c.intent_weight * intent
+        return {"rec": rec, "instance": instance, "cluster": cluster, "intent": intent, "loss": loss}
+
+    def run_info(self) -> dict:
+        return {"kmeans_backend": resolve_backend(self.config.kmeans_backend)}
+
+    @classmethod
+    def config_from_checkpoint(cls, state_dict: dict[str, torch.Tensor]) -> dict:
+        fixed = super().config_from_checkpoint(state_dict)
+        if "cluster_centers" in state_dict:
+            fixed["num_intents"] = int(state_dict["cluster_centers"].shape[0])
+        return fixed

@@ -1,0 +1,145 @@
+"""The SASRec transformer shared by all four methods (SPEC section 4).
+
+This is the S3-Rec / ICLRec re-implementation of SASRec: post-LayerNorm blocks, GELU (erf form), LayerNorm
+eps 1e-12, additive -10000 attention mask, N(0, 0.02) initialisation. Attribute names follow the published
+checkpoints (`item_embeddings`, `item_encoder.layer.{i}.attention.query`, ...), so a published `state_dict`
+loads as it is and ours load into the published code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LAYER_NORM_EPS = 1e-12
+MASKED_LOGIT = -10000.0  # the published code adds -10000, not -inf; fully padded rows then stay finite
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention followed by output projection, dropout and a residual LayerNorm."""
+
+    def __init__(self, hidden: int, heads: int, attn_dropout: float, hidden_dropout: float):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} is not a multiple of the number of heads {heads}")
+        self.heads = heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.attn_dropout = attn_dropout
+        self.dense = nn.Linear(hidden, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
+        self.out_dropout = nn.Dropout(hidden_dropout)
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        b, length, hidden = x.shape  # [B, L, H]
+
+        def split_heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, length, self.heads, hidden // self.heads).transpose(1, 2)  # [B, h, L, H/h]
+
+        q, k, v = split_heads(self.query(x)), split_heads(self.key(x)), split_heads(self.value(x))
+        # softmax(QK^T / sqrt(d) + bias) with dropout on the probabilities: exactly the published math.
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask_bias, dropout_p=self.attn_dropout if self.training else 0.0
+        )  # [B, h, L, H/h]
+        context = context.transpose(1, 2).reshape(b, length, hidden)
+        return self.LayerNorm(self.out_dropout(self.dense(context)) + x)
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN (H -> 4H -> H, GELU) with dropout and a residual LayerNorm."""
+
+    def __init__(self, hidden: int, inner: int, hidden_dropout: float):
+        super().__init__()
+        self.dense_1 = nn.Linear(hidden, inner)
+        self.dense_2 = nn.Linear(inner, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(hidden_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dense_2(F.gelu(self.dense_1(x)))  # erf GELU, as the published code
+        return self.LayerNorm(self.dropout(h) + x)
+
+
+class Layer(nn.Module):
+    def __init__(self, hidden: int, heads: int, attn_dropout: float, hidden_dropout: float):
+        super().__init__()
+        self.attention = SelfAttention(hidden, heads, attn_dropout, hidden_dropout)
+        self.intermediate = FeedForward(hidden, 4 * hidden, hidden_dropout)
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        return self.intermediate(self.attention(x, mask_bias))
+
+
+class LayerStack(nn.Module):
+    """Holds the layers under the name `layer`, which gives the published `item_encoder.layer.{i}` keys."""
+
+    def __init__(self, layers: list[Layer]):
+        super().__init__()
+        self.layer = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x, mask_bias)
+        return x
+
+
+class SASRecEncoder(nn.Module):
+    """Item sequence [B, L] (left-padded with 0) -> hidden states [B, L, H]."""
+
+    def __init__(
+        self,
+        item_size: int,
+        hidden: int = 64,
+        num_layers: int = 2,
+        heads: int = 2,
+        max_len: int = 50,
+        hidden_dropout: float = 0.5,
+        attn_dropout: float = 0.5,
+    ):
+        super().__init__()
+        self.max_len = max_len
+        self.item_embeddings = nn.Embedding(item_size, hidden, padding_idx=0)
+        self.position_embeddings = nn.Embedding(max_len, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.item_encoder = LayerStack(
+            [Layer(hidden, heads, attn_dropout, hidden_dropout) for _ in range(num_layers)]
+        )
+        # Causal mask, built once; padding keys are removed per batch.
+        self.register_buffer("causal", torch.tril(torch.ones(max_len, max_len, dtype=torch.bool)), persistent=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # N(0, 0.02) for every Linear and Embedding weight; this overwrites the padding row too, which then
+        # keeps its random value because padding_idx gives it no gradient (a published-code quirk).
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+        if isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+
+    def attention_bias(self, ids: torch.Tensor) -> torch.Tensor:
+        """Additive mask [B, 1, L, L]: 0 where the key is a real item in the past, -10000 elsewhere."""
+        length = ids.shape[1]
+        allowed = (ids > 0)[:, None, None, :] & self.causal[:length, :length]
+        return (~allowed).to(self.item_embeddings.weight.dtype) * MASKED_LOGIT
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        length = ids.shape[1]  # ids: [B, L]
+        positions = torch.arange(length, device=ids.device)
+        x = self.item_embeddings(ids) + self.position_embeddings(positions)[None]  # [B, L, H]
+        x = self.dropout(self.LayerNorm(x))
+        return self.item_encoder(x, self.attention_bias(ids))  # [B, L, H]
+
+    @staticmethod
+    def num_layers_in(state_dict: dict[str, torch.Tensor]) -> int:
+        """Number of transformer layers stored in a checkpoint in the published layout."""
+        prefix = "item_encoder.layer."
+        indices = {int(k[len(prefix) :].split(".", 1)[0]) for k in state_dict if k.startswith(prefix)}
+        return max(indices) + 1 if indices else 0
+

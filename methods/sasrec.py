@@ -1,0 +1,25 @@
+"""SASRec as the S3-Rec/ICLRec papers run it: the shared encoder trained with the recommendation loss alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from methods.base import Method, MethodConfig
+from methods.losses import rec_bce_loss
+
+
+@dataclass
+class SASRecConfig(MethodConfig):
+    pass
+
+
+class SASRec(Method):
+    name = "sasrec"
+    Config = SASRecConfig
+
+    def training_step(self, batch) -> dict[str, torch.Tensor]:
+        hidden = self(batch.input_ids)  # [B, L, H]
+        rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)
+        return {"rec": rec, "loss": rec}
