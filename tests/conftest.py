@@ -1,0 +1,43 @@
+"""Shared fixtures. Tests read the datasets from the local mirror (../shared/datasets by default)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("BENCH_SHARED", REPO.parent / "shared")).resolve()
+os.environ.setdefault("BENCH_DATA_MIRROR", str(SHARED / "datasets"))
+os.environ.setdefault("BENCH_DATA_DIR", str(REPO / ".cache" / "datasets"))
+REFERENCE_CHECKPOINT = SHARED / "reference" / "ICLRec-Beauty-1.pt"
+
+
+def synthetic_sequences(num_users: int = 600, num_items: int = 120, seed: int = 0):
+    """Users walk through items in steps of 1 from a random start: next-item structure a model can learn."""
+    from bench.data import Sequences
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 20, size=num_users)
+    starts = rng.integers(1, num_items + 1, size=num_users)
+    items = np.concatenate([(s - 1 + np.arange(n)) % num_items + 1 for s, n in zip(starts, lengths)])
+    offsets = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return Sequences(items=items.astype(np.int64), offsets=offsets)
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    from bench.data import SequenceData
+
+    seqs = synthetic_sequences()
+    return SequenceData("synthetic", seqs, item_size=int(seqs.items.max()) + 2)
+
+
+@pytest.fixture(scope="session")
+def beauty():
+    from bench.data import SequenceData
+
+    return SequenceData.load("Beauty")

@@ -1,0 +1,129 @@
+"""Full-ranking evaluation: hand-computed cases, the history-set-to-zero quirk, the published checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bench.data import SequenceData, Sequences
+from bench.errors import BenchError
+from bench.evaluate import METRICS, evaluate, rank_metrics
+from tests.conftest import REFERENCE_CHECKPOINT, REPO
+
+PUBLISHED_ROW = {"HR@5": 0.0500, "NDCG@5": 0.0326, "HR@10": 0.0744, "NDCG@10": 0.0403, "HR@20": 0.1058, "NDCG@20": 0.0483}
+
+
+class FixedScores(torch.nn.Module):
+    """A 'method' whose scores are given: row u of `table` for the user whose last input item is u."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = table
+
+    def score_items(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.table[inputs[:, -1]].clone()
+
+
+def _one_user(history: list[int], answer: int, item_size: int = 30) -> SequenceData:
+    items = np.array(history + [answer])
+    return SequenceData("hand", Sequences(items, np.array([0, len(items)])), item_size=item_size, max_len=5)
+
+
+def test_rank_metrics_by_hand():
+    top = torch.arange(20).repeat(3, 1)  # ids 0..19 ranked in order
+    answers = torch.tensor([0, 7, 99])  # rank 0, rank 7, miss
+    sums = rank_metrics(top, answers).tolist()
+    got = dict(zip(METRICS, sums))
+    assert got["HR@5"] == 1 and got["HR@10"] == 2 and got["HR@20"] == 2
+    assert got["NDCG@5"] == pytest.approx(1.0)
+    assert got["NDCG@10"] == pytest.approx(1.0 + 1 / math.log2(9))
+    assert got["NDCG@20"] == pytest.approx(1.0 + 1 / math.log2(9))
+
+
+def test_history_scores_are_set_to_zero_not_minus_inf():
+    # test input s[:-1] = [3, 4, 5]; history (masked) = {3, 4, 5}; answer 9.
+    data = _one_user([3, 4, 5], 9)
+    scores = torch.full((30, 30), -5.0)
+    row = scores[5]
+    row[:] = -1.0 - torch.arange(30) * 0.01  # all negative, decreasing with id
+    row[4] = 10.0  # a history item with the best score: masked to 0, still above every negative score
+    row[9] = -0.5  # the answer: best non-history score... but below the masked history items' 0
+    method = FixedScores(scores)
+    ref = evaluate(method, data, "test", "reference")
+    # Ranking under the reference quirk: 3, 4, 5 (score 0) first, then the answer 9: rank 3.
+    assert ref["HR@5"] == 1.0 and ref["NDCG@5"] == pytest.approx(1 / math.log2(5))
+    strict = evaluate(method, data, "test", "strict")
+    assert strict["NDCG@5"] == pytest.approx(1.0)  # history gone: the answer is first
+
+
+def test_reference_keeps_padding_and_mask_ids_rankable():
+    data = _one_user([3, 4, 5], 9)
+    scores = torch.full((30, 30), -1.0)
+    scores[5, 0] = 5.0  # padding id
+    scores[5, 29] = 4.0  # the mask id (item_size - 1)
+    scores[5, 9] = 3.0
+    method = FixedScores(scores)
+    assert evaluate(method, data, "test", "reference")["NDCG@5"] == pytest.approx(1 / math.log2(4))
+    assert evaluate(method, data, "test", "strict")["NDCG@5"] == pytest.approx(1.0)
+
+
+def test_valid_history_excludes_the_valid_answer():
+    # s = [3, 4, 5, 9, 11]: valid input [3, 4, 5], answer 9; valid history {3, 4, 5}; test history adds 9.
+    items = np.array([3, 4, 5, 9, 11])
+    data = SequenceData("hand", Sequences(items, np.array([0, 5])), item_size=30, max_len=5)
+    scores = torch.full((30, 30), -1.0)
+    scores[5, 9] = 2.0
+    scores[9, 9] = 2.0  # in test, 9 is history: masked
+    scores[9, 11] = 1.0
+    method = FixedScores(scores)
+    assert evaluate(method, data, "valid")["NDCG@5"] == pytest.approx(1.0)
+    test = evaluate(method, data, "test", "strict")
+    assert test["NDCG@5"] == pytest.approx(1.0)
+
+
+def test_unknown_protocol(small_data):
+    with pytest.raises(BenchError, match="unknown evaluation protocol"):
+        evaluate(FixedScores(torch.zeros(200, 200)), small_data, "test", "lenient")
+
+
+def test_published_checkpoint_gives_published_scores():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "evaluate", "--method", "iclrec", "--dataset", "Beauty",
+         "--checkpoint", str(REFERENCE_CHECKPOINT), "--json"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(metrics) == set(PUBLISHED_ROW)
+    for key, value in PUBLISHED_ROW.items():
+        assert round(metrics[key], 4) == value, key
+
+
+@pytest.mark.parametrize("method", ["sasrec", "cl4srec", "elcrec"])
+def test_checkpoint_loads_into_every_method(beauty, method):
+    from bench import configs
+    from methods import DatasetInfo
+
+    state = torch.load(REFERENCE_CHECKPOINT, map_location="cpu")
+    cls = configs.method_class(method)
+    values = {**configs.paper_values(method, "Beauty"), **cls.config_from_checkpoint(state)}
+    model = cls(configs.build_config(cls.Config, values, "test"), DatasetInfo("Beauty", beauty.item_size, beauty.num_users))
+    model.load_state_dict(state, strict=False)
+    got = evaluate(model, beauty, "test")
+    assert round(got["NDCG@20"], 4) == PUBLISHED_ROW["NDCG@20"]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(REFERENCE_CHECKPOINT.read_bytes()[:5000])
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "evaluate", "--method", "iclrec", "--dataset", "Beauty", "--checkpoint", str(bad)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: cannot read checkpoint {bad}") and "Traceback" not in proc.stderr
