@@ -164,7 +164,6 @@ def cmd_run(args) -> int:
     )
     configs.method_class(spec.method)  # fail fast on an unknown method, before loading data
     record = train.run(spec, progress=True)  # the bar goes to stderr; stdout stays clean for --json
-    record = records.finalise(record)
     if args.results:
         path = records.save(args.results, record)
         print(f"record: {path}", file=sys.stderr)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
+from bench import records
 from bench.configs import method_class, resolve_config
 from bench.costs import PeakMemory, PhaseTimer
 from bench.data import SequenceData
@@ -51,6 +52,31 @@ class RunSpec:
     def identity(self) -> dict:
         keys = ("method", "dataset", "seed", "profile", "epochs", "patience", "max_users", "protocol")
         return {k: getattr(self, k) for k in keys}
+
+
+def run_identity(spec: RunSpec) -> tuple[str, dict, str]:
+    """(run_id, resolved config, config source label) of a spec, known before the run starts (for resume)."""
+    config, label = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
+    values = config.to_dict()
+    budget = {"epochs": spec.epochs, "patience": spec.patience, "max_users": spec.max_users}
+    rid = records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, values, budget)
+    return rid, values, label
+
+
+def failed_record(spec: RunSpec, error: str) -> dict:
+    """The record of a run that raised: kept so the grid shows it, never counted as done."""
+    try:
+        rid, config, label = run_identity(spec)
+    except BenchError:
+        rid, config, label = records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, {}), {}, spec.config_source
+    base = {
+        "method": spec.method, "dataset": spec.dataset, "seed": spec.seed, "profile": spec.profile,
+        "protocol": spec.protocol, "config_source": label, "config": config,
+        "spec": {k: v for k, v in asdict(spec).items() if k != "overrides"},
+        "status": "failed", "error": error,
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return records.finalise(base, rid)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,7 +138,7 @@ def run(
     epoch_callback: Callable[[int, dict], None] | None = None,
     data: SequenceData | None = None,
 ) -> dict:
-    """Train and evaluate one run; returns its record (status ok). User errors raise BenchError."""
+    """Train and evaluate one run; returns its finalised record (status ok). User errors raise BenchError."""
     if spec.protocol not in PROTOCOLS:
         raise BenchError(f"unknown evaluation protocol {spec.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if spec.epochs < 1 or spec.patience < 1:
@@ -126,6 +152,7 @@ def run(
     memory.start()
     if data is None:
         data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
+    rid, _, _ = run_identity(spec)
     method, config, source_label = build_method(spec, data, device)
     optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr, weight_decay=method.config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
@@ -178,7 +205,7 @@ def run(
     mem = memory.stop()
     wall = time.perf_counter() - wall_start
     totals = {f"{p}_s": round(sum(e[f"{p}_s"] for e in epochs), 6) for p in ("estep", "train", "eval")}
-    return {
+    record = {
         "method": spec.method,
         "dataset": spec.dataset,
         "seed": spec.seed,
@@ -208,6 +235,7 @@ def run(
         "peak_memory_bytes": mem["peak_memory_bytes"],
         "memory": mem,
     }
+    return records.finalise(record, rid)
 
 
 def save_checkpoint(state: dict, path: str) -> None:

@@ -1,0 +1,55 @@
+"""Published numbers the harness is compared with (docs: /work/shared/SPEC.md section 7).
+
+Plain data only, keyed by the dataset and method names used in run records, so that the leaderboard can
+put each published number beside ours without any name mapping of its own.
+"""
+
+from __future__ import annotations
+
+# Source: ELCRec paper, Table 1 (test metrics, full ranking, mean over 3 seeds), see SPEC.md section 7.
+PUBLISHED_ACCURACY: dict[str, dict[str, dict[str, float]]] = {
+    "Sports_and_Outdoors": {
+        "sasrec": {"HR@5": 0.0206, "HR@20": 0.0497, "NDCG@5": 0.0135, "NDCG@20": 0.0216},
+        "cl4srec": {"HR@5": 0.0217, "HR@20": 0.0540, "NDCG@5": 0.0137, "NDCG@20": 0.0227},
+        "iclrec": {"HR@5": 0.0263, "HR@20": 0.0630, "NDCG@5": 0.0173, "NDCG@20": 0.0276},
+        "elcrec": {"HR@5": 0.0286, "HR@20": 0.0648, "NDCG@5": 0.0185, "NDCG@20": 0.0286},
+    },
+    "Beauty": {
+        "sasrec": {"HR@5": 0.0374, "HR@20": 0.0901, "NDCG@5": 0.0241, "NDCG@20": 0.0387},
+        "cl4srec": {"HR@5": 0.0423, "HR@20": 0.0994, "NDCG@5": 0.0281, "NDCG@20": 0.0441},
+        "iclrec": {"HR@5": 0.0495, "HR@20": 0.1072, "NDCG@5": 0.0326, "NDCG@20": 0.0491},
+        "elcrec": {"HR@5": 0.0529, "HR@20": 0.1079, "NDCG@5": 0.0355, "NDCG@20": 0.0509},
+    },
+    "Toys_and_Games": {
+        "sasrec": {"HR@5": 0.0463, "HR@20": 0.0941, "NDCG@5": 0.0306, "NDCG@20": 0.0441},
+        "cl4srec": {"HR@5": 0.0526, "HR@20": 0.1038, "NDCG@5": 0.0362, "NDCG@20": 0.0506},
+        "iclrec": {"HR@5": 0.0586, "HR@20": 0.1130, "NDCG@5": 0.0397, "NDCG@20": 0.0550},
+        "elcrec": {"HR@5": 0.0585, "HR@20": 0.1138, "NDCG@5": 0.0403, "NDCG@20": 0.0560},
+    },
+    "Yelp": {
+        "sasrec": {"HR@5": 0.0160, "HR@20": 0.0443, "NDCG@5": 0.0101, "NDCG@20": 0.0179},
+        "cl4srec": {"HR@5": 0.0229, "HR@20": 0.0630, "NDCG@5": 0.0144, "NDCG@20": 0.0256},
+        "iclrec": {"HR@5": 0.0233, "HR@20": 0.0645, "NDCG@5": 0.0146, "NDCG@20": 0.0261},
+        "elcrec": {"HR@5": 0.0236, "HR@20": 0.0653, "NDCG@5": 0.0150, "NDCG@20": 0.0266},
+    },
+}
+
+# Source: ELCRec paper, Table 2 (total training s, equal epochs, one RTX 4090; average GPU memory MB).
+PUBLISHED_COST: dict[str, dict[str, dict[str, float]]] = {
+    "Sports_and_Outdoors": {
+        "iclrec": {"train_s": 5282, "memory_mb": 1944},
+        "elcrec": {"train_s": 5360, "memory_mb": 1781},
+    },
+    "Beauty": {
+        "iclrec": {"train_s": 3770, "memory_mb": 1798},
+        "elcrec": {"train_s": 2922, "memory_mb": 1594},
+    },
+    "Toys_and_Games": {
+        "iclrec": {"train_s": 4374, "memory_mb": 2887},
+        "elcrec": {"train_s": 4124, "memory_mb": 2555},
+    },
+    "Yelp": {
+        "iclrec": {"train_s": 4412, "memory_mb": 3671},
+        "elcrec": {"train_s": 4151, "memory_mb": 3383},
+    },
+}

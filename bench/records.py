@@ -1,0 +1,197 @@
+"""Run records: one JSON file per run under `<results>/runs/` (schema in docs/records.md).
+
+Records are the only interface between running experiments and reporting on them, so they are written
+atomically (a crash mid-write must never leave a truncated record that a resume would mistake for a finished
+run) and read leniently (one damaged file must not stop a leaderboard over hundreds of runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RECORD_SCHEMA = 1
+METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
+
+# Temp files get this suffix so that the `runs/*.json` glob never picks up a half-written record.
+TMP_SUFFIX = ".tmp"
+# A JSON object without these keys cannot be placed in any table, so it counts as unreadable.
+_REQUIRED_KEYS = ("method", "dataset", "seed", "profile", "status")
+_TOTALS = ("estep_s", "train_s", "eval_s", "test_eval_s", "wall_s", "time_to_best_s")
+_PHASES = ("estep_s", "train_s", "eval_s")
+
+# Record fields copied into the table as they are.
+_FIELDS = ("run_id", "method", "dataset", "seed", "profile", "protocol", "config_source", "status", "error")
+_RUN_INFO = ("device", "best_epoch", "peak_memory_bytes", "started_at", "finished_at")
+_SCORES = (*(f"test_{m}" for m in METRICS), *(f"best_valid_{m}" for m in METRICS))
+_PER_EPOCH = tuple(f"{p}_per_epoch" for p in _PHASES)
+_NUMERIC = (*_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH, "peak_memory_bytes")
+COLUMNS = [*_FIELDS, "device", "device_name", "best_epoch", *_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH]
+COLUMNS += ["peak_memory_bytes", "started_at", "finished_at", "path"]
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temp file must live in the same directory: os.replace is only atomic within one filesystem.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())  # data on disk before the rename makes it visible
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Persist the rename itself; not every platform can open a directory (Windows), which is harmless.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_record_atomic(path: Path, record: dict) -> None:
+    """Write one run record as JSON (indent 1, keys in insertion order), atomically."""
+    write_text_atomic(path, json.dumps(record, indent=1, sort_keys=False) + "\n")
+
+
+def read_record(path: Path) -> dict | None:
+    """The record at `path`, or None when it is a temp file, unreadable, not JSON or not a run record."""
+    path = Path(path)
+    if path.name.endswith(TMP_SUFFIX):
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError covers JSONDecodeError and UnicodeDecodeError
+        return None
+    if not isinstance(record, dict) or any(k not in record for k in _REQUIRED_KEYS):
+        return None
+    return record
+
+
+def run_id(
+    method: str, dataset: str, seed: int, profile: str, protocol: str, config: dict, budget: dict | None = None
+) -> str:
+    """First 12 hex digits of the sha256 of the canonical JSON of everything that determines a result.
+
+    `budget` (epochs, patience, users) matters for custom runs, whose profile name does not fix it.
+    """
+    payload = {
+        "method": method,
+        "dataset": dataset,
+        "seed": seed,
+        "profile": profile,
+        "protocol": protocol,
+        "config": config,
+    }
+    if budget is not None:
+        payload["budget"] = budget
+    # sort_keys at every depth makes the id independent of dict order; compact separators fix whitespace.
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def record_path(results_dir: Path, record_meta: dict) -> Path:
+    """`<results_dir>/runs/<method>-<dataset>-s<seed>-<profile>-<run_id>.json`.
+
+    `record_meta` needs method, dataset, seed and profile, plus either run_id or (protocol and config) to
+    compute it from.
+    """
+    m = record_meta
+    rid = m.get("run_id") or run_id(
+        m["method"], m["dataset"], m["seed"], m["profile"], m["protocol"], m["config"]
+    )
+    return Path(results_dir) / "runs" / f"{m['method']}-{m['dataset']}-s{m['seed']}-{m['profile']}-{rid}.json"
+
+
+def _record_files(results_dir: Path) -> list[Path]:
+    # Sorted so that tables and "latest record wins" ties do not depend on directory order.
+    return sorted((Path(results_dir) / "runs").glob("*.json"))
+
+
+def find_corrupt(results_dir: Path) -> list[Path]:
+    """Record files under `<results_dir>/runs/` that `read_record` cannot use."""
+    return [p for p in _record_files(results_dir) if read_record(p) is None]
+
+
+def _flatten(record: dict, path: Path) -> dict[str, Any]:
+    # `or {}` everywhere: a failed run may carry null for sections it never reached.
+    test = record.get("test") or {}
+    valid = record.get("best_valid") or {}
+    totals = record.get("totals") or {}
+    epochs = record.get("epochs") or []
+    row: dict[str, Any] = {k: record.get(k) for k in (*_FIELDS, *_RUN_INFO)}
+    row["device_name"] = (record.get("env") or {}).get("device_name")
+    row.update({f"test_{m}": test.get(m) for m in METRICS})
+    row.update({f"best_valid_{m}": valid.get(m) for m in METRICS})
+    row["epochs_run"] = totals.get("epochs_run", len(epochs))
+    for key in _TOTALS:
+        # Fall back to summing the epochs so that a record without totals still reports its phase times.
+        fallback = sum(e.get(key) or 0.0 for e in epochs) if key in _PHASES and epochs else None
+        row[key] = totals.get(key, fallback)
+    for phase in _PHASES:
+        spent = sum(e.get(phase) or 0.0 for e in epochs)
+        row[f"{phase}_per_epoch"] = spent / row["epochs_run"] if epochs and row["epochs_run"] else None
+    row["path"] = str(path)
+    return row
+
+
+def load_records(results_dir: Path) -> pd.DataFrame:
+    """One row per readable record under `<results_dir>/runs/*.json`, columns `COLUMNS`.
+
+    Unreadable files are skipped here; `find_corrupt` lists them so that callers can report them.
+    """
+    rows = []
+    for path in _record_files(results_dir):
+        record = read_record(path)
+        if record is not None:
+            rows.append(_flatten(record, path))
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    # Missing numbers arrive as None; make the numeric columns float so that means and NaN checks work.
+    frame[list(_NUMERIC)] = frame[list(_NUMERIC)].astype("float64")
+    return frame
+
+
+def finalise(record: dict, rid: str) -> dict:
+    """The record as stored: schema version and run id first, then the run's fields."""
+    return {"schema": RECORD_SCHEMA, "run_id": rid, **record}
+
+
+def save(results_dir: Path, record: dict) -> Path:
+    """Write a finalised record to its place under `results_dir`, atomically; returns the path."""
+    path = record_path(results_dir, record)
+    write_record_atomic(path, record)
+    return path
+
+
+def completed_run_ids(results_dir: Path) -> set[str]:
+    """Run ids whose record exists with status ok: what a resumed grid skips."""
+    done = set()
+    for path in _record_files(results_dir):
+        record = read_record(path)
+        if record is not None and record.get("status") == "ok" and record.get("run_id"):
+            done.add(record["run_id"])
+    return done
