@@ -14,7 +14,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tomllib
 import torch
 
 from bench.errors import BenchError

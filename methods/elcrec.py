@@ -68,14 +68,7 @@ class ELCRec(Method):
         rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)
 
         views = torch.cat(batch.views)  # [2B, L]
-        encoded = self(views)  # [2B, L, H], instance pass
-        nearest = nearest_centroid(encoded.detach().flatten(0, 1), centers.detach())  # [2B*L]
-        gathered = centers[nearest].view_as(encoded)  # [2B, L, H], carries gradient to the centers
-        if c.prototype == "shift":
-            augmented = encoded + gathered  # [2B, L, H]
-        else:
-            augmented = torch.cat([encoded, gathered], dim=-1)  # [2B, L, 2H]
-        view1, view2 = augmented.flatten(1).chunk(2)
+        view1, view2 = self.with_prototypes(self(views)).flatten(1).chunk(2)  # instance pass
         instance = nce_loss(view1, view2, c.temperature)
 
         with torch.no_grad():  # in-place projection onto the unit sphere, as the published code does
@@ -89,6 +82,15 @@ class ELCRec(Method):
 
         loss = rec + c.cl_weight * instance + c.trade_off * cluster + c.intent_weight * intent
         return {"rec": rec, "instance": instance, "cluster": cluster, "intent": intent, "loss": loss}
+
+    def with_prototypes(self, encoded: torch.Tensor) -> torch.Tensor:
+        """Each position's nearest center added ("shift": [N, L, H]) or appended ("concat": [N, L, 2H])."""
+        centers = self.cluster_centers
+        nearest = nearest_centroid(encoded.detach().flatten(0, 1), centers.detach())  # [N*L]
+        gathered = centers[nearest].view_as(encoded)  # [N, L, H], carries gradient to the centers
+        if self.config.prototype == "shift":
+            return encoded + gathered
+        return torch.cat([encoded, gathered], dim=-1)
 
     def run_info(self) -> dict:
         return {"kmeans_backend": resolve_backend(self.config.kmeans_backend)}
