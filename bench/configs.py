@@ -8,10 +8,9 @@ the method's typed config dataclass: unknown keys and wrong types are user error
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from bench.errors import BenchError
 from methods import REGISTRY, Method, MethodConfig

@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tomllib
 import torch
 
 from bench.errors import BenchError
