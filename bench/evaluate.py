@@ -38,9 +38,15 @@ def rank_metrics(top_ids: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(
-    method, data: SequenceData, split: str = "test", protocol: str = "reference", batch_size: int = 1024
+    method, data: SequenceData, split: str = "test", protocol: str = "reference", batch_size: int | None = None
 ) -> dict[str, float]:
-    """HR and NDCG at 5, 10, 20 of `method` on a split, full ranking over all item ids."""
+    """HR and NDCG at 5, 10, 20 of `method` on a split, full ranking over all item ids.
+
+    Default batch: 256 users on CPU, where a [256, items] score block stays in cache (measured faster than
+    1024 or 4096 on 2 cores), and 4096 on GPU, where bigger blocks keep the device busy.
+    """
+    if batch_size is None:
+        batch_size = 4096 if data.device.type == "cuda" else 256
     if protocol not in PROTOCOLS:
         raise BenchError(f"unknown evaluation protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     inputs, answers, history_len = data.eval_split(split)

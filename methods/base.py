@@ -147,7 +147,7 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
 
     def user_repr(self, inputs: torch.Tensor) -> torch.Tensor:
         """The user representation [B, H]: encoder output at the last position of the padded input."""
-        return self(inputs)[:, -1, :]
+        return self.encode_last(inputs)
 
     def score_items(self, inputs: torch.Tensor) -> torch.Tensor:
         """Scores of every item id [B, item_size] by dot product with the item embedding table."""

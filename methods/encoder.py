@@ -32,19 +32,23 @@ class SelfAttention(nn.Module):
         self.LayerNorm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
         self.out_dropout = nn.Dropout(hidden_dropout)
 
-    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
-        b, length, hidden = x.shape  # [B, L, H]
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x [B, L, H] -> [B, L, H]; with `last_only`, only the last query position: [B, 1, H]."""
+        b, length, hidden = x.shape
 
         def split_heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, length, self.heads, hidden // self.heads).transpose(1, 2)  # [B, h, L, H/h]
+            return t.view(b, t.shape[1], self.heads, hidden // self.heads).transpose(1, 2)  # [B, h, L, H/h]
 
-        q, k, v = split_heads(self.query(x)), split_heads(self.key(x)), split_heads(self.value(x))
+        residual = x[:, -1:] if last_only else x
+        if last_only:
+            mask_bias = mask_bias[:, :, -1:]  # [B, 1, 1, L]
+        q, k, v = split_heads(self.query(residual)), split_heads(self.key(x)), split_heads(self.value(x))
         # softmax(QK^T / sqrt(d) + bias) with dropout on the probabilities: exactly the published math.
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask_bias, dropout_p=self.attn_dropout if self.training else 0.0
-        )  # [B, h, L, H/h]
-        context = context.transpose(1, 2).reshape(b, length, hidden)
-        return self.LayerNorm(self.out_dropout(self.dense(context)) + x)
+        )  # [B, h, Lq, H/h]
+        context = context.transpose(1, 2).reshape(b, residual.shape[1], hidden)
+        return self.LayerNorm(self.out_dropout(self.dense(context)) + residual)
 
 
 class FeedForward(nn.Module):
@@ -68,8 +72,8 @@ class Layer(nn.Module):
         self.attention = SelfAttention(hidden, heads, attn_dropout, hidden_dropout)
         self.intermediate = FeedForward(hidden, 4 * hidden, hidden_dropout)
 
-    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
-        return self.intermediate(self.attention(x, mask_bias))
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        return self.intermediate(self.attention(x, mask_bias, last_only))
 
 
 class LayerStack(nn.Module):
@@ -79,9 +83,9 @@ class LayerStack(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(layers)
 
-    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
-        for layer in self.layer:
-            x = layer(x, mask_bias)
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        for i, layer in enumerate(self.layer):
+            x = layer(x, mask_bias, last_only=last_only and i == len(self.layer) - 1)
         return x
 
 
@@ -130,11 +134,23 @@ class SASRecEncoder(nn.Module):
         return (~allowed).to(self.item_embeddings.weight.dtype) * MASKED_LOGIT
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._encode(ids, last_only=False)  # [B, L, H]
+
+    def encode_last(self, ids: torch.Tensor) -> torch.Tensor:
+        """The output at the last position only, [B, H]: what evaluation ranks with.
+
+        Earlier layers still run on every position (the last query attends to them), but the last layer
+        computes one query row instead of L: the same numbers as `forward(ids)[:, -1]` for a fraction of
+        the work.
+        """
+        return self._encode(ids, last_only=True)[:, -1]
+
+    def _encode(self, ids: torch.Tensor, last_only: bool) -> torch.Tensor:
         length = ids.shape[1]  # ids: [B, L]
         positions = torch.arange(length, device=ids.device)
         x = self.item_embeddings(ids) + self.position_embeddings(positions)[None]  # [B, L, H]
         x = self.dropout(self.LayerNorm(x))
-        return self.item_encoder(x, self.attention_bias(ids))  # [B, L, H]
+        return self.item_encoder(x, self.attention_bias(ids), last_only)
 
     @staticmethod
     def num_layers_in(state_dict: dict[str, torch.Tensor]) -> int:

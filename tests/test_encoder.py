@@ -62,3 +62,10 @@ def test_state_dict_has_the_published_names():
     assert list(ours) and set(ours) == set(published)
     assert all(ours[k].shape == published[k].shape for k in ours)
     assert SASRecEncoder.num_layers_in(published) == 1
+
+
+def test_encode_last_equals_the_last_position_of_forward():
+    enc = _encoder()
+    ids = torch.randint(0, 50, (16, 50))
+    ids[:4, :30] = 0  # some left padding
+    assert torch.allclose(enc.encode_last(ids), enc(ids)[:, -1], atol=1e-5)
