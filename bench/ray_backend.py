@@ -1,0 +1,142 @@
+"""Runs of the grid as Ray tasks: the only module of the project that imports ray.
+
+One Ray task per run spec. Each task trains in a Ray worker process and returns the run record (or a failed
+record with its traceback): tasks never raise, so one broken run cannot stop the grid. The driver collects
+records with `ray.wait` as they finish and hands each to `on_done`, which writes it; workers write nothing.
+
+Resources. Every task reserves `cpus_per_run` CPUs and `gpus_per_run` GPUs, and Ray starts as many tasks at
+once as the cluster's resources allow. Defaults: on a cluster with GPUs one GPU and one CPU per run, else
+one CPU per run (a 2-core machine trains 2 runs at once). A run's torch uses `int(cpus_per_run)` threads so
+that concurrent runs do not oversubscribe the cores. Fractional GPUs share a device:
+`--gpus-per-run 0.25` packs 4 runs onto each GPU (small models leave a GPU mostly idle; each run must fit in
+a quarter of the device's memory, which Ray does not enforce).
+
+Using a cluster:
+
+    # on the head machine (and `ray start --address=<head>:6379` on every other machine)
+    ray start --head
+    # on the driver, anywhere that can reach the head
+    python -m bench run --all --address <head>:6379          # or: export RAY_ADDRESS=<head>:6379
+
+The workers import this repository and read the dataset cache from the paths the driver has (sent as
+PYTHONPATH and BENCH_DATA_DIR), so every machine needs the repository and the data at the same absolute
+paths (a shared filesystem, or the same checkout and `python -m bench data download --all` on each).
+Records are written by the driver, so only the driver's machine needs the results directory.
+Without an address (and no RAY_ADDRESS) a local Ray is started for the grid and shut down after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import ray
+
+from bench.errors import BenchError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _worker_env() -> dict[str, str]:
+    """Environment variables every worker needs, with paths made absolute (workers may run elsewhere)."""
+    from bench.data import cache_dir
+
+    pythonpath = [str(REPO_ROOT)]
+    if os.environ.get("PYTHONPATH"):
+        pythonpath.append(os.environ["PYTHONPATH"])
+    env = {"PYTHONPATH": os.pathsep.join(pythonpath), "BENCH_DATA_DIR": str(cache_dir())}
+    mirror = os.environ.get("BENCH_DATA_MIRROR")
+    if mirror:
+        # A URL prefix is passed as is; a directory is made absolute against the driver's cwd.
+        env["BENCH_DATA_MIRROR"] = mirror if "://" in mirror else str(Path(mirror).expanduser().resolve())
+    return env
+
+
+def _run_one(spec, cpus_per_run: float, gpus_per_run: float) -> dict:
+    """Body of a task: one run, its record returned whatever happens."""
+    from bench import train
+    from bench.grid import failure_record
+
+    spec = replace(spec, num_threads=max(1, int(cpus_per_run)), device="cuda" if gpus_per_run > 0 else "cpu")
+    try:
+        return train.run(spec, progress=False)
+    except Exception as exc:  # reported in the record: the grid goes on
+        return failure_record(spec, exc)
+
+
+_run_task = ray.remote(_run_one)
+
+
+def _check_fits(resources: dict, cpus_per_run: float, gpus_per_run: float) -> int:
+    """How many runs fit at once; a request no machine can ever satisfy is an error, not an endless wait."""
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if cpus_per_run <= 0 or gpus_per_run < 0:
+        raise BenchError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
+    if cpus_per_run > cpus:
+        raise BenchError(f"--cpus-per-run {cpus_per_run:g} exceeds the {cpus:g} CPUs of the Ray cluster")
+    if gpus_per_run > 0 and gpus_per_run > gpus:
+        raise BenchError(
+            f"--gpus-per-run {gpus_per_run:g} but the Ray cluster has {gpus:g} GPUs; "
+            "use --gpus-per-run 0 on a CPU-only cluster"
+        )
+    slots = math.floor(cpus / cpus_per_run + 1e-9)
+    if gpus_per_run > 0:
+        slots = min(slots, math.floor(gpus / gpus_per_run + 1e-9))
+    return max(1, slots)
+
+
+def run_specs_on_ray(
+    specs: list,
+    *,
+    address: str | None,
+    cpus_per_run: float | None,
+    gpus_per_run: float | None,
+    on_done: Callable[[dict], None],
+    on_start: Callable[[int], None] | None = None,
+) -> None:
+    """Run every spec as a Ray task and call `on_done(record)` in the driver as each finishes.
+
+    `on_start(slots)`, if given, is called once Ray is up with the number of runs that fit at once.
+    A local Ray started here is shut down at the end; a cluster (address or RAY_ADDRESS) is left running.
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    started_here = not ray.is_initialized()
+    if started_here:
+        options: dict = {"runtime_env": {"env_vars": _worker_env()}, "logging_level": logging.WARNING}
+        if address is None:
+            # Nobody looks at a dashboard of a one-off local Ray; worker output would interleave with the bar.
+            options.update(include_dashboard=False, log_to_driver=False)
+        ray.init(address=address, **options)
+    pending: dict = {}
+    try:
+        resources = ray.cluster_resources()
+        if gpus_per_run is None:
+            gpus_per_run = 1.0 if resources.get("GPU", 0.0) > 0 else 0.0
+        if cpus_per_run is None:
+            cpus_per_run = 1.0
+        slots = _check_fits(resources, cpus_per_run, gpus_per_run)
+        if on_start is not None:
+            on_start(slots)
+        task = _run_task.options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
+        pending = {task.remote(spec, cpus_per_run, gpus_per_run): spec for spec in specs}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            ref = ready[0]
+            spec = pending.pop(ref)
+            try:
+                record = ray.get(ref)
+            except Exception as exc:
+                # Tasks never raise, so this is the worker dying (killed for memory, node lost).
+                from bench.grid import failure_record
+
+                record = failure_record(spec, exc)
+            on_done(record)
+    finally:
+        for ref in pending:  # interrupted: do not leave runs training for nobody
+            ray.cancel(ref, force=True)
+        if started_here:
+            ray.shutdown()
