@@ -25,10 +25,10 @@ class CL4SRec(Method):
     num_views = 2
 
     def training_step(self, batch) -> dict[str, torch.Tensor]:
-        hidden = self(batch.input_ids)  # [B, L, H]
+        # Two independent encodings (rec pass, instance pass), each with its own dropout.
+        hidden, views = self.encode_separately(batch.input_ids, torch.cat(batch.views))  # [B|2B, L, H]
         rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)
-        views = self(torch.cat(batch.views)).flatten(1)  # [2B, L*H], its own forward pass
-        view1, view2 = views.chunk(2)
+        view1, view2 = views.flatten(1).chunk(2)  # [B, L*H] each
         instance = nce_loss(view1, view2, self.config.temperature)
         loss = rec + self.config.cl_weight * instance
         return {"rec": rec, "instance": instance, "loss": loss}

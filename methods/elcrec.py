@@ -64,11 +64,12 @@ class ELCRec(Method):
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         c = self.config
         centers = self.cluster_centers  # [K, H]
-        hidden = self(batch.input_ids)  # [B, L, H], rec pass
-        rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)
-
         views = torch.cat(batch.views)  # [2B, L]
-        view1, view2 = self.with_prototypes(self(views)).flatten(1).chunk(2)  # instance pass
+        # Three independent encodings (rec pass, instance pass, intent pass), each with its own dropout.
+        hidden, instance_views, intent_views = self.encode_separately(batch.input_ids, views, views)
+        rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)  # [B, L, H]
+
+        view1, view2 = self.with_prototypes(instance_views).flatten(1).chunk(2)
         instance = nce_loss(view1, view2, c.temperature)
 
         with torch.no_grad():  # in-place projection onto the unit sphere, as the published code does
@@ -77,7 +78,7 @@ class ELCRec(Method):
         cluster = elcrec_cluster_loss(z, centers)
 
         intent_ids = nearest_centroid(z.detach(), centers.detach())  # [B]
-        pooled1, pooled2 = self(views).mean(dim=1).chunk(2)  # [B, H] each, intent pass
+        pooled1, pooled2 = intent_views.mean(dim=1).chunk(2)  # [B, H] each
         intent = intent_loss(pooled1, pooled2, centers[intent_ids], c.temperature)
 
         loss = rec + c.cl_weight * instance + c.trade_off * cluster + c.intent_weight * intent

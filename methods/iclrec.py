@@ -52,15 +52,16 @@ class ICLRec(Method):
 
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         c = self.config
-        hidden = self(batch.input_ids)  # [B, L, H], rec pass
-        rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)
-
         views = torch.cat(batch.views)  # [2B, L]
-        view1, view2 = self(views).flatten(1).chunk(2)  # [B, L*H] each, instance pass
+        # Three independent encodings (rec pass, instance pass, intent pass), each with its own dropout.
+        hidden, instance_views, intent_views = self.encode_separately(batch.input_ids, views, views)
+        rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)  # [B, L, H]
+
+        view1, view2 = instance_views.flatten(1).chunk(2)  # [B, L*H] each
         instance = nce_loss(view1, view2, c.temperature)
 
         intent_ids = nearest_centroid(hidden.detach().mean(dim=1), self.centroids)  # [B]
-        pooled1, pooled2 = self(views).mean(dim=1).chunk(2)  # [B, H] each, intent pass
+        pooled1, pooled2 = intent_views.mean(dim=1).chunk(2)  # [B, H] each
         intent = intent_loss(pooled1, pooled2, self.prototypes[intent_ids], c.temperature)
 
         loss = rec + c.cl_weight * instance + c.intent_weight * intent

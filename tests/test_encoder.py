@@ -69,3 +69,19 @@ def test_encode_last_equals_the_last_position_of_forward():
     ids = torch.randint(0, 50, (16, 50))
     ids[:4, :30] = 0  # some left padding
     assert torch.allclose(enc.encode_last(ids), enc(ids)[:, -1], atol=1e-5)
+
+
+def test_fast_dropout_keeps_each_element_with_probability_1_minus_p():
+    from methods.encoder import Dropout, keep_mask
+
+    for p in (0.5, 0.3):
+        mask = keep_mask(torch.Size([400, 50, 64]), p, torch.device("cpu")).float()  # 1.28M draws
+        assert abs(mask.mean().item() - (1 - p)) < 0.003
+        # neighbouring elements are independent: P(both kept) = (1 - p)^2
+        both = (mask.flatten()[:-1] * mask.flatten()[1:]).mean().item()
+        assert abs(both - (1 - p) ** 2) < 0.003
+    drop = Dropout(0.5).train()
+    x = torch.ones(1000, 64)
+    y = drop(x)
+    assert set(y.unique().tolist()) == {0.0, 2.0}  # inverted dropout: kept values scaled by 1 / (1 - p)
+    assert torch.equal(drop.eval()(x), x)
