@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--study", help="study name (default <method>-<dataset>-<profile>)")
     tu.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     tu.add_argument("--executor", default="ray", help="ray | local")
+    tu.add_argument("--address", help="with --executor ray: Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
+    tu.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0); trials train with the profile's seed")
     tu.add_argument("--device", default="auto")
     tu.add_argument("--export", action="store_true", help="write the best config of each study to configs/tuned")
 

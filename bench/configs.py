@@ -8,6 +8,7 @@ the method's typed config dataclass: unknown keys and wrong types are user error
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,13 @@ def paper_values(method: str, dataset: str) -> dict:
     return {**raw.get("defaults", {}), **raw.get("datasets", {}).get(dataset, {})}
 
 
+def tuned_dir() -> Path:
+    """Where tuned configs live: $BENCH_TUNED_DIR when set (read at each call, so tests can redirect it)."""
+    return Path(os.environ.get("BENCH_TUNED_DIR") or TUNED_DIR)
+
+
 def tuned_values(method: str, dataset: str) -> dict | None:
-    entry = read_toml(TUNED_DIR / f"{method}.toml").get("datasets", {}).get(dataset)
+    entry = read_toml(tuned_dir() / f"{method}.toml").get("datasets", {}).get(dataset)
     if entry is None:
         return None
     return {k: v for k, v in entry.items() if k != "provenance"}

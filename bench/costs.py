@@ -87,6 +87,7 @@ class PeakMemory:
         self._thread: threading.Thread | None = None
         self._nvml_handle = None
         self._nvml_peak = 0
+        self._result: dict | None = None
 
     def start(self) -> None:
         if self.device.type == "cuda":
@@ -110,6 +111,12 @@ class PeakMemory:
             self._nvml_peak = max(self._nvml_peak, _nvml_process_bytes(self._nvml_handle) or 0)
 
     def stop(self) -> dict:
+        """The peak since start(); later calls return the same reading."""
+        if self._result is None:
+            self._result = self._read_peak()
+        return self._result
+
+    def _read_peak(self) -> dict:
         if self.device.type == "cuda":
             self.sample()
             allocated = torch.cuda.max_memory_allocated(self.device)

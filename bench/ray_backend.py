@@ -1,4 +1,4 @@
-"""Runs of the grid as Ray tasks: the only module of the project that imports ray.
+"""Runs of the grid (and a study's workers) as Ray tasks: the only module of the project that imports ray.
 
 One Ray task per run spec. Each task trains in a Ray worker process and returns the run record (or a failed
 record with its traceback): tasks never raise, so one broken run cannot stop the grid. The driver collects
@@ -89,6 +89,45 @@ def _check_fits(resources: dict, cpus_per_run: float, gpus_per_run: float) -> in
     return max(1, slots)
 
 
+def _connect(address: str | None, log_to_driver: bool = False) -> bool:
+    """Connect to the cluster at `address` / $RAY_ADDRESS, or start a local Ray; True if started here."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    options: dict = {"runtime_env": {"env_vars": _worker_env()}, "logging_level": logging.WARNING}
+    if address is None:
+        # Nobody looks at a dashboard of a one-off local Ray; worker output would interleave with the bar.
+        options.update(include_dashboard=False, log_to_driver=log_to_driver)
+    ray.init(address=address, **options)
+    return True
+
+
+def run_workers_on_ray(
+    fn: Callable, worker_args: list[tuple], *, address: str | None, cpus_per_worker: float, use_gpus: bool
+) -> list[str]:
+    """Run `fn(*args)` once per tuple as Ray tasks (the tuning study's workers); returns problems found.
+
+    With GPUs in the cluster and `use_gpus`, the workers share them (fractional GPUs when there are fewer
+    GPUs than workers).
+    """
+    started_here = _connect(address, log_to_driver=True)
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0.0) if use_gpus else 0.0
+        per_worker_gpu = min(1.0, gpus / len(worker_args)) if gpus else 0.0
+        task = ray.remote(num_cpus=cpus_per_worker, num_gpus=per_worker_gpu, max_retries=0)(fn)
+        refs = [task.remote(*args) for args in worker_args]
+        problems = []
+        for i, ref in enumerate(refs):
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                problems.append(f"worker {i} failed: {str(exc).strip().splitlines()[-1][:300]}")
+        return problems
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def run_specs_on_ray(
     specs: list,
     *,
@@ -103,14 +142,7 @@ def run_specs_on_ray(
     `on_start(slots)`, if given, is called once Ray is up with the number of runs that fit at once.
     A local Ray started here is shut down at the end; a cluster (address or RAY_ADDRESS) is left running.
     """
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    started_here = not ray.is_initialized()
-    if started_here:
-        options: dict = {"runtime_env": {"env_vars": _worker_env()}, "logging_level": logging.WARNING}
-        if address is None:
-            # Nobody looks at a dashboard of a one-off local Ray; worker output would interleave with the bar.
-            options.update(include_dashboard=False, log_to_driver=False)
-        ray.init(address=address, **options)
+    started_here = _connect(address)
     pending: dict = {}
     try:
         resources = ray.cluster_resources()

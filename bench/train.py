@@ -74,7 +74,7 @@ def failed_record(spec: RunSpec, error: str) -> dict:
         "protocol": spec.protocol, "config_source": label, "config": config,
         "spec": {k: v for k, v in asdict(spec).items() if k != "overrides"},
         "status": "failed", "error": error,
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     return records.finalise(base, rid)
 
@@ -146,10 +146,17 @@ def run(
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     device = resolve_device(spec.device)
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     wall_start = time.perf_counter()
     memory = PeakMemory(device)
     memory.start()
+    try:
+        return _train(spec, device, memory, started, wall_start, epoch_callback, progress, data)
+    finally:
+        memory.stop()  # idempotent; also ends the sampling thread of a run stopped by an exception
+
+
+def _train(spec, device, memory, started, wall_start, epoch_callback, progress, data) -> dict:
     if data is None:
         data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
     rid, _, _ = run_identity(spec)
@@ -219,7 +226,7 @@ def run(
         "device": device.type,
         "env": {**environment(device), **method.run_info()},
         "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "num_users": data.num_users,
         "best_epoch": best["epoch"],
         "best_valid": best["valid"],
