@@ -16,8 +16,12 @@ def rec_bce_loss(
     seq_out [B, L, H] encoder output, item_weight [V, H] item embedding table, target_pos / target_neg [B, L].
     """
     # Only the B*L target rows of the table are gathered: full [B*L, V] logits would waste V-fold work.
-    pos_logits = (seq_out * item_weight[target_pos]).sum(-1)  # [B, L]
-    neg_logits = (seq_out * item_weight[target_neg]).sum(-1)  # [B, L]
+    # index_select (backward: index_add) is 2-3x cheaper on CPU than advanced indexing (index_put).
+    def rows(ids: torch.Tensor) -> torch.Tensor:
+        return item_weight.index_select(0, ids.reshape(-1)).view(*ids.shape, -1)  # [B, L, H]
+
+    pos_logits = (seq_out * rows(target_pos)).sum(-1)  # [B, L]
+    neg_logits = (seq_out * rows(target_neg)).sum(-1)  # [B, L]
     per_position = -torch.log(torch.sigmoid(pos_logits) + LOG_EPS) - torch.log(
         1 - torch.sigmoid(neg_logits) + LOG_EPS
     )  # [B, L]
