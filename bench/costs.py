@@ -88,6 +88,7 @@ class PeakMemory:
         self._nvml_handle = None
         self._nvml_peak = 0
         self._result: dict | None = None
+        self._rss_start = 0
 
     def start(self) -> None:
         if self.device.type == "cuda":
@@ -95,6 +96,7 @@ class PeakMemory:
             self._nvml_handle = _nvml_handle(self.device)
             self.sample()
             return
+        self._rss_start = _rss_bytes()  # in-process runs after others start from their retained heap
         self._hwm_ok = _reset_hwm()
         if not self._hwm_ok:
             self._sampled_peak = _rss_bytes()
@@ -143,6 +145,7 @@ class PeakMemory:
             "rss_method": how,
             "peak_memory_bytes": peak,
             "rss_peak_bytes": peak,
+            "rss_start_bytes": self._rss_start,
             "torch_allocated_peak_bytes": None,
             "torch_reserved_peak_bytes": None,
             "nvml_peak_bytes": None,

@@ -68,7 +68,10 @@ def _run_one(spec, cpus_per_run: float, gpus_per_run: float) -> dict:
         return failure_record(spec, exc)
 
 
-_run_task = ray.remote(_run_one)
+# max_calls=1: every run gets a fresh worker process. A reused worker keeps the previous run's heap (the
+# allocator does not return it to the OS), which would inflate the next run's peak RSS (seen: +70% on
+# Beauty ELCRec after an ICLRec run) and carry over torch's global state; a process start costs seconds.
+_run_task = ray.remote(max_calls=1)(_run_one)
 
 
 def _check_fits(resources: dict, cpus_per_run: float, gpus_per_run: float) -> int:
