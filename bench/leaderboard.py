@@ -198,7 +198,7 @@ def _cost_md(cost: pd.DataFrame, comp: pd.DataFrame, header: str) -> str:
     out = [
         f"# Cost: time and memory, compared with the ELCRec paper's Table 2\n\n{header}\n",
         "Seconds per epoch are means over seeds of each run's phase time / epochs run. Training time = E-step"
-        " (encoding the training set and k-means; ICLRec only) + training, summed over epochs, without"
+        " (encoding the training set and k-means: ICLRec every epoch, ELCRec once) + training, summed over epochs, without"
         " evaluation: that is what the paper's Table 2 counts. Peak memory is the run's peak (GPU: reserved/NVML;"
         " CPU: RSS) in MB (MiB); the paper reports average GPU memory, so compare the changes, not the values."
         " The paper trains both methods for the same number of epochs, so its change is best compared with"
