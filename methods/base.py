@@ -191,3 +191,31 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
             "hidden_size": int(state_dict["item_embeddings.weight"].shape[1]),
             "max_len": int(state_dict["position_embeddings.weight"].shape[0]),
         }
+
+
+class IntentMethod(Method):
+    """Base of the methods whose K intents come from k-means on the encoded training set (ICLRec, ELCRec)."""
+
+    Config: ClassVar[type[MethodConfig]] = IntentConfig
+    num_views = 2
+
+    def __init__(self, config: IntentConfig, info: DatasetInfo, seed: int = 1):
+        super().__init__(config, info, seed)
+        if config.num_intents > info.num_users:
+            raise ValueError(f"num_intents {config.num_intents} exceeds the {info.num_users} training users")
+
+    def kmeans_of_training_set(self, data: SequenceData) -> torch.Tensor:
+        """The published E-step: encode every training input (eval mode), mean-pool, k-means: [K, H]."""
+        from methods.clustering import kmeans
+
+        c = self.config
+        pooled = self.encode_mean_pooled(data.train_input)  # [N, H]
+        return kmeans(
+            pooled, c.num_intents, seed=self.seed, niter=c.kmeans_niter, nredo=c.kmeans_nredo,
+            max_points_per_centroid=c.kmeans_max_points_per_centroid, backend=c.kmeans_backend,
+        )  # [K, H], un-normalised
+
+    def run_info(self) -> dict:
+        from methods.clustering import resolve_backend
+
+        return {"kmeans_backend": resolve_backend(self.config.kmeans_backend)}

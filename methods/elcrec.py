@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import IntentConfig, Method
-from methods.clustering import kmeans, nearest_centroid, resolve_backend
+from methods.base import IntentConfig, IntentMethod
+from methods.clustering import nearest_centroid
 from methods.losses import elcrec_cluster_loss, intent_loss, nce_loss, rec_bce_loss
 
 
@@ -38,26 +38,18 @@ class ELCRecConfig(IntentConfig):
             raise ValueError(f"trade_off must be >= 0, got {self.trade_off}")
 
 
-class ELCRec(Method):
+class ELCRec(IntentMethod):
     name = "elcrec"
     Config = ELCRecConfig
-    num_views = 2
 
     def __init__(self, config: ELCRecConfig, info, seed: int = 1):
         super().__init__(config, info, seed)
-        if config.num_intents > info.num_users:
-            raise ValueError(f"num_intents {config.num_intents} exceeds the {info.num_users} training users")
         self.cluster_centers = nn.Parameter(torch.zeros(config.num_intents, config.hidden_size))  # [K, H]
 
     def on_epoch_start(self, epoch: int, data) -> None:
         if epoch > 0:  # the only k-means is the initialisation; afterwards the centers are learnt
             return
-        pooled = self.encode_mean_pooled(data.train_input)  # [N, H], eval mode
-        c = self.config
-        centroids = kmeans(
-            pooled, c.num_intents, seed=self.seed, niter=c.kmeans_niter, nredo=c.kmeans_nredo,
-            max_points_per_centroid=c.kmeans_max_points_per_centroid, backend=c.kmeans_backend,
-        )
+        centroids = self.kmeans_of_training_set(data)  # [K, H]
         with torch.no_grad():
             self.cluster_centers.copy_(F.normalize(centroids, p=2, dim=1))
 
@@ -93,8 +85,6 @@ class ELCRec(Method):
             return encoded + gathered
         return torch.cat([encoded, gathered], dim=-1)
 
-    def run_info(self) -> dict:
-        return {"kmeans_backend": resolve_backend(self.config.kmeans_backend)}
 
     @classmethod
     def config_from_checkpoint(cls, state_dict: dict[str, torch.Tensor]) -> dict:

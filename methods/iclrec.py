@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from methods.base import IntentConfig, Method
-from methods.clustering import kmeans, nearest_centroid, resolve_backend
+from methods.base import IntentConfig, IntentMethod
+from methods.clustering import nearest_centroid
 from methods.losses import intent_loss, nce_loss, rec_bce_loss
 
 
@@ -27,26 +27,18 @@ class ICLRecConfig(IntentConfig):
     pass
 
 
-class ICLRec(Method):
+class ICLRec(IntentMethod):
     name = "iclrec"
     Config = ICLRecConfig
-    num_views = 2
 
     def __init__(self, config: ICLRecConfig, info, seed: int = 1):
         super().__init__(config, info, seed)
-        if config.num_intents > info.num_users:
-            raise ValueError(f"num_intents {config.num_intents} exceeds the {info.num_users} training users")
         # Not persistent: the published checkpoints hold only the encoder.
         self.register_buffer("centroids", torch.zeros(config.num_intents, config.hidden_size), persistent=False)
         self.register_buffer("prototypes", torch.zeros(config.num_intents, config.hidden_size), persistent=False)
 
     def on_epoch_start(self, epoch: int, data) -> None:
-        pooled = self.encode_mean_pooled(data.train_input)  # [N, H], eval mode
-        c = self.config
-        centroids = kmeans(
-            pooled, c.num_intents, seed=self.seed, niter=c.kmeans_niter, nredo=c.kmeans_nredo,
-            max_points_per_centroid=c.kmeans_max_points_per_centroid, backend=c.kmeans_backend,
-        )  # [K, H]
+        centroids = self.kmeans_of_training_set(data)  # [K, H], every epoch
         self.centroids.copy_(centroids)
         self.prototypes.copy_(F.normalize(centroids, p=2, dim=1))
 
@@ -67,5 +59,3 @@ class ICLRec(Method):
         loss = rec + c.cl_weight * instance + c.intent_weight * intent
         return {"rec": rec, "instance": instance, "intent": intent, "loss": loss}
 
-    def run_info(self) -> dict:
-        return {"kmeans_backend": resolve_backend(self.config.kmeans_backend)}

@@ -63,11 +63,11 @@ def test_training_step_contract(name, small_data):
 
 
 def test_iclrec_estep_every_epoch_with_unit_prototypes(small_data, monkeypatch):
-    import methods.iclrec as iclrec
+    import methods.clustering as clustering
 
     calls = []
-    real = iclrec.kmeans
-    monkeypatch.setattr(iclrec, "kmeans", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = clustering.kmeans
+    monkeypatch.setattr(clustering, "kmeans", lambda *a, **k: calls.append(1) or real(*a, **k))
     method = build("iclrec", small_data)
     train_epochs(method, small_data, 3)
     assert len(calls) == 3
@@ -77,11 +77,11 @@ def test_iclrec_estep_every_epoch_with_unit_prototypes(small_data, monkeypatch):
 
 
 def test_elcrec_kmeans_only_once_and_centers_learn(small_data, monkeypatch):
-    import methods.elcrec as elcrec
+    import methods.clustering as clustering
 
     calls = []
-    real = elcrec.kmeans
-    monkeypatch.setattr(elcrec, "kmeans", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = clustering.kmeans
+    monkeypatch.setattr(clustering, "kmeans", lambda *a, **k: calls.append(1) or real(*a, **k))
     method = build("elcrec", small_data)
     method.on_epoch_start(0, small_data)
     before = method.cluster_centers.detach().clone()
