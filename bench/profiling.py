@@ -109,8 +109,10 @@ def _batches(data: SequenceData, method, generator: torch.Generator) -> Iterator
 
 def profile_steps(spec, data: SequenceData, device: torch.device, steps: int) -> None:
     from bench import train
+    from bench.configs import resolve_config
 
-    method, _, _ = train.build_method(spec, data, device)
+    config, _ = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
+    method = train.build_method(spec, config, data, device)
     method.train()
     method.on_epoch_start(0, data)  # ICLRec / ELCRec need their intents before a step
     optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr, weight_decay=method.config.weight_decay)

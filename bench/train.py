@@ -57,10 +57,13 @@ class RunSpec:
 def run_identity(spec: RunSpec) -> tuple[str, dict, str]:
     """(run_id, resolved config, config source label) of a spec, known before the run starts (for resume)."""
     config, label = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
-    values = config.to_dict()
+    return identity_of(spec, config), config.to_dict(), label
+
+
+def identity_of(spec: RunSpec, config) -> str:
+    """The run id of `spec` trained with the resolved `config`."""
     budget = {"epochs": spec.epochs, "patience": spec.patience, "max_users": spec.max_users}
-    rid = records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, values, budget)
-    return rid, values, label
+    return records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, config.to_dict(), budget)
 
 
 def failed_record(spec: RunSpec, error: str) -> dict:
@@ -118,8 +121,7 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def build_method(spec: RunSpec, data: SequenceData, device: torch.device) -> tuple[Method, dict, str]:
-    config, source_label = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
+def build_method(spec: RunSpec, config, data: SequenceData, device: torch.device) -> Method:
     if config.max_len != data.max_len:
         raise BenchError(f"config max_len {config.max_len} differs from the data's {data.max_len}")
     info = DatasetInfo(name=data.name, item_size=data.item_size, num_users=data.num_users)
@@ -128,7 +130,7 @@ def build_method(spec: RunSpec, data: SequenceData, device: torch.device) -> tup
         method = method_class(spec.method)(config, info, seed=spec.seed).to(device)
     except ValueError as exc:
         raise BenchError(f"{spec.method} on {spec.dataset}: {exc}") from None
-    return method, config.to_dict(), source_label
+    return method
 
 
 def run(
@@ -159,8 +161,10 @@ def run(
 def _train(spec, device, memory, started, wall_start, epoch_callback, progress, data) -> dict:
     if data is None:
         data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
-    rid, _, _ = run_identity(spec)
-    method, config, source_label = build_method(spec, data, device)
+    resolved, source_label = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
+    rid = identity_of(spec, resolved)  # the id and the trained config come from one resolution
+    method = build_method(spec, resolved, data, device)
+    config = resolved.to_dict()
     optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr, weight_decay=method.config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     timer = PhaseTimer(device)
