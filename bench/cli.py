@@ -38,6 +38,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-checkpoint", metavar="FILE", help="write the best parameters (published layout)")
     p.add_argument("--results", type=Path, help="directory of run records (run --all: default results/)")
     p.add_argument("--threads", type=int, help="torch CPU threads per run")
+    _add_execution_options(p)
     # the grid
     p.add_argument("--all", action="store_true", help="run the grid of methods x datasets x seeds")
     p.add_argument("--methods", nargs="+", help="with --all: methods (default all four)")
@@ -47,6 +48,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="with --all: Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--cpus-per-run", type=float, default=None, help="with --all: CPUs each run reserves")
     p.add_argument("--gpus-per-run", type=float, default=None, help="with --all: GPUs each run reserves (0.25 packs 4)")
+
+
+def _add_execution_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="fp32", help="fp32 (faithful) | tf32 (CUDA matmuls) | bf16 (autocast, fast mode)")
+    p.add_argument(
+        "--compile", default="off",
+        help="torch.compile the training step: off | default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto")
     pr.add_argument("--steps", type=int, default=10, help="training steps under the torch profiler")
     pr.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE")
+    _add_execution_options(pr)
     return parser
 
 
@@ -163,6 +173,8 @@ def cmd_run(args) -> int:
         device=args.device,
         num_threads=args.threads,
         save_checkpoint=args.save_checkpoint,
+        precision=args.precision,
+        compile=args.compile,
     )
     configs.method_class(spec.method)  # fail fast on an unknown method, before loading data
     record = train.run(spec, progress=True)  # the bar goes to stderr; stdout stays clean for --json

@@ -89,12 +89,17 @@ class PeakMemory:
         self._nvml_peak = 0
         self._result: dict | None = None
         self._rss_start = 0
+        self._utilisation: list[int] = []  # NVML GPU utilisation samples, percent
 
     def start(self) -> None:
         if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # an earlier run in this process must not count in this run's peak
             torch.cuda.reset_peak_memory_stats(self.device)
             self._nvml_handle = _nvml_handle(self.device)
             self.sample()
+            if self._nvml_handle is not None:  # GPU utilisation, sampled while the run lasts
+                self._thread = threading.Thread(target=self._utilisation_loop, daemon=True)
+                self._thread.start()
             return
         self._rss_start = _rss_bytes()  # in-process runs after others start from their retained heap
         self._hwm_ok = _reset_hwm()
@@ -102,6 +107,21 @@ class PeakMemory:
             self._sampled_peak = _rss_bytes()
             self._thread = threading.Thread(target=self._sample_loop, daemon=True)
             self._thread.start()
+
+    def _utilisation_loop(self) -> None:
+        import pynvml
+
+        while not self._stop.wait(self.sample_every_s):
+            try:
+                self._utilisation.append(pynvml.nvmlDeviceGetUtilizationRates(self._nvml_handle).gpu)
+            except Exception:  # a driver that stops answering ends sampling, not the run
+                return
+
+    def current(self) -> int:
+        """Memory held now: bytes allocated by torch on CUDA, the process's RSS on CPU."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.memory_allocated(self.device))
+        return _rss_bytes()
 
     def _sample_loop(self) -> None:
         while not self._stop.wait(self.sample_every_s):
@@ -121,6 +141,10 @@ class PeakMemory:
     def _read_peak(self) -> dict:
         if self.device.type == "cuda":
             self.sample()
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            util = self._utilisation
             allocated = torch.cuda.max_memory_allocated(self.device)
             reserved = torch.cuda.max_memory_reserved(self.device)
             nvml = self._nvml_peak or None
@@ -131,6 +155,9 @@ class PeakMemory:
                 "torch_reserved_peak_bytes": reserved,
                 "nvml_peak_bytes": nvml,
                 "rss_peak_bytes": None,
+                # Device-wide (NVML cannot split it by process): the share of time a kernel was running.
+                "gpu_utilisation_mean_percent": round(sum(util) / len(util), 1) if util else None,
+                "gpu_utilisation_samples": len(util),
             }
         self._stop.set()
         if self._thread is not None:

@@ -139,6 +139,8 @@ def specs_from_args(args) -> list[RunSpec]:
             overrides=dict(overrides[method]),
             device=args.device,
             num_threads=args.threads,
+            precision=args.precision,
+            compile=args.compile,
         )
         for method in methods
         for dataset in datasets

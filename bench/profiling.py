@@ -4,15 +4,18 @@ Two views of the same method and dataset:
 
 1. a short run through the one training loop (`train.run`), printed as seconds per epoch in each timed
    phase (estep / train / eval) and the run's peak memory: the numbers a run record holds;
-2. S training steps of a freshly built method under `torch.profiler`: the top operators by self time, and
-   the share of a step spent building the batch, in the encoder passes, in the rest of the forward (losses,
-   cluster assignment), in backward and in the optimiser. The encoder passes are marked with forward
-   hooks on the method module, so the methods' code needs no profiling calls of its own.
+2. S training steps of a freshly built method under `torch.profiler`: the top operators by self time;
+   then S more steps timed part by part with the device synchronised at each part's edges: the share of a
+   step spent building the batch, in the encoder passes (found by forward hooks on the method module, so
+   the methods' code needs no profiling calls of its own), in the rest of the forward (losses, cluster
+   assignment), in backward and in the optimiser.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
+from collections import defaultdict
 from collections.abc import Iterator
 
 import torch
@@ -25,8 +28,6 @@ from bench.errors import BenchError
 PHASES = ("estep", "train", "eval")
 ENCODER = "encoder pass"
 FORWARD = "training_step (forward)"
-# Ranges that partition a step: construction, forward (containing the encoder passes), backward, optimiser.
-STEP_RANGES = ("batch construction", FORWARD, "backward", "optimizer step")
 
 
 def profile_from_args(args) -> int:
@@ -46,7 +47,10 @@ def profile_from_args(args) -> int:
         max_users=args.max_users,
         overrides=parse_overrides(args.overrides),
         device=args.device,
+        precision=args.precision,
+        compile=args.compile,
     )
+    train.check_execution(spec)
     device = train.resolve_device(spec.device)
     data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
     record = train.run(spec, progress=False, data=data)
@@ -75,31 +79,13 @@ def print_phases(record: dict) -> None:
     if memory.get("torch_allocated_peak_bytes"):
         line += f", torch allocated peak {memory['torch_allocated_peak_bytes'] / 2**20:.0f} MiB"
     print(line)
+    if memory.get("gpu_utilisation_mean_percent") is not None:
+        print(f"GPU utilisation (NVML, whole device, sampled over the run): "
+              f"{memory['gpu_utilisation_mean_percent']:.0f}% mean of {memory['gpu_utilisation_samples']} samples")
     print(f"test eval: {record['totals']['test_eval_s']:.3f} s, wall: {record['totals']['wall_s']:.1f} s")
 
 
 # ------------------------------------------------------------------------------------------------- steps
-@contextlib.contextmanager
-def encoder_ranges(module: torch.nn.Module):
-    """Wrap every call of `module` (the encoder forward) in a profiler range, via forward hooks."""
-    open_ranges: list[record_function] = []
-
-    def enter(_module, _inputs) -> None:
-        rf = record_function(ENCODER)
-        rf.__enter__()
-        open_ranges.append(rf)
-
-    def leave(_module, _inputs, _output) -> None:
-        open_ranges.pop().__exit__(None, None, None)
-
-    handles = [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def _batches(data: SequenceData, method, generator: torch.Generator) -> Iterator[Batch]:
     """Training batches for as many steps as asked: a new epoch's order whenever one is used up."""
     args = method.config.augment_args() if method.num_views else None
@@ -118,35 +104,87 @@ def profile_steps(spec, data: SequenceData, device: torch.device, steps: int) ->
     optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr, weight_decay=method.config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     batches = _batches(data, method, generator)
+    training_step = train.step_function(method, spec, device)  # as the run would execute it
 
-    def step() -> None:
+    def step(timed: dict[str, float] | None = None) -> None:
+        """One training step; with `timed`, each part's wall-clock seconds (device synchronised) are added."""
+        clock = _PartClock(device, timed)
         with record_function("step"):
-            with record_function("batch construction"):
+            with clock("batch construction"), record_function("batch construction"):
                 batch = next(batches)
-            with record_function(FORWARD):
-                terms = method.training_step(batch)
+            with clock("forward"), record_function(FORWARD):
+                terms = training_step(batch)
             optimizer.zero_grad(set_to_none=True)
-            with record_function("backward"):
+            with clock("backward"), record_function("backward"):
                 terms["loss"].backward()
-            with record_function("optimizer step"):
+            with clock("optimizer step"), record_function("optimizer step"):
                 optimizer.step()
 
-    step()  # warm-up: first-call allocations and lazy initialisation stay out of the profile
+    for _ in range(3 if spec.compile != "off" else 1):  # warm-up: allocations, lazy init, compilation
+        step()
     _synchronize(device)
     activities = [ProfilerActivity.CPU]
     cuda = device.type == "cuda" and torch.cuda.is_available()
     if cuda:
         activities.append(ProfilerActivity.CUDA)
-    with encoder_ranges(method), profile(activities=activities, record_shapes=False) as prof:
+    with profile(activities=activities, record_shapes=False) as prof:
         for _ in range(steps):
             step()
         _synchronize(device)
-    averages = prof.key_averages()
     sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     print(f"torch.profiler: {steps} training steps of {spec.method} (batch {method.config.batch_size}), "
           f"top operators by {sort_by}")
-    print(averages.table(sort_by=sort_by, row_limit=15))
-    print_step_shares(averages, steps, cuda)
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=15))
+
+    # The split of a step comes from plain timers with the device synchronised at each part's edges (the
+    # profiler's ranges cannot give it on CUDA: kernels run after their range has closed on the host).
+    timed: dict[str, float] = defaultdict(float)
+    with encoder_timer(method, device, timed):
+        for _ in range(steps):
+            step(timed)
+    print_step_shares(timed, steps, device)
+
+
+class _PartClock:
+    """Context managers that add a part's synchronised wall-clock seconds to `timed` (no-op without it)."""
+
+    def __init__(self, device: torch.device, timed: dict[str, float] | None):
+        self.device, self.timed = device, timed
+
+    @contextlib.contextmanager
+    def __call__(self, part: str):
+        if self.timed is None:
+            yield
+            return
+        _synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            _synchronize(self.device)
+            self.timed[part] += time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def encoder_timer(module: torch.nn.Module, device: torch.device, timed: dict[str, float]):
+    """Add the synchronised seconds of every call of `module` (the encoder forward) to timed[ENCODER]."""
+    starts: list[float] = []
+
+    def enter(_module, _inputs) -> None:
+        _synchronize(device)
+        starts.append(time.perf_counter())
+
+    def leave(_module, _inputs, _output) -> None:
+        _synchronize(device)
+        timed[ENCODER] += time.perf_counter() - starts.pop()
+        timed["encoder calls"] += 1
+
+    handles = [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _synchronize(device: torch.device) -> None:
@@ -154,41 +192,27 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def print_step_shares(averages, steps: int, cuda: bool) -> None:
-    """Inclusive time of each range as a share of the whole step (CPU time; device time too on CUDA)."""
-    by_key = {evt.key: evt for evt in averages}
+def print_step_shares(timed: dict[str, float], steps: int, device: torch.device) -> None:
+    """Each part's share of a step, from `steps` steps timed with the device synchronised at part edges.
 
-    def times(key: str) -> tuple[float, float, int]:
-        evt = by_key.get(key)
-        if evt is None:
-            return 0.0, 0.0, 0
-        return evt.cpu_time_total / 1e3, getattr(evt, "device_time_total", 0.0) / 1e3, evt.count  # ms
-
-    step_cpu, step_dev, _ = times("step")
-    enc_cpu, enc_dev, enc_count = times(ENCODER)
-    fwd_cpu, fwd_dev, _ = times(FORWARD)
+    The synchronisations cost a little on CUDA (the host can no longer run ahead), so the parts sum to a
+    bit more than an unsynchronised step takes; the shares are what to read.
+    """
+    parts = ["batch construction", "forward", "backward", "optimizer step"]
+    total = sum(timed[p] for p in parts)
+    calls = int(timed["encoder calls"]) // steps
     rows = [
-        ("batch construction", *times("batch construction")[:2]),
-        (f"encoder passes ({enc_count // steps} per step)", enc_cpu, enc_dev),
-        ("losses and rest of forward", fwd_cpu - enc_cpu, fwd_dev - enc_dev),
-        ("backward", *times("backward")[:2]),
-        ("optimizer step", *times("optimizer step")[:2]),
+        ("batch construction", timed["batch construction"]),
+        (f"encoder passes ({calls} calls per step)", timed[ENCODER]),
+        ("losses and rest of forward", timed["forward"] - timed[ENCODER]),
+        ("backward", timed["backward"]),
+        ("optimizer step", timed["optimizer step"]),
     ]
-    rows.append(("other (zero_grad, profiler)", step_cpu - sum(r[1] for r in rows), step_dev - sum(r[2] for r in rows)))
-    print(f"share of a training step ({step_cpu / steps:.1f} ms CPU per step"
-          + (f", {step_dev / steps:.1f} ms device" if cuda else "") + ")")
-    print(f"{'part':<34}{'CPU ms/step':>12}{'share':>8}" + (f"{'device ms/step':>16}{'share':>8}" if cuda else ""))
-    for name, cpu_ms, dev_ms in rows:
-        line = f"{name:<34}{cpu_ms / steps:>12.2f}{_share(cpu_ms, step_cpu):>8}"
-        if cuda:
-            line += f"{dev_ms / steps:>16.2f}{_share(dev_ms, step_dev):>8}"
-        print(line)
-    if cuda:
-        # Kernels that autograd launches from its own device thread belong to no range of this thread, so the
-        # ranges' device times can miss part of backward: the total over all kernels says how much.
-        ranges = {"step", ENCODER, *STEP_RANGES}
-        kernels = sum(evt.self_device_time_total for evt in averages if evt.key not in ranges) / 1e3
-        print(f"device kernels: {kernels / steps:.1f} ms per step in all, {step_dev / steps:.1f} ms inside the step's ranges")
+    print(f"share of a training step ({1e3 * total / steps:.1f} ms per step, {device.type}, timed with the "
+          "device synchronised at each part)")
+    print(f"{'part':<36}{'ms/step':>10}{'share':>8}")
+    for name, seconds in rows:
+        print(f"{name:<36}{1e3 * seconds / steps:>10.2f}{_share(seconds, total):>8}")
 
 
 def _share(part: float, whole: float) -> str:

@@ -44,6 +44,10 @@ class RunSpec:
     protocol: str = "reference"
     config_source: str = "paper"
     overrides: dict = field(default_factory=dict)
+    # Execution options: the faithful defaults are fp32 and eager. Other values can change the numbers, so
+    # they enter the run's identity (and only then: ids of faithful runs stay what they always were).
+    precision: str = "fp32"  # fp32 | tf32 (CUDA matmuls in TF32) | bf16 (autocast of the training step)
+    compile: str = "off"  # off | default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs
     # How to run, not what: excluded from the run's identity.
     device: str = "auto"
     num_threads: int | None = None
@@ -52,6 +56,36 @@ class RunSpec:
     def identity(self) -> dict:
         keys = ("method", "dataset", "seed", "profile", "epochs", "patience", "max_users", "protocol")
         return {k: getattr(self, k) for k in keys}
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+# Config values that select a faster, non-published variant; at these (faithful) values they are left out
+# of the run id, so that records made before the option existed keep their ids and are still skipped.
+FAITHFUL_CONFIG = {"view_encoding": "separate"}
+
+
+def execution_options(spec: RunSpec) -> dict:
+    """The execution options of a run that differ from the faithful default (empty for a faithful run)."""
+    defaults = {"precision": "fp32", "compile": "off"}
+    return {k: getattr(spec, k) for k, v in defaults.items() if getattr(spec, k) != v}
+
+
+def variant_of(spec: RunSpec, config: dict) -> dict:
+    """What a record says about how faithful the run was: mode "faithful" or "fast", and every option."""
+    fast_config = {k: config[k] for k in FAITHFUL_CONFIG if k in config and config[k] != FAITHFUL_CONFIG[k]}
+    # compile and tf32 keep the published math (fused kernels, TF32 products); bf16 and shared view
+    # encodings change what is computed, so only they make a run "fast".
+    fast = bool(fast_config) or spec.precision == "bf16"
+    return {"mode": "fast" if fast else "faithful", "precision": spec.precision, "compile": spec.compile, **{
+        k: config.get(k, v) for k, v in FAITHFUL_CONFIG.items() if k in config}}
+
+
+def check_execution(spec: RunSpec) -> None:
+    if spec.precision not in PRECISIONS:
+        raise BenchError(f"unknown precision {spec.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if spec.compile not in COMPILE_MODES:
+        raise BenchError(f"unknown compile mode {spec.compile!r}; choose one of {', '.join(COMPILE_MODES)}")
 
 
 def run_identity(spec: RunSpec) -> tuple[str, dict, str]:
@@ -63,7 +97,9 @@ def run_identity(spec: RunSpec) -> tuple[str, dict, str]:
 def identity_of(spec: RunSpec, config) -> str:
     """The run id of `spec` trained with the resolved `config`."""
     budget = {"epochs": spec.epochs, "patience": spec.patience, "max_users": spec.max_users}
-    return records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, config.to_dict(), budget)
+    budget.update(execution_options(spec))
+    values = {k: v for k, v in config.to_dict().items() if not (k in FAITHFUL_CONFIG and FAITHFUL_CONFIG[k] == v)}
+    return records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, values, budget)
 
 
 def failed_record(spec: RunSpec, error: str) -> dict:
@@ -74,7 +110,7 @@ def failed_record(spec: RunSpec, error: str) -> dict:
         rid, config, label = records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, {}), {}, spec.config_source
     base = {
         "method": spec.method, "dataset": spec.dataset, "seed": spec.seed, "profile": spec.profile,
-        "protocol": spec.protocol, "config_source": label, "config": config,
+        "protocol": spec.protocol, "config_source": label, "config": config, "variant": variant_of(spec, config),
         "spec": {k: v for k, v in asdict(spec).items() if k != "overrides"},
         "status": "failed", "error": error,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -145,6 +181,7 @@ def run(
         raise BenchError(f"unknown evaluation protocol {spec.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if spec.epochs < 1 or spec.patience < 1:
         raise BenchError("epochs and patience must be >= 1")
+    check_execution(spec)
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     device = resolve_device(spec.device)
@@ -152,10 +189,34 @@ def run(
     wall_start = time.perf_counter()
     memory = PeakMemory(device)
     memory.start()
+    previous_matmul_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if spec.precision == "tf32" else "highest")
     try:
         return _train(spec, device, memory, started, wall_start, epoch_callback, progress, data)
     finally:
+        torch.set_float32_matmul_precision(previous_matmul_precision)
         memory.stop()  # idempotent; also ends the sampling thread of a run stopped by an exception
+
+
+def step_function(method: Method, spec: RunSpec, device: torch.device) -> Callable:
+    """`method.training_step` as the run's execution options ask: compiled or not, under bf16 autocast or not.
+
+    Only the training step is affected; evaluation always ranks with fp32 eager scores.
+    """
+    step = method.training_step
+    if spec.compile != "off":
+        step = torch.compile(step, mode=None if spec.compile == "default" else spec.compile)
+    cuda_graphs = spec.compile == "reduce-overhead" and device.type == "cuda"
+
+    def run_step(batch):
+        if cuda_graphs:  # a new iteration: the previous step's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        if spec.precision == "bf16":
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return step(batch)
+        return step(batch)
+
+    return run_step
 
 
 def _train(spec, device, memory, started, wall_start, epoch_callback, progress, data) -> dict:
@@ -165,6 +226,7 @@ def _train(spec, device, memory, started, wall_start, epoch_callback, progress, 
     rid = identity_of(spec, resolved)  # the id and the trained config come from one resolution
     method = build_method(spec, resolved, data, device)
     config = resolved.to_dict()
+    training_step = step_function(method, spec, device)
     optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr, weight_decay=method.config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     timer = PhaseTimer(device)
@@ -183,7 +245,7 @@ def _train(spec, device, memory, started, wall_start, epoch_callback, progress, 
         steps = 0
         with timer.phase("train"):
             for batch in data.train_batches(batch_size, generator, method.num_views, augment_args):
-                terms = method.training_step(batch)
+                terms = training_step(batch)
                 optimizer.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 optimizer.step()
@@ -195,7 +257,9 @@ def _train(spec, device, memory, started, wall_start, epoch_callback, progress, 
         losses = {name: float(total) / steps for name, total in loss_sums.items()}
         if not all(math.isfinite(v) for v in losses.values()):
             raise RuntimeError(f"non-finite loss at epoch {epoch}: {losses}")
-        row = {"epoch": epoch, "valid": valid, **timer.lap(), "losses": losses}
+        # Memory held at the end of the epoch (CUDA: allocated by torch; CPU: RSS): flat across epochs unless
+        # something leaks, which tests/test_train.py checks.
+        row = {"epoch": epoch, "valid": valid, **timer.lap(), "losses": losses, "memory_bytes": memory.current()}
         epochs.append(row)
         if valid[SELECTION_METRIC] > best["score"]:
             best.update(score=valid[SELECTION_METRIC], epoch=epoch, valid=valid, elapsed=time.perf_counter() - wall_start)
@@ -224,6 +288,7 @@ def _train(spec, device, memory, started, wall_start, epoch_callback, progress, 
         "protocol": spec.protocol,
         "config_source": source_label,
         "config": config,
+        "variant": variant_of(spec, config),
         "spec": {k: v for k, v in asdict(spec).items() if k not in ("overrides",)},
         "status": "ok",
         "error": None,

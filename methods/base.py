@@ -95,6 +95,10 @@ class IntentConfig(AugmentedConfig):
     kmeans_niter: int = 20
     kmeans_nredo: int = 5
     kmeans_max_points_per_centroid: int = 4096
+    # separate (published): the instance term and the intent term each encode the two views, with their own
+    # dropout draws (3 encoder passes per step). shared (a fast, non-published variant): one encoding of the
+    # views serves both terms (2 passes); run records then say mode "fast".
+    view_encoding: str = "separate"
 
     def validate(self) -> None:
         super().validate()
@@ -103,6 +107,8 @@ class IntentConfig(AugmentedConfig):
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.kmeans_backend not in ("auto", "faiss", "torch"):
             raise ValueError(f"kmeans_backend must be auto, faiss or torch, got {self.kmeans_backend!r}")
+        if self.view_encoding not in ("separate", "shared"):
+            raise ValueError(f"view_encoding must be separate or shared, got {self.view_encoding!r}")
         if self.intent_weight < 0:
             raise ValueError(f"intent_weight must be >= 0, got {self.intent_weight}")
 
@@ -203,6 +209,19 @@ class IntentMethod(Method):
         super().__init__(config, info, seed)
         if config.num_intents > info.num_users:
             raise ValueError(f"num_intents {config.num_intents} exceeds the {info.num_users} training users")
+
+    def encode_step_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The encodings a step of ICLRec / ELCRec uses: (rec pass [B, L, H], instance views [2B, L, H],
+        intent views [2B, L, H]); views are ordered view 1 then view 2.
+
+        Published: three independent passes, each with its own dropout. With view_encoding "shared" the
+        intent term reuses the instance term's encoding of the views (one pass fewer).
+        """
+        views = torch.cat(batch.views)  # [2B, L]
+        if self.config.view_encoding == "shared":
+            hidden, encoded_views = self.encode_separately(batch.input_ids, views)
+            return hidden, encoded_views, encoded_views
+        return self.encode_separately(batch.input_ids, views, views)
 
     def kmeans_of_training_set(self, data: SequenceData) -> torch.Tensor:
         """The published E-step: encode every training input (eval mode), mean-pool, k-means: [K, H]."""

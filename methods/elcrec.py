@@ -56,9 +56,8 @@ class ELCRec(IntentMethod):
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         c = self.config
         centers = self.cluster_centers  # [K, H]
-        views = torch.cat(batch.views)  # [2B, L]
         # Three independent encodings (rec pass, instance pass, intent pass), each with its own dropout.
-        hidden, instance_views, intent_views = self.encode_separately(batch.input_ids, views, views)
+        hidden, instance_views, intent_views = self.encode_step_inputs(batch)
         rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)  # [B, L, H]
 
         view1, view2 = self.with_prototypes(instance_views).flatten(1).chunk(2)

@@ -117,7 +117,8 @@ def ratio_rows(benchmarks) -> list[dict]:
 def pytest_benchmark_update_json(config, benchmarks, output_json: dict) -> None:
     output_json["ratios"] = ratio_rows(benchmarks)
     session = getattr(config, "_benchmarksession", None)
-    if session is not None and session.json:
+    # Older pytest-benchmark versions hand over an already opened file here: nothing to resolve then.
+    if session is not None and session.json and not hasattr(session.json, "write"):
         # pytest-benchmark opens this path right after this hook: resolve the placeholder, create the folder.
         path = Path(str(session.json).replace("{machine}", _machine_slug()))
         path.parent.mkdir(parents=True, exist_ok=True)
