@@ -19,9 +19,10 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from bench import configs, records, train
@@ -218,6 +219,13 @@ def run_grid(
     start = time.perf_counter()
     # Absolute: the driver writes the records, but a relative path must not depend on anyone's cwd later.
     summary = GridSummary(results_dir=Path(results_dir).expanduser().resolve())
+    # Pin each run's device here, so that its id (which includes the device) is the one its record gets.
+    if executor == "ray":
+        if gpus_per_run is None:  # the driver's view; a GPU-less driver of a GPU cluster passes --gpus-per-run
+            gpus_per_run = 1.0 if torch.cuda.is_available() else 0.0
+        specs = [replace(s, device="cuda" if gpus_per_run > 0 else "cpu") for s in specs]
+    else:
+        specs = [replace(s, device=train.device_kind("auto")) if s.device == "auto" else s for s in specs]
     by_id: dict[str, RunSpec] = {}
     for spec in specs:  # resolving every config here turns a bad config into an error before any work
         by_id.setdefault(train.run_identity(spec)[0], spec)

@@ -1,8 +1,9 @@
 """Leaderboard: our runs laid out like the ELCRec paper's Table 1 (accuracy) and Table 2 (cost).
 
 Everything is computed from the run records alone, so the files can be regenerated at any time and are
-never edited by hand. Tables are grouped by (profile, protocol) because numbers from a smoke run or from
-the strict evaluation protocol are not comparable with a paper-profile, reference-protocol run.
+never edited by hand. Tables are grouped by (profile, protocol, device, variant) because numbers from a smoke
+run, from the strict evaluation protocol, from a GPU or from a fast (non-published) variant are not comparable
+with a paper-profile, reference-protocol, faithful run on a CPU.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ METHOD_NAMES = {"sasrec": "SASRec", "cl4srec": "CL4SRec", "iclrec": "ICLRec", "e
 BASELINES = ("sasrec", "cl4srec", "iclrec")
 BOTH = ("iclrec", "elcrec")  # the pair the paper's cost table compares
 DATASET_ORDER = ("Beauty", "Sports_and_Outdoors", "Toys_and_Games", "Yelp")
-GROUP = ["profile", "protocol"]
+GROUP = ["profile", "protocol", "device", "variant"]
 MIB = 2**20  # the paper's "MB" are nvidia-smi MiB
 DPI = 110
 _ORDERS = {"dataset": DATASET_ORDER, "metric": METRICS, "method": METHOD_ORDER}
@@ -72,7 +73,7 @@ def _completed_runs(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def _accuracy(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (profile, protocol, config_source, dataset, metric, method): mean, std, n, paper, diff."""
+    """One row per (group, config_source, dataset, metric, method): mean, std, n, paper, diff."""
     ids = [*GROUP, "config_source", "dataset", "method", "column", "seed"]
     long = runs.melt(id_vars=ids, value_vars=[f"test_{m}" for m in METRICS], var_name="metric")
     long["metric"] = long["metric"].str.removeprefix("test_")
@@ -107,7 +108,7 @@ def _accuracy_md(acc: pd.DataFrame, header: str) -> str:
         " method is **bold**, the second best <u>underlined</u>. `ELCRec vs best baseline` = (ELCRec - best of"
         " SASRec/CL4SRec/ICLRec) / best baseline. `published` = ELCRec paper Table 1, `diff` = ours - published.",
     ]
-    for (profile, protocol), g in acc.groupby(GROUP, sort=False):
+    for key, g in acc.groupby(GROUP, sort=False):
         g = g.assign(n_in_row=g.groupby(["dataset", "metric"])["mean"].transform("count"))
         g = g.assign(
             cell=g.apply(_cell, axis=1),
@@ -131,14 +132,14 @@ def _accuracy_md(acc: pd.DataFrame, header: str) -> str:
         sources = ", ".join(
             f"{c}: {s}" for c, s in g[["column", "config_source"]].drop_duplicates().to_numpy()
         )
-        out.append(f"\n## profile `{profile}`, protocol `{protocol}`\n\nConfig source: {sources}.\n")
+        out.append(f"\n## {_group_title(key)}\n\nConfig source: {sources}.\n")
         out += [_md_table(table.fillna("")), "\nSeeds per method and dataset:\n"]
         out.append(_md_table(seeds.fillna(0).astype(int).reset_index()))
     return "\n".join(out) + "\n"
 
 
 def _cost(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (profile, protocol, config_source, method, dataset): seconds and memory, mean over seeds."""
+    """One row per (group, config_source, method, dataset): seconds and memory, mean over seeds."""
     # Training time as the paper's Table 2 counts it: E-step (clustering) plus training, no evaluation.
     runs = runs.assign(
         training_s=runs["estep_s"] + runs["train_s"], peak_memory_mb=runs["peak_memory_bytes"] / MIB
@@ -159,7 +160,7 @@ def _cost(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cost_comparison(cost: pd.DataFrame) -> pd.DataFrame:
-    """ELCRec vs ICLRec per (profile, protocol, dataset), ours and the paper's Table 2."""
+    """ELCRec vs ICLRec per (group, dataset), ours and the paper's Table 2."""
     on, measures = [*GROUP, "dataset"], ["training_s", "training_s_per_epoch", "peak_memory_mb"]
     pick = {m: cost.loc[cost["method"] == m, [*on, "column", "config_source", *measures]] for m in BOTH}
     comp = pick["iclrec"].merge(pick["elcrec"], on=on, suffixes=("_iclrec", "_elcrec"))
@@ -204,7 +205,7 @@ def _cost_md(cost: pd.DataFrame, comp: pd.DataFrame, header: str) -> str:
         " The paper trains both methods for the same number of epochs, so its change is best compared with"
         " our per-epoch change.",
     ]
-    for (profile, protocol), g in cost.groupby(GROUP, sort=False):
+    for key, g in cost.groupby(GROUP, sort=False):
         table = pd.DataFrame(
             {
                 "dataset": g["dataset"],
@@ -222,8 +223,8 @@ def _cost_md(cost: pd.DataFrame, comp: pd.DataFrame, header: str) -> str:
                 "peak MB": g["peak_memory_mb"].map(lambda x: _num(x, ".1f")),
             }
         )
-        out += [f"\n## profile `{profile}`, protocol `{protocol}`", "", _md_table(table)]
-        c = comp[(comp["profile"] == profile) & (comp["protocol"] == protocol)]
+        out += [f"\n## {_group_title(key)}", "", _md_table(table)]
+        c = comp[_in_group(comp, key)]
         if c.empty:
             continue
         vs = pd.DataFrame(
@@ -302,12 +303,27 @@ def _plot_cost(cost: pd.DataFrame, title: str) -> bytes:
     return _png(fig)
 
 
-def _plot_suffixes(groups: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    # Plain names for a single group; the profile alone when that is unique, else profile and protocol.
+def _group_title(key: tuple) -> str:
+    return ", ".join(f"{name} `{value}`" for name, value in zip(GROUP, key))
+
+
+def _in_group(frame: pd.DataFrame, key: tuple) -> pd.Series:
+    mask = pd.Series(True, index=frame.index)
+    for name, value in zip(GROUP, key):
+        mask &= frame[name] == value
+    return mask
+
+
+def _plot_suffixes(groups: list[tuple]) -> dict[tuple, str]:
+    """File-name suffix per group: empty for a single group, else the key parts that differ between groups."""
     if len(groups) == 1:
         return {groups[0]: ""}
-    unique_profiles = len({p for p, _ in groups}) == len(groups)
-    return {(p, q): f"_{p}" if unique_profiles else f"_{p}_{q}" for p, q in groups}
+    differing = [i for i in range(len(GROUP)) if len({g[i] for g in groups}) > 1]
+
+    def slug(value: str) -> str:
+        return "".join(ch if ch.isalnum() else "-" for ch in str(value)).strip("-")
+
+    return {g: "_" + "_".join(slug(g[i]) for i in differing) for g in groups}
 
 
 def write_leaderboard(results_dir: Path, out_dir: Path | None = None) -> list[Path]:
@@ -336,11 +352,14 @@ def write_leaderboard(results_dir: Path, out_dir: Path | None = None) -> list[Pa
         "cost.md": _cost_md(cost, comp, header),
     }
     groups = list(dict.fromkeys(map(tuple, runs[GROUP].to_numpy())))
-    for (profile, protocol), suffix in _plot_suffixes(groups).items():
-        title = f"profile {profile}, protocol {protocol}"
-        in_group = [(f[GROUP[0]] == profile) & (f[GROUP[1]] == protocol) for f in (acc, cost)]
-        files[f"plot_accuracy{suffix}.png"] = _plot_accuracy(acc[in_group[0]], title)
-        files[f"plot_cost{suffix}.png"] = _plot_cost(cost[in_group[1]], title)
+    for key, suffix in _plot_suffixes(groups).items():
+        title = _group_title(key).replace("`", "")
+        files[f"plot_accuracy{suffix}.png"] = _plot_accuracy(acc[_in_group(acc, key)], title)
+        files[f"plot_cost{suffix}.png"] = _plot_cost(cost[_in_group(cost, key)], title)
+    # Plots of groups that no longer exist (records removed, grouping changed) would be stale: remove them.
+    for old in [*out_dir.glob("plot_accuracy*.png"), *out_dir.glob("plot_cost*.png")]:
+        if old.name not in files:
+            old.unlink()
     written = []
     for name, content in files.items():
         write_bytes_atomic(out_dir / name, content.encode("utf-8") if isinstance(content, str) else content)

@@ -32,7 +32,7 @@ _RUN_INFO = ("device", "best_epoch", "peak_memory_bytes", "started_at", "finishe
 _SCORES = (*(f"test_{m}" for m in METRICS), *(f"best_valid_{m}" for m in METRICS))
 _PER_EPOCH = tuple(f"{p}_per_epoch" for p in _PHASES)
 _NUMERIC = (*_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH, "peak_memory_bytes")
-COLUMNS = [*_FIELDS, "device", "device_name", "best_epoch", *_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH]
+COLUMNS = [*_FIELDS, "device", "variant", "device_name", "best_epoch", *_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH]
 COLUMNS += ["peak_memory_bytes", "started_at", "finished_at", "path"]
 
 
@@ -137,6 +137,18 @@ def find_corrupt(results_dir: Path) -> list[Path]:
     return [p for p in _record_files(results_dir) if read_record(p) is None]
 
 
+def variant_label(record: dict) -> str:
+    """"faithful", or the mode and every non-default execution option, e.g. "fast (precision=bf16)".
+
+    Records from before execution options existed have no `variant`: they ran the faithful defaults.
+    """
+    variant = record.get("variant") or {}
+    defaults = {"precision": "fp32", "compile": "off", "view_encoding": "separate"}
+    options = [f"{k}={variant[k]}" for k, v in defaults.items() if variant.get(k, v) != v]
+    mode = variant.get("mode", "faithful")
+    return f"{mode} ({', '.join(options)})" if options else mode
+
+
 def _flatten(record: dict, path: Path) -> dict[str, Any]:
     # `or {}` everywhere: a failed run may carry null for sections it never reached.
     test = record.get("test") or {}
@@ -145,6 +157,7 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     epochs = record.get("epochs") or []
     row: dict[str, Any] = {k: record.get(k) for k in (*_FIELDS, *_RUN_INFO)}
     row["device_name"] = (record.get("env") or {}).get("device_name")
+    row["variant"] = variant_label(record)
     row.update({f"test_{m}": test.get(m) for m in METRICS})
     row.update({f"best_valid_{m}": valid.get(m) for m in METRICS})
     row["epochs_run"] = totals.get("epochs_run", len(epochs))

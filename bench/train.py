@@ -66,9 +66,23 @@ FAITHFUL_CONFIG = {"view_encoding": "separate"}
 
 
 def execution_options(spec: RunSpec) -> dict:
-    """The execution options of a run that differ from the faithful default (empty for a faithful run)."""
+    """How a run executes, where that differs from the default (CPU, fp32, eager): part of its identity.
+
+    A GPU run is a different measurement of cost from a CPU run of the same spec, so both records are kept
+    (and neither is skipped because the other exists). "auto" is resolved where the id is computed.
+    """
     defaults = {"precision": "fp32", "compile": "off"}
-    return {k: getattr(spec, k) for k, v in defaults.items() if getattr(spec, k) != v}
+    options = {k: getattr(spec, k) for k, v in defaults.items() if getattr(spec, k) != v}
+    if device_kind(spec.device) == "cuda":
+        options["device"] = "cuda"
+    return options
+
+
+def device_kind(name: str) -> str:
+    """"cuda" or "cpu": what `resolve_device(name)` gives, without failing on a device that is missing."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if name.startswith("cuda") else "cpu"
 
 
 def variant_of(spec: RunSpec, config: dict) -> dict:

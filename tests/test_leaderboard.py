@@ -29,7 +29,7 @@ from bench.records import (
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
 CORRUPT = FIXTURES / "runs" / "iclrec-Toys_and_Games-s3-quick-0123456789ab.json"
-QUICK = "profile `quick`, protocol `reference`"
+QUICK = "profile `quick`, protocol `reference`, device `cpu`, variant `faithful`"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -98,10 +98,10 @@ def test_groups_header_and_skipped_files(board: tuple[Path, list[Path]]) -> None
             " do not edit by hand." in md
         )
         assert "1 failed run(s)" in md and "1 unreadable file(s)" in md
-        assert f"## {QUICK}" in md and "## profile `smoke`, protocol `reference`" in md
+        assert f"## {QUICK}" in md and "## profile `smoke`, protocol `reference`, device `cpu`, variant `faithful`" in md
     smoke = _row(
         (board[0] / "leaderboard.md").read_text(),
-        "profile `smoke`, protocol `reference`",
+        "profile `smoke`, protocol `reference`, device `cpu`, variant `faithful`",
         "dataset | metric",
         ("Beauty", "NDCG@20"),
     )
@@ -296,3 +296,31 @@ def test_several_config_sources_get_their_own_columns(tmp_path: Path) -> None:
         (out / "cost.md").read_text(), QUICK, "dataset | compared", ("Beauty", "ELCRec (tuned) vs ICLRec")
     )
     assert vs["change per epoch"] == "-45.0%"  # 5.5 s vs (2 + 8) s
+
+
+def test_gpu_and_fast_variant_runs_get_their_own_groups(tmp_path: Path) -> None:
+    """A GPU run or a fast variant of the same spec must never be averaged with the faithful CPU runs."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for path in (FIXTURES / "runs").glob("*-Beauty-s1-quick-*.json"):
+        shutil.copy(path, runs)
+    base = json.loads((FIXTURES / "runs" / "iclrec-Beauty-s1-quick-7cd9decbd8ff.json").read_text())
+    variants = {
+        "gpu": {"device": "cuda"},
+        "fast": {"variant": {"mode": "fast", "precision": "bf16", "compile": "off", "view_encoding": "separate"}},
+    }
+    for name, change in variants.items():
+        record = {**base, **change, "run_id": f"{name:0>12}"}
+        record["test"] = {k: 0.9 for k in record["test"]}  # absurd scores that would show if averaged in
+        write_record_atomic(record_path(runs.parent, record), record)
+    written = {p.name for p in write_leaderboard(tmp_path, tmp_path / "out")}
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    cpu = "profile `quick`, protocol `reference`, device `cpu`, variant `faithful`"
+    gpu = "profile `quick`, protocol `reference`, device `cuda`, variant `faithful`"
+    fast = "profile `quick`, protocol `reference`, device `cpu`, variant `fast (precision=bf16)`"
+    faithful_ndcg = f"{base['test']['NDCG@20']:.4f} (n=1)"
+    assert faithful_ndcg in _row(md, cpu, "dataset | metric", ("Beauty", "NDCG@20"))["ICLRec"]  # may be bold
+    for section in (gpu, fast):  # alone in their groups: no bold, no underline
+        assert _row(md, section, "dataset | metric", ("Beauty", "NDCG@20"))["ICLRec"] == "0.9000 (n=1)"
+    # Plot names carry the key parts that differ between groups: device and variant here.
+    assert {"plot_cost_cpu_faithful.png", "plot_cost_cuda_faithful.png", "plot_cost_cpu_fast--precision-bf16.png"} <= written
