@@ -70,7 +70,7 @@ class ELCRec(IntentMethod):
 
         intent_ids = nearest_centroid(z.detach(), centers.detach())  # [B]
         pooled1, pooled2 = intent_views.mean(dim=1).chunk(2)  # [B, H] each
-        intent = intent_loss(pooled1, pooled2, centers[intent_ids], c.temperature)
+        intent = intent_loss(pooled1, pooled2, centers.index_select(0, intent_ids), c.temperature)
 
         loss = rec + c.cl_weight * instance + c.trade_off * cluster + c.intent_weight * intent
         return {"rec": rec, "instance": instance, "cluster": cluster, "intent": intent, "loss": loss}
@@ -79,7 +79,9 @@ class ELCRec(IntentMethod):
         """Each position's nearest center added ("shift": [N, L, H]) or appended ("concat": [N, L, 2H])."""
         centers = self.cluster_centers
         nearest = nearest_centroid(encoded.detach().flatten(0, 1), centers.detach())  # [N*L]
-        gathered = centers[nearest].view_as(encoded)  # [N, L, H], carries gradient to the centers
+        # index_select rather than centers[nearest]: the same values and gradient, but its backward is an
+        # index_add (on the GPU 0.75 ms of a 13 ms step went to the sort-based backward of advanced indexing).
+        gathered = centers.index_select(0, nearest).view_as(encoded)  # [N, L, H], gradient reaches the centers
         if self.config.prototype == "shift":
             return encoded + gathered
         return torch.cat([encoded, gathered], dim=-1)
