@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from bench.configs import method_class, parse_overrides
+from bench.costs import PhaseTimer, synchronize
 from bench.data import Batch, SequenceData
 from bench.errors import BenchError
 
@@ -106,23 +106,26 @@ def profile_steps(spec, data: SequenceData, device: torch.device, steps: int) ->
     batches = _batches(data, method, generator)
     training_step = train.step_function(method, spec, device)  # as the run would execute it
 
-    def step(timed: dict[str, float] | None = None) -> None:
-        """One training step; with `timed`, each part's wall-clock seconds (device synchronised) are added."""
-        clock = _PartClock(device, timed)
+    def step(timer: PhaseTimer | None = None) -> None:
+        """One training step; with `timer`, each part's seconds (device synchronised at its edges) are added."""
+
+        def part(name: str):
+            return timer.phase(name) if timer is not None else contextlib.nullcontext()
+
         with record_function("step"):
-            with clock("batch construction"), record_function("batch construction"):
+            with part("batch construction"), record_function("batch construction"):
                 batch = next(batches)
-            with clock("forward"), record_function(FORWARD):
+            with part("forward"), record_function(FORWARD):
                 terms = training_step(batch)
             optimizer.zero_grad(set_to_none=True)
-            with clock("backward"), record_function("backward"):
+            with part("backward"), record_function("backward"):
                 terms["loss"].backward()
-            with clock("optimizer step"), record_function("optimizer step"):
+            with part("optimizer step"), record_function("optimizer step"):
                 optimizer.step()
 
     for _ in range(3 if spec.compile != "off" else 1):  # warm-up: allocations, lazy init, compilation
         step()
-    _synchronize(device)
+    synchronize(device)
     activities = [ProfilerActivity.CPU]
     cuda = device.type == "cuda" and torch.cuda.is_available()
     if cuda:
@@ -130,7 +133,7 @@ def profile_steps(spec, data: SequenceData, device: torch.device, steps: int) ->
     with profile(activities=activities, record_shapes=False) as prof:
         for _ in range(steps):
             step()
-        _synchronize(device)
+        synchronize(device)
     sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     print(f"torch.profiler: {steps} training steps of {spec.method} (batch {method.config.batch_size}), "
           f"top operators by {sort_by}")
@@ -138,31 +141,11 @@ def profile_steps(spec, data: SequenceData, device: torch.device, steps: int) ->
 
     # The split of a step comes from plain timers with the device synchronised at each part's edges (the
     # profiler's ranges cannot give it on CUDA: kernels run after their range has closed on the host).
-    timed: dict[str, float] = defaultdict(float)
-    with encoder_timer(method, device, timed):
+    timer = PhaseTimer(device)
+    with encoder_timer(method, device, timer.current):
         for _ in range(steps):
-            step(timed)
-    print_step_shares(timed, steps, device)
-
-
-class _PartClock:
-    """Context managers that add a part's synchronised wall-clock seconds to `timed` (no-op without it)."""
-
-    def __init__(self, device: torch.device, timed: dict[str, float] | None):
-        self.device, self.timed = device, timed
-
-    @contextlib.contextmanager
-    def __call__(self, part: str):
-        if self.timed is None:
-            yield
-            return
-        _synchronize(self.device)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            _synchronize(self.device)
-            self.timed[part] += time.perf_counter() - start
+            step(timer)
+    print_step_shares(timer.current, steps, device)
 
 
 @contextlib.contextmanager
@@ -171,11 +154,11 @@ def encoder_timer(module: torch.nn.Module, device: torch.device, timed: dict[str
     starts: list[float] = []
 
     def enter(_module, _inputs) -> None:
-        _synchronize(device)
+        synchronize(device)
         starts.append(time.perf_counter())
 
     def leave(_module, _inputs, _output) -> None:
-        _synchronize(device)
+        synchronize(device)
         timed[ENCODER] += time.perf_counter() - starts.pop()
         timed["encoder calls"] += 1
 
@@ -185,11 +168,6 @@ def encoder_timer(module: torch.nn.Module, device: torch.device, timed: dict[str
     finally:
         for handle in handles:
             handle.remove()
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def print_step_shares(timed: dict[str, float], steps: int, device: torch.device) -> None:

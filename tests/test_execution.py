@@ -98,3 +98,18 @@ def test_memory_does_not_grow_with_epochs(small_data):
     held = [row["memory_bytes"] for row in record["epochs"]]
     assert len(held) == 6 and all(h > 0 for h in held)
     assert held[-1] - held[1] < 64 * MIB, [h / MIB for h in held]
+
+
+def test_profile_command_prints_phases_operators_and_step_split():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "profile", "--method", "iclrec", "--dataset", "Beauty", "--max-users", "200",
+         "--epochs", "1", "--steps", "2", "--set", "num_intents=8", "--set", "view_encoding=shared"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "estep s" in out and "train s" in out and "peak memory" in out
+    assert "top operators by self_cpu_time_total" in out and "aten::" in out
+    split = out.split("share of a training step", 1)[1]
+    shares = {line.split()[0] for line in split.splitlines()[2:] if line.strip()}
+    assert {"batch", "encoder", "losses", "backward", "optimizer"} <= shares, split
