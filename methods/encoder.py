@@ -190,8 +190,11 @@ class SASRecEncoder(nn.Module):
         return self._encode(ids, last_only=True)[:, -1]
 
     def _encode(self, ids: torch.Tensor, last_only: bool) -> torch.Tensor:
-        length = ids.shape[1]  # ids: [B, L]
-        positions = torch.arange(length, device=ids.device)
+        length = ids.shape[1]  # ids: [B, L], L <= max_len
+        # Positions are right-aligned: the last column is always position max_len - 1, as in a full-width
+        # left-padded input. So an input whose leading all-padding columns were cut off (evaluation does
+        # that) gets exactly the positions it had at full width.
+        positions = torch.arange(self.max_len - length, self.max_len, device=ids.device)
         x = self.item_embeddings(ids) + self.position_embeddings(positions)[None]  # [B, L, H]
         x = self.dropout(self.LayerNorm(x))
         return self.item_encoder(x, self.attention_bias(ids), last_only)

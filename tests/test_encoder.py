@@ -85,3 +85,15 @@ def test_fast_dropout_keeps_each_element_with_probability_1_minus_p():
     y = drop(x)
     assert set(y.unique().tolist()) == {0.0, 2.0}  # inverted dropout: kept values scaled by 1 / (1 - p)
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_cutting_all_padding_columns_leaves_the_outputs_unchanged():
+    """What evaluation relies on: padded keys get weight 0 and positions are right-aligned."""
+    enc = _encoder()
+    ids = torch.randint(1, 50, (16, 50))
+    ids[:, :35] = 0  # 35 leading columns of padding in every row
+    ids[:8, 35:40] = 0  # and more in some rows
+    full_width = enc.encode_last(ids)
+    for cut in (10, 35):
+        assert torch.allclose(enc.encode_last(ids[:, cut:]), full_width, atol=1e-6)
+    assert not torch.allclose(enc.encode_last(ids[:, 36:]), full_width, atol=1e-3)  # cutting an item does change it
