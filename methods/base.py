@@ -159,7 +159,11 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
         return self.encode_last(inputs)
 
     def score_items(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Scores of every item id [B, item_size] by dot product with the item embedding table."""
+        """Scores of every item id [B, item_size] by dot product with the item embedding table.
+
+        `inputs` [B, L'] may be narrower than max_len: evaluation cuts off leading columns that are padding
+        in every row, and the encoder right-aligns positions, so the scores are those of the full width.
+        """
         return self.user_repr(inputs) @ self.item_embeddings.weight.T
 
     def run_info(self) -> dict:
