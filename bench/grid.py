@@ -109,6 +109,8 @@ def specs_from_args(args) -> list[RunSpec]:
     methods = _unique(args.methods or ([args.method] if args.method else list(configs.REGISTRY)))
     datasets = _unique(args.datasets or ([args.dataset] if args.dataset else dataset_names()))
     seeds = _unique(args.seeds or ([args.seed] if args.seed is not None else list(profile.seeds)))
+    # Execution options are checked here, once: a bad value is a user error, not one failed record per run.
+    train.check_execution(RunSpec(method="", dataset="", precision=args.precision, compile=args.compile))
     for name in methods:
         configs.method_class(name)
     for name in datasets:

@@ -196,19 +196,20 @@ def run(
     if spec.epochs < 1 or spec.patience < 1:
         raise BenchError("epochs and patience must be >= 1")
     check_execution(spec)
-    if spec.num_threads:
-        torch.set_num_threads(spec.num_threads)
     device = resolve_device(spec.device)
     started = dt.datetime.now(dt.UTC)
     wall_start = time.perf_counter()
     memory = PeakMemory(device)
     memory.start()
-    previous_matmul_precision = torch.get_float32_matmul_precision()
+    previous_matmul_precision, previous_threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
     torch.set_float32_matmul_precision("high" if spec.precision == "tf32" else "highest")
+    if spec.num_threads:
+        torch.set_num_threads(spec.num_threads)
     try:
         return _train(spec, device, memory, started, wall_start, epoch_callback, progress, data)
-    finally:
+    finally:  # process-wide settings go back to what the caller had (tuning runs trials in-process)
         torch.set_float32_matmul_precision(previous_matmul_precision)
+        torch.set_num_threads(previous_threads)
         memory.stop()  # idempotent; also ends the sampling thread of a run stopped by an exception
 
 
@@ -272,7 +273,7 @@ def _train(spec, device, memory, started, wall_start, epoch_callback, progress, 
         if not all(math.isfinite(v) for v in losses.values()):
             raise RuntimeError(f"non-finite loss at epoch {epoch}: {losses}")
         # Memory held at the end of the epoch (CUDA: allocated by torch; CPU: RSS): flat across epochs unless
-        # something leaks, which tests/test_train.py checks.
+        # something leaks, which tests/test_execution.py checks.
         row = {"epoch": epoch, "valid": valid, **timer.lap(), "losses": losses, "memory_bytes": memory.current()}
         epochs.append(row)
         if valid[SELECTION_METRIC] > best["score"]:
