@@ -239,6 +239,7 @@ def test_memory_held_at_the_end_of_each_epoch_does_not_grow():
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     held = [row["memory_bytes"] for row in record["epochs"]]
     assert len(held) == 6 and all(isinstance(h, int) and h > 0 for h in held), held
+    assert max(held) <= record["peak_memory_bytes"]  # the peak is never below a reading taken during the run
     growth = min(held[-2:]) - max(held[:2])
     assert growth < 64 * MIB, f"held MiB per epoch: {[round(h / MIB) for h in held]}"
 
