@@ -139,11 +139,11 @@ class PeakMemory:
         return self._result
 
     def _read_peak(self) -> dict:
+        self._stop.set()  # ends the sampling thread: GPU utilisation on CUDA, RSS where VmHWM is unavailable
+        if self._thread is not None:
+            self._thread.join()
         if self.device.type == "cuda":
             self.sample()
-            self._stop.set()
-            if self._thread is not None:
-                self._thread.join()
             util = self._utilisation
             allocated = torch.cuda.max_memory_allocated(self.device)
             reserved = torch.cuda.max_memory_reserved(self.device)
@@ -159,9 +159,7 @@ class PeakMemory:
                 "gpu_utilisation_mean_percent": round(sum(util) / len(util), 1) if util else None,
                 "gpu_utilisation_samples": len(util),
             }
-        self._stop.set()
         if self._thread is not None:
-            self._thread.join()
             peak = max(self._sampled_peak, _rss_bytes())
             how = "sampled"
         else:

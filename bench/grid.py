@@ -110,7 +110,7 @@ def specs_from_args(args) -> list[RunSpec]:
     datasets = _unique(args.datasets or ([args.dataset] if args.dataset else dataset_names()))
     seeds = _unique(args.seeds or ([args.seed] if args.seed is not None else list(profile.seeds)))
     # Execution options are checked here, once: a bad value is a user error, not one failed record per run.
-    train.check_execution(RunSpec(method="", dataset="", precision=args.precision, compile=args.compile))
+    train.check_execution(args.precision, args.compile)
     for name in methods:
         configs.method_class(name)
     for name in datasets:

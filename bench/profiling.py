@@ -14,7 +14,6 @@ Two views of the same method and dataset:
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 
 import torch
@@ -50,7 +49,7 @@ def profile_from_args(args) -> int:
         precision=args.precision,
         compile=args.compile,
     )
-    train.check_execution(spec)
+    train.check_execution(spec.precision, spec.compile)  # before loading data
     device = train.resolve_device(spec.device)
     data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
     record = train.run(spec, progress=False, data=data)
@@ -142,25 +141,25 @@ def profile_steps(spec, data: SequenceData, device: torch.device, steps: int) ->
     # The split of a step comes from plain timers with the device synchronised at each part's edges (the
     # profiler's ranges cannot give it on CUDA: kernels run after their range has closed on the host).
     timer = PhaseTimer(device)
-    with encoder_timer(method, device, timer.current):
+    with encoder_timer(method, timer):
         for _ in range(steps):
             step(timer)
     print_step_shares(timer.current, steps, device)
 
 
 @contextlib.contextmanager
-def encoder_timer(module: torch.nn.Module, device: torch.device, timed: dict[str, float]):
-    """Add the synchronised seconds of every call of `module` (the encoder forward) to timed[ENCODER]."""
-    starts: list[float] = []
+def encoder_timer(module: torch.nn.Module, timer: PhaseTimer):
+    """Time every call of `module` (the encoder forward) as the phase ENCODER of `timer`, via forward hooks."""
+    open_phases: list[contextlib.AbstractContextManager] = []
 
     def enter(_module, _inputs) -> None:
-        synchronize(device)
-        starts.append(time.perf_counter())
+        phase = timer.phase(ENCODER)
+        phase.__enter__()
+        open_phases.append(phase)
 
     def leave(_module, _inputs, _output) -> None:
-        synchronize(device)
-        timed[ENCODER] += time.perf_counter() - starts.pop()
-        timed["encoder calls"] += 1
+        open_phases.pop().__exit__(None, None, None)
+        timer.current["encoder calls"] += 1
 
     handles = [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
     try:

@@ -137,14 +137,18 @@ def find_corrupt(results_dir: Path) -> list[Path]:
     return [p for p in _record_files(results_dir) if read_record(p) is None]
 
 
+# The faithful (published) value of every execution option: run ids leave these values out, records and
+# tables name the others. precision and compile are RunSpec fields; view_encoding is a config key.
+FAITHFUL = {"precision": "fp32", "compile": "off", "view_encoding": "separate"}
+
+
 def variant_label(record: dict) -> str:
     """"faithful", or the mode and every non-default execution option, e.g. "fast (precision=bf16)".
 
     Records from before execution options existed have no `variant`: they ran the faithful defaults.
     """
     variant = record.get("variant") or {}
-    defaults = {"precision": "fp32", "compile": "off", "view_encoding": "separate"}
-    options = [f"{k}={variant[k]}" for k, v in defaults.items() if variant.get(k, v) != v]
+    options = [f"{k}={variant[k]}" for k, v in FAITHFUL.items() if variant.get(k, v) != v]
     mode = variant.get("mode", "faithful")
     return f"{mode} ({', '.join(options)})" if options else mode
 

@@ -60,9 +60,9 @@ class RunSpec:
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
-# Config values that select a faster, non-published variant; at these (faithful) values they are left out
-# of the run id, so that records made before the option existed keep their ids and are still skipped.
-FAITHFUL_CONFIG = {"view_encoding": "separate"}
+# Execution options that are RunSpec fields; the rest of records.FAITHFUL are config keys. At their faithful
+# values all are left out of the run id, so records made before an option existed keep their ids.
+SPEC_OPTIONS = ("precision", "compile")
 
 
 def execution_options(spec: RunSpec) -> dict:
@@ -71,8 +71,7 @@ def execution_options(spec: RunSpec) -> dict:
     A GPU run is a different measurement of cost from a CPU run of the same spec, so both records are kept
     (and neither is skipped because the other exists). "auto" is resolved where the id is computed.
     """
-    defaults = {"precision": "fp32", "compile": "off"}
-    options = {k: getattr(spec, k) for k, v in defaults.items() if getattr(spec, k) != v}
+    options = {k: getattr(spec, k) for k in SPEC_OPTIONS if getattr(spec, k) != records.FAITHFUL[k]}
     if device_kind(spec.device) == "cuda":
         options["device"] = "cuda"
     return options
@@ -87,19 +86,19 @@ def device_kind(name: str) -> str:
 
 def variant_of(spec: RunSpec, config: dict) -> dict:
     """What a record says about how faithful the run was: mode "faithful" or "fast", and every option."""
-    fast_config = {k: config[k] for k in FAITHFUL_CONFIG if k in config and config[k] != FAITHFUL_CONFIG[k]}
-    # compile and tf32 keep the published math (fused kernels, TF32 products); bf16 and shared view
-    # encodings change what is computed, so only they make a run "fast".
-    fast = bool(fast_config) or spec.precision == "bf16"
-    return {"mode": "fast" if fast else "faithful", "precision": spec.precision, "compile": spec.compile, **{
-        k: config.get(k, v) for k, v in FAITHFUL_CONFIG.items() if k in config}}
+    options = {k: getattr(spec, k) for k in SPEC_OPTIONS}
+    options.update({k: config[k] for k in records.FAITHFUL if k in config})  # view_encoding: intent methods
+    # compile and tf32 keep the published math (fused kernels, TF32 products); bf16 and a shared encoding
+    # of the views change what is computed, so only they make a run "fast".
+    fast = options["precision"] == "bf16" or options.get("view_encoding", "separate") != "separate"
+    return {"mode": "fast" if fast else "faithful", **options}
 
 
-def check_execution(spec: RunSpec) -> None:
-    if spec.precision not in PRECISIONS:
-        raise BenchError(f"unknown precision {spec.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if spec.compile not in COMPILE_MODES:
-        raise BenchError(f"unknown compile mode {spec.compile!r}; choose one of {', '.join(COMPILE_MODES)}")
+def check_execution(precision: str, compile: str) -> None:
+    if precision not in PRECISIONS:
+        raise BenchError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if compile not in COMPILE_MODES:
+        raise BenchError(f"unknown compile mode {compile!r}; choose one of {', '.join(COMPILE_MODES)}")
 
 
 def run_identity(spec: RunSpec) -> tuple[str, dict, str]:
@@ -112,7 +111,8 @@ def identity_of(spec: RunSpec, config) -> str:
     """The run id of `spec` trained with the resolved `config`."""
     budget = {"epochs": spec.epochs, "patience": spec.patience, "max_users": spec.max_users}
     budget.update(execution_options(spec))
-    values = {k: v for k, v in config.to_dict().items() if not (k in FAITHFUL_CONFIG and FAITHFUL_CONFIG[k] == v)}
+    faithful_config = {k: v for k, v in records.FAITHFUL.items() if k not in SPEC_OPTIONS}
+    values = {k: v for k, v in config.to_dict().items() if not (k in faithful_config and faithful_config[k] == v)}
     return records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, values, budget)
 
 
@@ -195,7 +195,7 @@ def run(
         raise BenchError(f"unknown evaluation protocol {spec.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if spec.epochs < 1 or spec.patience < 1:
         raise BenchError("epochs and patience must be >= 1")
-    check_execution(spec)
+    check_execution(spec.precision, spec.compile)
     device = resolve_device(spec.device)
     started = dt.datetime.now(dt.UTC)
     wall_start = time.perf_counter()
