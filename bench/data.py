@@ -262,6 +262,7 @@ class SequenceData:
         self.valid_answer = self.full[rows, lengths - 2]
         self.test_answer = self.full[rows, lengths - 1]
         self._build_negative_table()
+        self._popularity: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def load(cls, name: str, max_users: int | None = None, max_len: int = 50, device: str = "cpu") -> SequenceData:
@@ -270,6 +271,21 @@ class SequenceData:
         if max_users is not None:
             seqs = sample_users(seqs, max_users)
         return cls(name, seqs, item_size, max_len=max_len, device=device)
+
+    def popularity_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(item ids by decreasing training count [item_size], each id's place in that order [item_size]).
+
+        Evaluation scans items in this order; it only changes how soon a user's count can stop, never a
+        result. Counts come from the training part s[:-3], ties broken by id. Built once, then cached.
+        """
+        if self._popularity is None:
+            counts = torch.bincount(self.train_input.flatten(), minlength=self.item_size)
+            counts[0] = 0  # padding
+            order = torch.sort(counts, descending=True, stable=True).indices
+            position = torch.empty_like(order)
+            position[order] = torch.arange(len(order), device=self.device)
+            self._popularity = (order, position)
+        return self._popularity
 
     # Negative sampling: uniform over 1..item_size-1 minus the user's whole sequence (SPEC section 5), drawn
     # exactly and without rejection loops: with S the user's sorted distinct items, g_j = S_j - 1 - j counts

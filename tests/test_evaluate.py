@@ -13,7 +13,7 @@ import torch
 
 from bench.data import SequenceData, Sequences
 from bench.errors import BenchError
-from bench.evaluate import METRICS, evaluate, rank_metrics
+from bench.evaluate import METRICS, PROTOCOLS, evaluate, rank_metrics
 from tests.conftest import REFERENCE_CHECKPOINT, REPO
 
 PUBLISHED_ROW = {"HR@5": 0.0500, "NDCG@5": 0.0326, "HR@10": 0.0744, "NDCG@10": 0.0403, "HR@20": 0.1058, "NDCG@20": 0.0483}
@@ -36,10 +36,8 @@ def _one_user(history: list[int], answer: int, item_size: int = 30) -> SequenceD
 
 
 def test_rank_metrics_by_hand():
-    top = torch.arange(20).repeat(3, 1)  # ids 0..19 ranked in order
-    answers = torch.tensor([0, 7, 99])  # rank 0, rank 7, miss
-    sums = rank_metrics(top, answers).tolist()
-    got = dict(zip(METRICS, sums))
+    ranks = torch.tensor([0, 7, 25])  # rank 0, rank 7, miss
+    got = dict(zip(METRICS, rank_metrics(ranks).tolist()))
     assert got["HR@5"] == 1 and got["HR@10"] == 2 and got["HR@20"] == 2
     assert got["NDCG@5"] == pytest.approx(1.0)
     assert got["NDCG@10"] == pytest.approx(1.0 + 1 / math.log2(9))
@@ -85,6 +83,54 @@ def test_valid_history_excludes_the_valid_answer():
     assert evaluate(method, data, "valid")["NDCG@5"] == pytest.approx(1.0)
     test = evaluate(method, data, "test", "strict")
     assert test["NDCG@5"] == pytest.approx(1.0)
+
+
+def test_an_answer_in_its_history_ranks_behind_the_tied_history_ids():
+    # Reference protocol: the answer 4 is also in the history {3, 4, 5}, so it scores 0 like 3 and 5.
+    data = _one_user([3, 4, 5], 4)
+    scores = torch.full((30, 30), -1.0)
+    scores[5, 7] = 2.0  # one id ahead of every 0 (rows are picked by the last input item, 5)
+    method = FixedScores(scores)
+    # Ahead of the answer: id 7, then the two tied history ids 3 and 5: rank 3.
+    assert evaluate(method, data, "test")["NDCG@5"] == pytest.approx(1 / math.log2(5))
+
+
+class DotScores(torch.nn.Module):
+    """Wraps a method so that evaluation sees only `score_items` (the whole score matrix path)."""
+
+    def __init__(self, method):
+        super().__init__()
+        self.method = method
+
+    def score_items(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.method.score_items(inputs)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_item_scan_gives_the_whole_matrix_metrics(beauty, monkeypatch, protocol):
+    # The chunked scan (users leave once 20 ids are ahead) must give exactly the ranks of the whole score
+    # matrix. Small chunks make most users leave early, so the early exit is exercised on many users.
+    from bench import configs
+    from bench import evaluate as evaluate_module
+    from methods import DatasetInfo
+
+    state = torch.load(REFERENCE_CHECKPOINT, map_location="cpu")  # realistic ranks: hits and long tails
+    cls = configs.method_class("iclrec")
+    values = {**configs.paper_values("iclrec", "Beauty"), **cls.config_from_checkpoint(state)}
+    method = cls(configs.build_config(cls.Config, values, "test"), DatasetInfo("Beauty", beauty.item_size, beauty.num_users))
+    method.load_state_dict(state)
+    assert evaluate_module.scores_by_dot_product(method) and not evaluate_module.scores_by_dot_product(DotScores(method))
+    monkeypatch.setattr(evaluate_module, "FIRST_CHUNK", 32)
+    for split in ("valid", "test"):
+        scanned = evaluate(method, beauty, split, protocol)
+        whole = evaluate(DotScores(method), beauty, split, protocol)
+        assert scanned["HR@20"] > 0.05
+        for key in METRICS:
+            assert scanned[key] == pytest.approx(whole[key], abs=1e-9), (split, key)
+
+
+def test_nan_scores_are_never_a_hit(small_data):
+    assert all(v == 0.0 for v in evaluate(FixedScores(torch.full((200, 200), float("nan"))), small_data).values())
 
 
 def test_unknown_protocol(small_data):
