@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from methods.encoder import SASRecEncoder
@@ -72,14 +73,19 @@ def test_encode_last_equals_the_last_position_of_forward():
 
 
 def test_fast_dropout_keeps_each_element_with_probability_1_minus_p():
-    from methods.encoder import Dropout, keep_mask
+    from methods.encoder import Dropout, dropout_scale
 
     for p in (0.5, 0.3):
-        mask = keep_mask(torch.Size([400, 50, 64]), p, torch.device("cpu")).float()  # 1.28M draws
+        scale = dropout_scale(torch.Size([400, 50, 64]), p, torch.device("cpu"), torch.float32)  # 1.28M draws
+        assert scale.unique().tolist() == pytest.approx([0.0, 1 / (1 - p)])
+        mask = (scale > 0).float()
         assert abs(mask.mean().item() - (1 - p)) < 0.003
-        # neighbouring elements are independent: P(both kept) = (1 - p)^2
-        both = (mask.flatten()[:-1] * mask.flatten()[1:]).mean().item()
-        assert abs(both - (1 - p) ** 2) < 0.003
+        # elements are independent: P(both kept) = (1 - p)^2 for neighbours, and for elements 8 apart
+        # (the next random byte), whose lookups come from different rows of the table
+        flat = mask.flatten()
+        for gap in (1, 8):
+            both = (flat[:-gap] * flat[gap:]).mean().item()
+            assert abs(both - (1 - p) ** 2) < 0.003, (p, gap)
     drop = Dropout(0.5).train()
     x = torch.ones(1000, 64)
     y = drop(x)
