@@ -1,4 +1,5 @@
-"""The "before" baselines: the published ICLRec/ELCRec data pipeline and evaluation, re-implemented.
+"""The "before" baselines: the published ICLRec/ELCRec data pipeline, evaluation and ICLRec training step,
+re-implemented.
 
 Written from the description in SPEC sections 2, 3 and 5 of what the published code does, in the same
 style, so that its cost is what the speed suite compares ours against:
@@ -11,6 +12,7 @@ style, so that its cost is what the speed suite compares ours against:
   history mask of the batch's users is built from a sparse rating matrix (scipy csr `toarray() > 0` when
   scipy is installed, else the same dense mask with numpy), the history scores are set to 0,
   `np.argpartition` finds the top 20, and HR / NDCG are computed by Python loops over users.
+- ICLRec training step: see `ReferenceICLRecStep` below.
 
 The distributions and the metrics are the same as ours (the speed suite checks both); only the cost differs.
 Two small liberties, both in the baseline's favour or neutral: the evaluation runs under `torch.no_grad()`,
@@ -288,3 +290,169 @@ class ReferenceEvaluator:
             metrics[f"HR@{k}"] = recall_at_k(answer_list.tolist(), pred_list, k)
             metrics[f"NDCG@{k}"] = ndcg_k(answer_list.tolist(), pred_list, k)
         return {f"{name}@{k}": metrics[f"{name}@{k}"] for k in (5, 10, 20) for name in ("HR", "NDCG")}
+
+
+# ------------------------------------------------------------------------------------------ training step
+# The published ICLRec model and M-step, in the published code's style: its own LayerNorm and erf GELU in
+# elementary ops, nn.Dropout, heads split with permute and merged with .contiguous(), the attention mask
+# rebuilt from the batch in float, three encoder calls per step, and the intent query answered by a faiss
+# index on a host copy of the batch's mean-pooled output. Parameter names are the published ones, so our
+# method's state_dict loads into it and both start from the same weights.
+class ReferenceLayerNorm(torch.nn.Module):
+    def __init__(self, hidden: int, eps: float = 1e-12):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(hidden))
+        self.bias = torch.nn.Parameter(torch.zeros(hidden))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(-1, keepdim=True)
+        s = (x - u).pow(2).mean(-1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight * x + self.bias
+
+
+def reference_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+class ReferenceSelfAttention(torch.nn.Module):
+    def __init__(self, hidden: int, heads: int, attn_dropout: float, hidden_dropout: float):
+        super().__init__()
+        self.heads, self.head_size = heads, hidden // heads
+        self.query = torch.nn.Linear(hidden, hidden)
+        self.key = torch.nn.Linear(hidden, hidden)
+        self.value = torch.nn.Linear(hidden, hidden)
+        self.attn_dropout = torch.nn.Dropout(attn_dropout)
+        self.dense = torch.nn.Linear(hidden, hidden)
+        self.LayerNorm = ReferenceLayerNorm(hidden)
+        self.out_dropout = torch.nn.Dropout(hidden_dropout)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:-1], self.heads, self.head_size).permute(0, 2, 1, 3)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_size) + mask
+        probs = self.attn_dropout(torch.nn.Softmax(dim=-1)(scores))
+        context = torch.matmul(probs, v).permute(0, 2, 1, 3).contiguous()
+        context = context.view(*context.shape[:-2], self.heads * self.head_size)
+        return self.LayerNorm(self.out_dropout(self.dense(context)) + x)
+
+
+class ReferenceIntermediate(torch.nn.Module):
+    def __init__(self, hidden: int, hidden_dropout: float):
+        super().__init__()
+        self.dense_1 = torch.nn.Linear(hidden, 4 * hidden)
+        self.dense_2 = torch.nn.Linear(4 * hidden, hidden)
+        self.LayerNorm = ReferenceLayerNorm(hidden)
+        self.dropout = torch.nn.Dropout(hidden_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense_2(reference_gelu(self.dense_1(x)))) + x)
+
+
+class ReferenceLayer(torch.nn.Module):
+    def __init__(self, hidden: int, heads: int, attn_dropout: float, hidden_dropout: float):
+        super().__init__()
+        self.attention = ReferenceSelfAttention(hidden, heads, attn_dropout, hidden_dropout)
+        self.intermediate = ReferenceIntermediate(hidden, hidden_dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.intermediate(self.attention(x, mask))
+
+
+class ReferenceLayerStack(torch.nn.Module):
+    def __init__(self, layers: list[ReferenceLayer]):
+        super().__init__()
+        self.layer = torch.nn.ModuleList(layers)
+
+
+class ReferenceSASRec(torch.nn.Module):
+    def __init__(self, item_size: int, hidden: int, layers: int, heads: int, max_len: int, hidden_dropout: float, attn_dropout: float):
+        super().__init__()
+        self.item_embeddings = torch.nn.Embedding(item_size, hidden, padding_idx=0)
+        self.position_embeddings = torch.nn.Embedding(max_len, hidden)
+        self.LayerNorm = ReferenceLayerNorm(hidden)
+        self.dropout = torch.nn.Dropout(hidden_dropout)
+        self.item_encoder = ReferenceLayerStack(
+            [ReferenceLayer(hidden, heads, attn_dropout, hidden_dropout) for _ in range(layers)]
+        )
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        length = input_ids.size(1)
+        attention_mask = (input_ids > 0).long().unsqueeze(1).unsqueeze(2)  # [B, 1, 1, L]
+        subsequent = torch.tril(torch.ones((1, length, length), device=input_ids.device)).unsqueeze(1).long()
+        extended = (attention_mask * subsequent).float()
+        extended = (1.0 - extended) * -10000.0
+        positions = torch.arange(length, dtype=torch.long, device=input_ids.device).unsqueeze(0).expand_as(input_ids)
+        x = self.dropout(self.LayerNorm(self.item_embeddings(input_ids) + self.position_embeddings(positions)))
+        for layer in self.item_encoder.layer:
+            x = layer(x, extended)
+        return x
+
+
+def reference_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    sim11 = torch.matmul(a, a.T) / temperature
+    sim22 = torch.matmul(b, b.T) / temperature
+    sim12 = torch.matmul(a, b.T) / temperature
+    d = sim12.shape[-1]
+    sim11[..., range(d), range(d)] = float("-inf")
+    sim22[..., range(d), range(d)] = float("-inf")
+    logits = torch.cat([torch.cat([sim12, sim11], dim=-1), torch.cat([sim22, sim12.transpose(-1, -2)], dim=-1)], dim=-2)
+    labels = torch.arange(2 * d, dtype=torch.long, device=logits.device)
+    return torch.nn.functional.cross_entropy(logits, labels)
+
+
+class ReferenceICLRecStep:
+    """One published-style ICLRec M-step (forward, backward, Adam) on a batch of our tensors."""
+
+    def __init__(self, model: ReferenceSASRec, centroids: torch.Tensor, lr: float, cl_weight: float, intent_weight: float, temperature: float):
+        import faiss
+
+        self.model = model
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999))
+        self.index = faiss.IndexFlatL2(centroids.shape[1])
+        self.index.add(centroids.cpu().numpy().astype(np.float32))
+        self.prototypes = torch.nn.functional.normalize(centroids, p=2, dim=1)
+        self.cl_weight, self.intent_weight, self.temperature = cl_weight, intent_weight, temperature
+
+    def rec_loss(self, seq_out: torch.Tensor, pos_ids: torch.Tensor, neg_ids: torch.Tensor) -> torch.Tensor:
+        pos_emb = self.model.item_embeddings(pos_ids).view(-1, seq_out.size(2))
+        neg_emb = self.model.item_embeddings(neg_ids).view(-1, seq_out.size(2))
+        seq_emb = seq_out.view(-1, seq_out.size(2))
+        pos_logits = torch.sum(pos_emb * seq_emb, -1)
+        neg_logits = torch.sum(neg_emb * seq_emb, -1)
+        istarget = (pos_ids > 0).view(pos_ids.size(0) * pos_ids.size(1)).float()
+        loss = torch.sum(
+            -torch.log(torch.sigmoid(pos_logits) + 1e-24) * istarget
+            - torch.log(1 - torch.sigmoid(neg_logits) + 1e-24) * istarget
+        ) / torch.sum(istarget)
+        return loss
+
+    def loss_terms(self, batch) -> dict[str, torch.Tensor]:
+        model = self.model
+        sequence_output = model(batch.input_ids)
+        rec = self.rec_loss(sequence_output, batch.target_pos, batch.target_neg)
+        # The intent query: the published code copies the batch to the host and asks faiss.
+        seq_rep = sequence_output.mean(dim=1).detach().cpu().numpy()
+        _, ids = self.index.search(np.ascontiguousarray(seq_rep, dtype=np.float32), 1)
+        intents = self.prototypes[torch.from_numpy(ids[:, 0]).to(sequence_output.device)]
+        cl_batch = torch.cat(batch.views, dim=0)
+        b = batch.input_ids.shape[0]
+        instance_out = model(cl_batch).view(2 * b, -1)
+        instance = reference_nce(instance_out[:b], instance_out[b:], self.temperature)
+        intent_out = model(cl_batch).mean(dim=1)
+        intent = (
+            reference_nce(intent_out[:b], intents, self.temperature) + reference_nce(intent_out[b:], intents, self.temperature)
+        ) / 2
+        loss = rec + self.cl_weight * instance + self.intent_weight * intent
+        return {"rec": rec, "instance": instance, "intent": intent, "loss": loss}
+
+    def __call__(self, batch) -> float:
+        self.model.train()
+        loss = self.loss_terms(batch)["loss"]
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
