@@ -456,3 +456,46 @@ class ReferenceICLRecStep:
         loss.backward()
         self.optimizer.step()
         return loss.item()
+
+
+class ReferenceELCRecStep(ReferenceICLRecStep):
+    """One ELCRec step (SPEC section 6) written in the same published style, for the same comparison.
+
+    The centers are a parameter of the step; distances come from `torch.cdist`, centers are gathered by
+    advanced indexing, and the clustering loss broadcasts [B, K, H] and [K, K, H] differences.
+    """
+
+    def __init__(self, model: ReferenceSASRec, centers: torch.Tensor, lr: float, cl_weight: float, intent_weight: float,
+                 temperature: float, trade_off: float, prototype: str):
+        self.model = model
+        self.centers = torch.nn.Parameter(centers.detach().clone())
+        self.optimizer = torch.optim.Adam([*model.parameters(), self.centers], lr=lr, betas=(0.9, 0.999))
+        self.cl_weight, self.intent_weight, self.temperature = cl_weight, intent_weight, temperature
+        self.trade_off, self.prototype = trade_off, prototype
+
+    def loss_terms(self, batch) -> dict[str, torch.Tensor]:
+        model, centers = self.model, self.centers
+        b = batch.input_ids.shape[0]
+        sequence_output = model(batch.input_ids)
+        rec = self.rec_loss(sequence_output, batch.target_pos, batch.target_neg)
+        cl_batch = torch.cat(batch.views, dim=0)
+        cl_out = model(cl_batch)  # [2B, L, H]
+        flat = cl_out.view(-1, cl_out.size(-1))
+        nearest = torch.cdist(flat.detach(), centers.detach()).argmin(dim=1)
+        gathered = centers[nearest].view(cl_out.shape)
+        augmented = cl_out + gathered if self.prototype == "shift" else torch.cat([cl_out, gathered], dim=-1)
+        augmented = augmented.view(2 * b, -1)
+        instance = reference_nce(augmented[:b], augmented[b:], self.temperature)
+        with torch.no_grad():
+            centers.data = centers.data / centers.data.norm(dim=1, keepdim=True)
+        z = torch.nn.functional.normalize(sequence_output.mean(dim=1), p=2, dim=1)
+        user_center = (z[:, None, :] - centers[None, :, :]).pow(2).sum(-1).mean()
+        center_center = (centers[:, None, :] - centers[None, :, :]).pow(2).sum(-1).mean()
+        cluster = user_center - center_center
+        intents = centers[torch.cdist(z.detach(), centers.detach()).argmin(dim=1)]
+        intent_out = model(cl_batch).mean(dim=1)
+        intent = (
+            reference_nce(intent_out[:b], intents, self.temperature) + reference_nce(intent_out[b:], intents, self.temperature)
+        ) / 2
+        loss = rec + self.cl_weight * instance + self.trade_off * cluster + self.intent_weight * intent
+        return {"rec": rec, "instance": instance, "cluster": cluster, "intent": intent, "loss": loss}

@@ -4,7 +4,7 @@ Run: `pytest tests/benchmarks -m benchmark_suite --benchmark-json=results/benchm
 (excluded from the default suite). Groups, each shown as one pytest-benchmark table:
 
 - train step: forward + backward + Adam step of each method at batch 256 (paper configs for Beauty);
-- iclrec step: ours against the published-style ICLRec step, same batch, same weights, same loss terms;
+- iclrec step, elcrec step: ours against a published-style step, same batch, same weights, same loss terms;
 - evaluation: all 22,363 test users, ours (popularity scan, counts) vs the reference (host argpartition);
 - clustering: ICLRec's E-step (encode all users + k-means) vs the terms ELCRec adds to a step instead, for
   one batch and summed over the batches of one epoch;
@@ -28,7 +28,13 @@ from methods import REGISTRY, DatasetInfo, Method
 from methods.clustering import nearest_centroid
 from methods.losses import elcrec_cluster_loss
 
-from .reference_impl import ReferenceEvaluator, ReferenceICLRecStep, ReferenceSASRec, train_loader
+from .reference_impl import (
+    ReferenceELCRecStep,
+    ReferenceEvaluator,
+    ReferenceICLRecStep,
+    ReferenceSASRec,
+    train_loader,
+)
 
 pytestmark = pytest.mark.benchmark_suite
 
@@ -93,24 +99,45 @@ def test_iclrec_step_ours(benchmark, beauty_data, device):
 def test_iclrec_step_reference(benchmark, beauty_data, device):
     """The published-style ICLRec step (`reference_impl.ReferenceICLRecStep`) on the same batch and weights."""
     benchmark.extra_info["ratio"] = "numerator"
-    method = build("iclrec", beauty_data, device)
+    reference_step_benchmark(benchmark, beauty_data, device, "iclrec")
+
+
+@pytest.mark.benchmark(group="elcrec step")
+def test_elcrec_step_ours(benchmark, beauty_data, device):
+    benchmark.extra_info["ratio"] = "denominator"
+    test_train_step(benchmark, beauty_data, device, "elcrec")
+
+
+@pytest.mark.benchmark(group="elcrec step")
+def test_elcrec_step_reference(benchmark, beauty_data, device):
+    """ELCRec's step in the same published style (`reference_impl.ReferenceELCRecStep`)."""
+    benchmark.extra_info["ratio"] = "numerator"
+    reference_step_benchmark(benchmark, beauty_data, device, "elcrec")
+
+
+def reference_step_benchmark(benchmark, data, device: torch.device, name: str) -> None:
+    method = build(name, data, device)
     c = method.config
-    model = ReferenceSASRec(beauty_data.item_size, c.hidden_size, c.num_layers, c.num_heads, c.max_len,
+    model = ReferenceSASRec(data.item_size, c.hidden_size, c.num_layers, c.num_heads, c.max_len,
                             c.hidden_dropout, c.attn_dropout).to(device)
-    model.load_state_dict(method.state_dict())
-    step = ReferenceICLRecStep(model, method.centroids, c.lr, c.cl_weight, c.intent_weight, c.temperature)
-    batch = first_batch(method, beauty_data, device)
-    # Same math as ours: without dropout, both give the same loss terms.
+    model.load_state_dict({k: v for k, v in method.state_dict().items() if k != "cluster_centers"})
+    if name == "iclrec":
+        step = ReferenceICLRecStep(model, method.centroids, c.lr, c.cl_weight, c.intent_weight, c.temperature)
+    else:
+        step = ReferenceELCRecStep(model, method.cluster_centers, c.lr, c.cl_weight, c.intent_weight, c.temperature,
+                                   c.trade_off, c.prototype)
+    batch = first_batch(method, data, device)
+    # Same math as ours: without dropout, both give the same loss terms (each on its own copy of any centers,
+    # which both project in place).
     method.eval()
     model.eval()
     with torch.no_grad():
         ours, reference = method.training_step(batch), step.loss_terms(batch)
-    for name in ("rec", "instance", "intent"):
-        assert torch.allclose(ours[name], reference[name], rtol=1e-4), (name, ours[name], reference[name])
+    for term in ours:
+        assert torch.allclose(ours[term], reference[term], rtol=1e-4, atol=1e-6), (term, ours[term], reference[term])
 
     def run() -> float:
-        loss = step(batch)  # ends with loss.item(): synchronised
-        return loss
+        return step(batch)  # ends with loss.item(): synchronised
 
     loss = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
     assert math.isfinite(loss)
