@@ -163,6 +163,8 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
 
         `inputs` [B, L'] may be narrower than max_len: evaluation cuts off leading columns that are padding
         in every row, and the encoder right-aligns positions, so the scores are those of the full width.
+        Evaluation does not call this method as long as a subclass keeps it: it then computes the same
+        products itself, chunk by chunk of items (`bench/evaluate.py`). Override it for another scoring.
         """
         return self.user_repr(inputs) @ self.item_embeddings.weight.T
 
