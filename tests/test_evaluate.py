@@ -130,6 +130,25 @@ def test_item_scan_gives_the_whole_matrix_metrics(beauty, monkeypatch, protocol,
             assert scanned[key] == pytest.approx(whole[key], abs=1e-9), (split, key)
 
 
+def test_a_method_with_its_own_scoring_is_ranked_by_its_scores(small_data):
+    from bench.evaluate import scores_by_dot_product
+    from methods import REGISTRY
+    from tests.test_methods import build
+
+    class Reversed(REGISTRY["sasrec"]):
+        def score_items(self, inputs):
+            return -super().score_items(inputs)
+
+    plain = build("sasrec", small_data)
+    reversed_scores = Reversed(plain.config, plain.info)
+    reversed_scores.load_state_dict(plain.state_dict())
+    assert scores_by_dot_product(plain) and not scores_by_dot_product(reversed_scores)
+    # Same weights, opposite scores: the evaluation must follow the override, not the item table.
+    whole = evaluate(DotScores(reversed_scores), small_data, "valid")
+    assert evaluate(reversed_scores, small_data, "valid") == whole
+    assert whole != evaluate(plain, small_data, "valid")
+
+
 def test_nan_scores_are_never_a_hit(small_data):
     assert all(v == 0.0 for v in evaluate(FixedScores(torch.full((200, 200), float("nan"))), small_data).values())
 
