@@ -145,13 +145,13 @@ def evaluate(
         answer = answers[rows]
         full = data.full[rows]  # [B, n_max]
         in_history = data.columns < history_len[rows, None]
-        answer_in_history = ((full == answer[:, None]) & in_history).any(dim=1)
         # History = first `history_len` items; columns past it repeat the first item, so that masking them
         # writes the same value again.
         history = torch.where(in_history, full, full[:, :1])
         if by_dot:
             users = method.user_repr(block_inputs)  # [B, H]
             answer_score = (users * method.item_embeddings.weight[answer]).sum(dim=1)
+            answer_in_history = ((full == answer[:, None]) & in_history).any(dim=1)
             answer_score = torch.where(answer_in_history, fill, answer_score)
             # Masked: the history gets `fill`; the answer itself (not ahead of itself) and, under `strict`,
             # the padding and mask ids get -inf.

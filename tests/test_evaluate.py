@@ -30,6 +30,20 @@ class FixedScores(torch.nn.Module):
         return self.table[inputs[:, -1]].clone()
 
 
+def _from_checkpoint(method: str, beauty: SequenceData):
+    """`method` with its Beauty paper config and the published ICLRec checkpoint's weights (an ELCRec keeps
+    its own cluster centers, which the checkpoint lacks)."""
+    from bench import configs
+    from methods import DatasetInfo
+
+    state = torch.load(REFERENCE_CHECKPOINT, map_location="cpu")
+    cls = configs.method_class(method)
+    values = {**configs.paper_values(method, "Beauty"), **cls.config_from_checkpoint(state)}
+    model = cls(configs.build_config(cls.Config, values, "test"), DatasetInfo("Beauty", beauty.item_size, beauty.num_users))
+    model.load_state_dict(state, strict=False)
+    return model
+
+
 def _one_user(history: list[int], answer: int, item_size: int = 30) -> SequenceData:
     items = np.array(history + [answer])
     return SequenceData("hand", Sequences(items, np.array([0, len(items)])), item_size=item_size, max_len=5)
@@ -111,15 +125,9 @@ def test_item_scan_gives_the_whole_matrix_metrics(beauty, monkeypatch, protocol,
     # The chunked scan (users leave once 20 ids are ahead) must give exactly the ranks of the whole score
     # matrix. Small chunks make most users leave early, so the early exit is exercised on many users; one
     # chunk of all items is what a GPU runs.
-    from bench import configs
     from bench import evaluate as evaluate_module
-    from methods import DatasetInfo
 
-    state = torch.load(REFERENCE_CHECKPOINT, map_location="cpu")  # realistic ranks: hits and long tails
-    cls = configs.method_class("iclrec")
-    values = {**configs.paper_values("iclrec", "Beauty"), **cls.config_from_checkpoint(state)}
-    method = cls(configs.build_config(cls.Config, values, "test"), DatasetInfo("Beauty", beauty.item_size, beauty.num_users))
-    method.load_state_dict(state)
+    method = _from_checkpoint("iclrec", beauty)  # realistic ranks: hits and long tails
     assert evaluate_module.scores_by_dot_product(method) and not evaluate_module.scores_by_dot_product(DotScores(method))
     monkeypatch.setattr(evaluate_module, "FIRST_CHUNK", first_chunk)
     for split in ("valid", "test"):
@@ -172,15 +180,7 @@ def test_published_checkpoint_gives_published_scores():
 
 @pytest.mark.parametrize("method", ["sasrec", "cl4srec", "elcrec"])
 def test_checkpoint_loads_into_every_method(beauty, method):
-    from bench import configs
-    from methods import DatasetInfo
-
-    state = torch.load(REFERENCE_CHECKPOINT, map_location="cpu")
-    cls = configs.method_class(method)
-    values = {**configs.paper_values(method, "Beauty"), **cls.config_from_checkpoint(state)}
-    model = cls(configs.build_config(cls.Config, values, "test"), DatasetInfo("Beauty", beauty.item_size, beauty.num_users))
-    model.load_state_dict(state, strict=False)
-    got = evaluate(model, beauty, "test")
+    got = evaluate(_from_checkpoint(method, beauty), beauty, "test")
     assert round(got["NDCG@20"], 4) == PUBLISHED_ROW["NDCG@20"]
 
 

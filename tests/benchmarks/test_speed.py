@@ -3,8 +3,9 @@
 Run: `pytest tests/benchmarks -m benchmark_suite --benchmark-json=results/benchmarks/bench-{machine}.json`
 (excluded from the default suite). Groups, each shown as one pytest-benchmark table:
 
-- train step: forward + backward + Adam step of each method at batch 256 (paper configs for Beauty);
-- iclrec step, elcrec step: ours against a published-style step, same batch, same weights, same loss terms;
+- train step: forward + backward + Adam step of SASRec and CL4SRec at batch 256 (paper configs for Beauty);
+- iclrec step, elcrec step: the same for ICLRec / ELCRec, beside a published-style step on the same batch,
+  weights and loss terms;
 - evaluation: all 22,363 test users, ours (popularity scan, counts) vs the reference (host argpartition);
 - clustering: ICLRec's E-step (encode all users + k-means) vs the terms ELCRec adds to a step instead, for
   one batch and summed over the batches of one epoch;
@@ -72,6 +73,9 @@ def first_batch(method: Method, data, device: torch.device):
 @pytest.mark.benchmark(group="train step")
 @pytest.mark.parametrize("name", METHODS)
 def test_train_step(benchmark, beauty_data, device, name):
+    if name in ("iclrec", "elcrec"):  # their own groups, beside the published-style step
+        benchmark.group = f"{name} step"
+        benchmark.extra_info["ratio"] = "denominator"
     method = build(name, beauty_data, device)
     method.train()
     optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr)
@@ -89,30 +93,13 @@ def test_train_step(benchmark, beauty_data, device, name):
     assert math.isfinite(loss)
 
 
-@pytest.mark.benchmark(group="iclrec step")
-def test_iclrec_step_ours(benchmark, beauty_data, device):
-    benchmark.extra_info["ratio"] = "denominator"
-    test_train_step(benchmark, beauty_data, device, "iclrec")
-
-
-@pytest.mark.benchmark(group="iclrec step")
-def test_iclrec_step_reference(benchmark, beauty_data, device):
-    """The published-style ICLRec step (`reference_impl.ReferenceICLRecStep`) on the same batch and weights."""
+@pytest.mark.parametrize("name", ("iclrec", "elcrec"))
+def test_train_step_published_way(benchmark, beauty_data, device, name):
+    """A published-style step (`reference_impl.ReferenceICLRecStep` / `ReferenceELCRecStep`), same batch and
+    weights, in the group of our step of the same method."""
+    benchmark.group = f"{name} step"
     benchmark.extra_info["ratio"] = "numerator"
-    reference_step_benchmark(benchmark, beauty_data, device, "iclrec")
-
-
-@pytest.mark.benchmark(group="elcrec step")
-def test_elcrec_step_ours(benchmark, beauty_data, device):
-    benchmark.extra_info["ratio"] = "denominator"
-    test_train_step(benchmark, beauty_data, device, "elcrec")
-
-
-@pytest.mark.benchmark(group="elcrec step")
-def test_elcrec_step_reference(benchmark, beauty_data, device):
-    """ELCRec's step in the same published style (`reference_impl.ReferenceELCRecStep`)."""
-    benchmark.extra_info["ratio"] = "numerator"
-    reference_step_benchmark(benchmark, beauty_data, device, "elcrec")
+    reference_step_benchmark(benchmark, beauty_data, device, name)
 
 
 def reference_step_benchmark(benchmark, data, device: torch.device, name: str) -> None:
