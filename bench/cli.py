@@ -1,116 +1,136 @@
-"""`python -m bench`: the only place that parses argv.
+"""`python -m bench`: the only module that sees argparse; every other module takes typed arguments.
 
     data download|stats   fetch and verify datasets; print their statistics
-    run                   one run (--method, --dataset) or the whole grid (--all) through Ray
+    run                   one run (--method, --dataset) or the grid (--all), through Ray or in process
     evaluate              score a checkpoint in the published layout
-    tune                  Optuna hyperparameter study, trials in parallel through Ray Tune
+    tune                  an Optuna study over a method's search space; its workers run through Ray or as
+                          local processes (bench/tune.py says why not through Ray Tune)
     leaderboard           tables and plots in results/ from the run records
-    profile               seconds per phase and the training step's top operators
+    profile               seconds per phase and the top operators of the training step
 
-User errors (BenchError) print one line `error: ...` on stderr and exit 2, without a traceback.
+User errors (BenchError) print one line `error: ...` on stderr and exit 2, without a traceback. A run
+that fails (a diverging loss, a crash) is recorded as failed and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.spec import DEFAULT_RESULTS
 
-DEFAULT_RESULTS = Path(__file__).resolve().parent.parent / "results"
+METHOD_HELP = "method name: sasrec, cl4srec, iclrec, elcrec (or any method registered in methods/__init__.py)"
+DATASET_HELP = "dataset name: Beauty, Sports_and_Outdoors, Toys_and_Games, Yelp"
+DEVICE_HELP = "auto (CUDA when torch sees it) | cpu | cuda"
+RESULTS_HELP = f"results folder: records go to <results>/runs/ (default {DEFAULT_RESULTS.name}/ in the repository)"
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", help="method name (sasrec, cl4srec, iclrec, elcrec)")
-    p.add_argument("--dataset", help="dataset name (Beauty, Sports_and_Outdoors, Toys_and_Games, Yelp)")
-    p.add_argument("--profile", default=None, help="smoke | quick | paper (run --all defaults to paper)")
-    p.add_argument("--epochs", type=int, help="maximum epochs (default: the profile's, else 300)")
-    p.add_argument("--patience", type=int, help="early-stopping patience on valid NDCG@20 (default 40)")
-    p.add_argument("--seed", type=int, default=None, help="seed of a single run (default 1)")
-    p.add_argument("--max-users", type=int, help="train on a deterministic sample of this many users")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--protocol", default="reference", help="evaluation protocol: reference | strict")
-    p.add_argument("--configs", default="paper", help="configuration source: paper | tuned")
-    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="override a config value")
-    p.add_argument("--json", action="store_true", help="print the run record as one JSON line at the end")
-    p.add_argument("--save-checkpoint", metavar="FILE", help="write the best parameters (published layout)")
-    p.add_argument("--results", type=Path, help="directory of run records (run --all: default results/)")
-    p.add_argument("--threads", type=int, help="torch CPU threads per run")
-    _add_execution_options(p)
-    # the grid
-    p.add_argument("--all", action="store_true", help="run the grid of methods x datasets x seeds")
-    p.add_argument("--methods", nargs="+", help="with --all: methods (default all four)")
-    p.add_argument("--datasets", nargs="+", help="with --all: datasets (default all four)")
-    p.add_argument("--seeds", nargs="+", type=int, help="with --all: seeds (default the profile's)")
-    p.add_argument("--executor", default="ray", help="with --all: ray | local")
-    p.add_argument("--address", help="with --all: Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--cpus-per-run", type=float, default=None, help="with --all: CPUs each run reserves")
-    p.add_argument("--gpus-per-run", type=float, default=None, help="with --all: GPUs each run reserves (0.25 packs 4)")
+# ---------------------------------------------------------------------------------------------- parser
+def _add_budget_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile",
+        help="budget: smoke (2,000 users, 3 epochs) | quick (all users, 10 epochs) | paper (300 epochs, "
+        "patience 40, seeds 1-3; the default)",
+    )
+    p.add_argument("--epochs", type=int, help="maximum epochs (default: the profile's)")
+    p.add_argument("--patience", type=int, help="early-stopping patience on valid NDCG@20 (default: the profile's)")
+    p.add_argument("--max-users", type=int, help="train on a deterministic sample of this many users (default: the profile's)")
 
 
 def _add_execution_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", default="fp32", help="fp32 (faithful) | tf32 (CUDA matmuls) | bf16 (autocast, fast mode)")
+    p.add_argument(
+        "--precision", default="fp32",
+        help="fp32 (faithful, default) | tf32 (CUDA matmuls in TF32) | bf16 (autocast of the training step: fast mode)",
+    )
     p.add_argument(
         "--compile", default="off",
-        help="torch.compile the training step: off | default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs",
+        help="torch.compile the training step: off (default) | default | reduce-overhead (CUDA graphs) | "
+        "max-autotune-no-cudagraphs",
     )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", help=METHOD_HELP)
+    p.add_argument("--dataset", help=DATASET_HELP)
+    _add_budget_options(p)
+    p.add_argument("--seed", type=int, help="seed of a single run (default: the profile's first seed, 1)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--protocol", default="reference", help="evaluation protocol: reference (published, default) | strict")
+    p.add_argument("--configs", default="paper", help="configuration source: paper (default) | tuned (methods/configs/tuned)")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="override a config value (repeatable); in a grid, method.key=value scopes it to one method")
+    p.add_argument("--json", action="store_true", help="print the run record as one JSON line at the end")
+    p.add_argument("--save-checkpoint", metavar="FILE", help="write the best parameters (published layout) to FILE")
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
+    p.add_argument("--threads", type=int, help="torch CPU threads per run (default: torch's; in a Ray grid, --cpus-per-run)")
+    _add_execution_options(p)
+    grid = p.add_argument_group("the grid (--all)")
+    grid.add_argument("--all", action="store_true", help="run the grid of methods x datasets x seeds, resumable")
+    grid.add_argument("--methods", nargs="+", help="methods of the grid (default: all)")
+    grid.add_argument("--datasets", nargs="+", help="datasets of the grid (default: all four)")
+    grid.add_argument("--seeds", nargs="+", type=int, help="seeds of the grid (default: the profile's)")
+    grid.add_argument("--executor", default="ray", help="ray (default) | local (in this process, one run at a time)")
+    grid.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
+    grid.add_argument("--cpus-per-run", type=float, help="CPUs each run reserves on Ray (default 1)")
+    grid.add_argument("--gpus-per-run", type=float, help="GPUs each run reserves on Ray (0.25 packs 4 runs on a GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="intent-bench: intent-learning recommenders, compared")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="download and inspect datasets")
+    data = sub.add_parser("data", help="download and inspect datasets (offline: export BENCH_DATA_MIRROR=<folder>)")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     dl = data_sub.add_parser("download", help="fetch datasets into the cache and verify their checksums")
-    dl.add_argument("names", nargs="*")
-    dl.add_argument("--all", action="store_true")
-    dl.add_argument("--mirror", help="directory (or URL prefix) holding the files; default $BENCH_DATA_MIRROR")
+    dl.add_argument("names", nargs="*", help="datasets to fetch (default: all)")
+    dl.add_argument("--all", action="store_true", help="every dataset (the default when no name is given)")
     dl.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
     st = data_sub.add_parser("stats", help="users, items, interactions, lengths per dataset")
-    st.add_argument("names", nargs="*")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("names", nargs="*", help="datasets (default: all)")
+    st.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
 
     _add_run_options(sub.add_parser("run", help="train and evaluate one run, or the grid with --all"))
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint in the published layout")
-    ev.add_argument("--method", required=True)
-    ev.add_argument("--dataset", required=True)
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--split", default="test", choices=("test", "valid"))
-    ev.add_argument("--protocol", default="reference")
-    ev.add_argument("--device", default="auto")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--method", required=True, help=METHOD_HELP)
+    ev.add_argument("--dataset", required=True, help=DATASET_HELP)
+    ev.add_argument("--checkpoint", required=True, help="a state_dict file in the published layout")
+    ev.add_argument("--split", default="test", choices=("test", "valid"), help="split to score (default test)")
+    ev.add_argument("--protocol", default="reference", help="reference (published, default) | strict")
+    ev.add_argument("--device", default="auto", help=DEVICE_HELP)
+    ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
-    tu = sub.add_parser("tune", help="Optuna study over a method's search space, trials through Ray Tune")
+    tu = sub.add_parser("tune", help="Optuna study over a method's search space (workers through Ray or local processes)")
     tu.add_argument("--method", help="method to tune")
     tu.add_argument("--dataset", help="dataset to tune on")
     tu.add_argument("--trials", type=int, default=20, help="trials to add to the study (default 20)")
     tu.add_argument("--profile", default="quick", help="data and epoch budget of each trial (default quick)")
     tu.add_argument("--parallel", type=int, default=1, help="trials running at once (default 1)")
-    tu.add_argument("--storage", help="Optuna storage URL (default: a journal file under results/studies/)")
+    tu.add_argument("--storage", help="Optuna storage URL (default: a journal file under <results>/studies/)")
     tu.add_argument("--study", help="study name (default <method>-<dataset>-<profile>)")
-    tu.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
-    tu.add_argument("--executor", default="ray", help="ray | local")
+    tu.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
+    tu.add_argument("--executor", default="ray", help="where parallel workers run: ray (default) | local")
     tu.add_argument("--address", help="with --executor ray: Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
     tu.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0); trials train with the profile's seed")
-    tu.add_argument("--device", default="auto")
-    tu.add_argument("--export", action="store_true", help="write the best config of each study to configs/tuned")
+    tu.add_argument("--device", default="auto", help=DEVICE_HELP)
+    tu.add_argument("--export", action="store_true", help="write the best config of each study to methods/configs/tuned")
 
     lb = sub.add_parser("leaderboard", help="write leaderboard and cost tables and plots from run records")
-    lb.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
-    lb.add_argument("--out", type=Path, help="output directory (default: the results directory)")
+    lb.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
+    lb.add_argument("--out", type=Path, help="output folder (default: the results folder)")
 
     pr = sub.add_parser("profile", help="seconds per phase and the top operators of the training step")
-    pr.add_argument("--method", required=True)
-    pr.add_argument("--dataset", required=True)
-    pr.add_argument("--epochs", type=int, default=1)
-    pr.add_argument("--max-users", type=int)
-    pr.add_argument("--device", default="auto")
-    pr.add_argument("--steps", type=int, default=10, help="training steps under the torch profiler")
-    pr.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE")
+    pr.add_argument("--method", required=True, help=METHOD_HELP)
+    pr.add_argument("--dataset", required=True, help=DATASET_HELP)
+    pr.add_argument("--epochs", type=int, default=1, help="epochs of the timed run (default 1; no early stop)")
+    pr.add_argument("--max-users", type=int, help="train on a deterministic sample of this many users")
+    pr.add_argument("--device", default="auto", help=DEVICE_HELP)
+    pr.add_argument("--steps", type=int, default=10, help="training steps under the torch profiler (default 10)")
+    pr.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="override a config value")
     _add_execution_options(pr)
     return parser
 
@@ -122,7 +142,7 @@ def cmd_data(args) -> int:
     names = data.dataset_names() if (getattr(args, "all", False) or not args.names) else args.names
     if args.data_command == "download":
         for name in names:
-            path = data.download(name, mirror=args.mirror, force=args.force)
+            path = data.download(name, force=args.force)
             print(f"{name}: {path} (sha256 verified)")
         return 0
     rows = []
@@ -148,39 +168,66 @@ def _print_metrics(title: str, metrics: dict) -> None:
     print("  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
+def _spec_options(args) -> dict:
+    """The `make_spec` keywords that single runs and grids share, from argv."""
+    from bench.configs import parse_overrides
+
+    return {
+        "profile": args.profile,
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "max_users": args.max_users,
+        "protocol": args.protocol,
+        "config_source": args.configs,
+        "precision": args.precision,
+        "compile": args.compile,
+        "device": args.device,
+        "num_threads": args.threads,
+    } | ({} if args.all else {"overrides": parse_overrides(args.overrides)})
+
+
+def _check_checkpoint_path(path: str) -> None:
+    """The checkpoint file must be writable before training: a run is not spent to lose its output."""
+    from bench.records import check_writable
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise BenchError(f"--save-checkpoint {path} is a folder; give a file name")
+    check_writable(target.resolve().parent, "checkpoint folder")
+
+
+def single_run_spec(args):
+    """The spec of `run --method M --dataset D ...`."""
+    from bench.spec import make_spec
+
+    for flag, value in (("--methods", args.methods), ("--datasets", args.datasets), ("--seeds", args.seeds)):
+        if value:
+            raise BenchError(f"{flag} belongs to the grid: add --all, or use --method/--dataset/--seed")
+    return make_spec(args.method, args.dataset, seed=args.seed, save_checkpoint=args.save_checkpoint, **_spec_options(args))
+
+
 def cmd_run(args) -> int:
     if args.all:
-        from bench import grid
-
-        return grid.run_grid_from_args(args)
+        return cmd_grid(args)
     if not args.method or not args.dataset:
         raise BenchError("run needs --method and --dataset (or --all for the grid)")
-    from bench import configs, records, train
-    from bench.profiles import get_profile
+    from bench import records, train
 
-    profile = get_profile(args.profile) if args.profile else None
-    spec = train.RunSpec(
-        method=args.method,
-        dataset=args.dataset,
-        seed=args.seed if args.seed is not None else 1,
-        profile=profile.name if profile else "custom",
-        epochs=args.epochs or (profile.epochs if profile else 300),
-        patience=args.patience or (profile.patience if profile else 40),
-        max_users=args.max_users if args.max_users is not None else (profile.max_users if profile else None),
-        protocol=args.protocol,
-        config_source=args.configs,
-        overrides=configs.parse_overrides(args.overrides),
-        device=args.device,
-        num_threads=args.threads,
-        save_checkpoint=args.save_checkpoint,
-        precision=args.precision,
-        compile=args.compile,
-    )
-    configs.method_class(spec.method)  # fail fast on an unknown method, before loading data
-    record = train.run(spec, progress=True)  # the bar goes to stderr; stdout stays clean for --json
-    if args.results:
+    spec = single_run_spec(args)
+    records.check_writable(args.results / "runs")
+    if spec.save_checkpoint:
+        _check_checkpoint_path(spec.save_checkpoint)
+    try:
+        record = train.run(spec, progress=True)  # the bars go to stderr; stdout stays clean for --json
+    except BenchError:
+        raise
+    except Exception as exc:  # a diverged or crashed run: recorded as failed, with its reason
+        record = train.failure_record(spec, exc)
         path = records.save(args.results, record)
-        print(f"record: {path}", file=sys.stderr)
+        print(f"error: run failed: {record['error']} (record: {path})", file=sys.stderr)
+        return 1
+    path = records.save(args.results, record)
+    print(f"record: {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(record))
     else:
@@ -193,34 +240,41 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_grid(args) -> int:
+    """`run --all`: 0 when every run is ok (or was already), 1 when any failed."""
+    from bench import grid
+
+    if args.save_checkpoint:
+        raise BenchError("--save-checkpoint names one file: it cannot be used with --all")
+    if args.json:
+        raise BenchError("--json prints one run's record: with --all, read the records under --results")
+    methods = args.methods or ([args.method] if args.method else None)
+    datasets = args.datasets or ([args.dataset] if args.dataset else None)
+    seeds = args.seeds or ([args.seed] if args.seed is not None else None)
+    specs = grid.grid_specs(methods, datasets, seeds, set_pairs=args.overrides, **_spec_options(args))
+    summary = grid.run_grid(
+        specs,
+        args.results,
+        executor=args.executor,
+        address=args.address,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        progress=True,
+    )
+    print(f"grid: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} skipped in {summary.wall_s:.1f} s")
+    print(f"records: {summary.results_dir / 'runs'}")
+    for f in summary.failed:
+        print(f"failed: {f['method']} {f['dataset']} seed {f['seed']}: {f['error']}", file=sys.stderr)
+    return summary.exit_code
+
+
 # -------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args) -> int:
-    from bench import configs, train
-    from bench.data import SequenceData
+    from bench import train
     from bench.evaluate import evaluate
 
-    cls = configs.method_class(args.method)
-    state = train.load_checkpoint(args.checkpoint)
-    device = train.resolve_device(args.device)
-    data = SequenceData.load(args.dataset, device=str(device))
-    rows = state["item_embeddings.weight"].shape[0]
-    if rows != data.item_size:
-        raise BenchError(
-            f"checkpoint {args.checkpoint} has {rows} item rows but {args.dataset} needs {data.item_size}: "
-            "was it trained on another dataset?"
-        )
-    values = {**configs.paper_values(args.method, args.dataset), **cls.config_from_checkpoint(state)}
-    config = configs.build_config(cls.Config, values, f"checkpoint {args.checkpoint}")
-    from methods import DatasetInfo
-
-    method = cls(config, DatasetInfo(args.dataset, data.item_size, data.num_users))
-    missing, unexpected = method.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise BenchError(
-            f"checkpoint {args.checkpoint} does not fit {args.method}: missing {sorted(missing)[:3]}, "
-            f"unexpected {sorted(unexpected)[:3]}"
-        )
-    metrics = evaluate(method.to(device), data, args.split, args.protocol)
+    method, data = train.method_from_checkpoint(args.method, args.dataset, args.checkpoint, args.device)
+    metrics = evaluate(method, data, args.split, args.protocol)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -228,35 +282,87 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ tune
+def cmd_tune(args) -> int:
+    from bench import tune
+    from bench.profiles import get_profile
+
+    if args.export:
+        tune.export(args.results, storage=args.storage, study=args.study, method=args.method, dataset=args.dataset)
+        return 0
+    if not args.method or not args.dataset:
+        raise BenchError("tune needs --method and --dataset (or --export to write tuned configs)")
+    tune.tune(
+        args.method,
+        args.dataset,
+        profile=get_profile(args.profile),
+        trials=args.trials,
+        parallel=args.parallel,
+        executor=args.executor,
+        storage=args.storage,
+        study=args.study,
+        results=args.results,
+        device=args.device,
+        seed=args.seed,
+        address=args.address,
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------ leaderboard, profile
 def cmd_leaderboard(args) -> int:
     from bench.leaderboard import write_leaderboard
+    from bench.records import check_writable
 
+    if not (args.results / "runs").is_dir():
+        raise BenchError(f"no run records under {args.results / 'runs'}: run `python -m bench run` first")
+    check_writable(args.out or args.results, "leaderboard output folder")
     for path in write_leaderboard(args.results, args.out):
         print(path)
     return 0
 
 
 def cmd_profile(args) -> int:
-    from bench.profiling import profile_from_args
+    from bench.configs import parse_overrides
+    from bench.profiling import profile_run
+    from bench.spec import check_positive, make_spec
 
-    return profile_from_args(args)
+    check_positive("--steps", args.steps)
+    spec = make_spec(
+        args.method,
+        args.dataset,
+        profile=None,
+        epochs=args.epochs,
+        patience=args.epochs,  # never stop early: every asked epoch is timed
+        max_users=args.max_users,
+        overrides=parse_overrides(args.overrides),
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+    )
+    return profile_run(spec, args.steps)
+
+
+def _quiet_third_parties() -> None:
+    """No third-party noise on the terminal: Ray's token warning, torch profiler's USDT lines."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's own C++ logging (USDT lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_third_parties()
     handlers = {
         "data": cmd_data,
         "run": cmd_run,
         "evaluate": cmd_evaluate,
+        "tune": cmd_tune,
         "leaderboard": cmd_leaderboard,
         "profile": cmd_profile,
     }
     try:
-        if args.command == "tune":
-            from bench.tune import cmd_tune
-
-            return cmd_tune(args)
         return handlers[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

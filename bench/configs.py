@@ -8,6 +8,7 @@ the method's typed config dataclass: unknown keys and wrong types are user error
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -44,7 +45,17 @@ def field_types(config_cls: type[MethodConfig]) -> dict[str, type]:
 
 
 def coerce(key: str, value: Any, expected: type, where: str) -> Any:
-    """Convert `value` (from TOML or a `--set` string) to the field's type, or fail with a clear message."""
+    """Convert `value` (from TOML or a `--set` string) to the field's type, or fail with a clear message.
+
+    Numbers must be finite: `lr=nan` or `lr=inf` would only fail an epoch later, as a diverged run.
+    """
+    value = _convert(key, value, expected, where)
+    if expected is float and not math.isfinite(value):
+        raise BenchError(f"{where}: {key}={value!r} is not a finite number")
+    return value
+
+
+def _convert(key: str, value: Any, expected: type, where: str) -> Any:
     if isinstance(value, str) and expected is not str:
         text = value.strip()
         try:

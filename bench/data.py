@@ -17,7 +17,7 @@ import tempfile
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +53,10 @@ def dataset_names() -> list[str]:
 
 
 def load_manifest(name: str) -> Manifest:
+    known = dataset_names()
+    if name not in known:  # matched against the known set first: a name never becomes a path by itself
+        raise BenchError(f"unknown dataset {name!r}; known: {', '.join(known)}")
     path = MANIFEST_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise BenchError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
     with path.open("rb") as fh:
         raw = tomllib.load(fh)
     return Manifest(**raw)
@@ -90,7 +91,7 @@ def _fetch_to(manifest: Manifest, mirror: str | None, dest: Path) -> str:
         reason = getattr(exc, "reason", exc)
         raise BenchError(
             f"cannot download {manifest.name} from {source} ({reason}); if this machine is offline, "
-            f"point --mirror or BENCH_DATA_MIRROR at a directory holding {manifest.file}"
+            f"export BENCH_DATA_MIRROR=<a directory holding {manifest.file}>"
         ) from None
     return source
 
@@ -99,21 +100,30 @@ def download(name: str, mirror: str | None = None, force: bool = False) -> Path:
     """Fetch a dataset into the cache, verify its checksum, and place it atomically. Returns its path."""
     manifest = load_manifest(name)
     target = cache_dir() / manifest.file
-    if target.is_file() and not force and sha256_of(target) == manifest.sha256:
-        return target
+    cached_but_bad = False
+    if target.is_file() and not force:
+        if sha256_of(target) == manifest.sha256:
+            return target
+        cached_but_bad = True  # damaged or stale: fetched again below, and said so if that fails
     mirror = mirror if mirror is not None else os.environ.get("BENCH_DATA_MIRROR") or None
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{manifest.file}.", suffix=".part", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        source = _fetch_to(manifest, mirror, tmp)
+        try:
+            source = _fetch_to(manifest, mirror, tmp)
+        except BenchError as exc:
+            if cached_but_bad:
+                raise BenchError(f"the cached copy {target} failed sha256 verification, and {exc}") from None
+            raise
         got = sha256_of(tmp)
         if got != manifest.sha256:
             raise BenchError(
                 f"checksum mismatch for {manifest.file} from {source}: got {got[:16]}..., "
                 f"expected {manifest.sha256[:16]}...; nothing was written to the cache"
             )
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared data folder must be readable by others
         os.replace(tmp, target)  # atomic: the cache holds either nothing or a verified file
     finally:
         tmp.unlink(missing_ok=True)
@@ -216,6 +226,10 @@ def sample_users(seqs: Sequences, max_users: int, seed: int = 0) -> Sequences:
 
 
 # ---------------------------------------------------------------------------------------- split, batches
+# A method's augmentation: (sequences [B, n_max], lengths [B], max_len, generator) -> views, each [B, L].
+MakeViews = Callable[[torch.Tensor, torch.Tensor, int, torch.Generator], tuple[torch.Tensor, ...]]
+
+
 @dataclass
 class Batch:
     """One training batch. All tensors [B, L] (left-padded) unless noted."""
@@ -308,11 +322,14 @@ class SequenceData:
         return r + 1 + torch.searchsorted(self.neg_gaps[users], r, right=True)
 
     def train_batches(
-        self, batch_size: int, generator: torch.Generator, num_views: int = 0, augment_args: dict | None = None
+        self, batch_size: int, generator: torch.Generator, make_views: MakeViews | None = None
     ) -> Iterator[Batch]:
-        """One epoch: every user once, in a fresh random order; the last batch is smaller."""
-        from methods.augment import augment  # the augmentation operators are part of the methods' spec
+        """One epoch: every user once, in a fresh random order; the last batch is smaller.
 
+        `make_views(sequences, lengths, max_len, generator)` is the method's own augmentation (a method
+        that trains on views passes `Method.make_views`): it gets each user's training part s[:-3],
+        left-aligned [B, n_max], and its length [B], and returns the views, each [B, L].
+        """
         order = torch.randperm(self.num_users, generator=generator, device=self.device)
         for start in range(0, self.num_users, batch_size):
             users = order[start : start + batch_size]
@@ -320,13 +337,11 @@ class SequenceData:
             negatives = self.sample_negatives(users, self.max_len, generator)
             negatives = torch.where(target > 0, negatives, 0)
             views: tuple[torch.Tensor, ...] = ()
-            if num_views:
+            if make_views is not None:
                 m = self.train_lengths[users]
                 full = self.full[users]
                 train_seqs = torch.where(self.columns < m[:, None], full, 0)  # s[:-3] left-aligned, [B, n_max]
-                views = tuple(
-                    augment(train_seqs, m, self.max_len, generator, **(augment_args or {})) for _ in range(num_views)
-                )
+                views = tuple(make_views(train_seqs, m, self.max_len, generator))
             yield Batch(users, self.train_input[users], target, negatives, views)
 
     def eval_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

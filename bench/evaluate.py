@@ -102,13 +102,6 @@ def count_ahead(
     return ahead
 
 
-def scores_by_dot_product(method) -> bool:
-    """Whether `method` scores by dot product with its item table (it keeps `Method.score_items`)."""
-    from methods.base import Method
-
-    return isinstance(method, Method) and type(method).score_items is Method.score_items
-
-
 @torch.no_grad()
 def evaluate(
     method, data: SequenceData, split: str = "test", protocol: str = "reference", batch_size: int | None = None
@@ -126,10 +119,11 @@ def evaluate(
     method.eval()
     totals = torch.zeros(len(METRICS), dtype=torch.float64, device=data.device)
     fill = 0.0 if protocol == "reference" else float("-inf")
-    by_dot = scores_by_dot_product(method)
+    item_table = method.item_table()  # [item_size, H], or None: the method scores items its own way
+    by_dot = item_table is not None
     if by_dot:
         item_order, scan_position = data.popularity_order()
-        chunks = scan_chunks(method.item_embeddings.weight[item_order], data.device)
+        chunks = scan_chunks(item_table[item_order], data.device)
     excluded = torch.tensor([0, data.item_size - 1], device=data.device)  # strict: padding and mask ids
     # Users in order of history length, so that each block's inputs share their leading all-padding columns,
     # which are cut off (most Beauty users have under 10 of the 50 slots filled). Padded keys get a -10000
@@ -150,7 +144,7 @@ def evaluate(
         history = torch.where(in_history, full, full[:, :1])
         if by_dot:
             users = method.user_repr(block_inputs)  # [B, H]
-            answer_score = (users * method.item_embeddings.weight[answer]).sum(dim=1)
+            answer_score = (users * item_table[answer]).sum(dim=1)
             answer_in_history = ((full == answer[:, None]) & in_history).any(dim=1)
             answer_score = torch.where(answer_in_history, fill, answer_score)
             # Masked: the history gets `fill`; the answer itself (not ahead of itself) and, under `strict`,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,10 +26,11 @@ from tqdm import tqdm
 
 from bench import configs, records, train
 from bench.errors import BenchError
-from bench.train import SELECTION_METRIC, RunSpec
+from bench.profiles import get_profile
+from bench.spec import DEFAULT_RESULTS, RunSpec, check_choice, device_kind, make_spec
+from bench.train import SELECTION_METRIC
 
 EXECUTORS = ("ray", "local")
-DEFAULT_RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 @dataclass
@@ -45,24 +45,6 @@ class GridSummary:
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
-
-
-# ---------------------------------------------------------------------------------------------- failures
-def failure_message(exc: BaseException) -> str:
-    """One line: a user error's own message, else `TypeName: first line of the message`."""
-    if isinstance(exc, BenchError):
-        message = str(exc)
-    else:
-        lines = str(exc).strip().splitlines()
-        message = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return " ".join(message.split())  # records promise a one-line error
-
-
-def failure_record(spec: RunSpec, exc: BaseException) -> dict:
-    """The failed record of a run that raised `exc`; the traceback is kept for whoever debugs it."""
-    record = train.failed_record(spec, failure_message(exc))
-    record["traceback"] = "".join(traceback.format_exception(exc))
-    return record
 
 
 # ------------------------------------------------------------------------------------------------- specs
@@ -95,56 +77,30 @@ def split_overrides(pairs: list[str] | None, methods: list[str]) -> dict[str, di
     return per_method
 
 
-def specs_from_args(args) -> list[RunSpec]:
-    """The grid's specs from `run --all` arguments, every name checked before any work starts."""
-    from bench.data import dataset_names, load_manifest
-    from bench.evaluate import PROTOCOLS
-    from bench.profiles import get_profile
+def grid_specs(
+    methods: list[str] | None = None,
+    datasets: list[str] | None = None,
+    seeds: list[int] | None = None,
+    *,
+    profile: str | None = None,
+    set_pairs: list[str] | None = None,
+    **options,
+) -> list[RunSpec]:
+    """The grid's specs: methods x datasets x seeds (defaults: all methods, all datasets, the profile's
+    seeds), each built by `make_spec` with `options` (its keyword arguments), so every name and value is
+    checked before any work starts. `set_pairs` are `--set` pairs, split per method by `split_overrides`.
+    """
+    from bench.data import dataset_names
 
-    if getattr(args, "save_checkpoint", None):
-        raise BenchError("--save-checkpoint names one file: it cannot be used with --all")
-    if getattr(args, "json", False):
-        raise BenchError("--json prints one run's record: with --all, read the records under --results")
-    profile = get_profile(args.profile or "paper")
-    methods = _unique(args.methods or ([args.method] if args.method else list(configs.REGISTRY)))
-    datasets = _unique(args.datasets or ([args.dataset] if args.dataset else dataset_names()))
-    seeds = _unique(args.seeds or ([args.seed] if args.seed is not None else list(profile.seeds)))
-    # Execution options are checked here, once: a bad value is a user error, not one failed record per run.
-    train.check_execution(args.precision, args.compile)
-    for name in methods:
-        configs.method_class(name)
-    for name in datasets:
-        load_manifest(name)
-    if args.protocol not in PROTOCOLS:
-        raise BenchError(
-            f"unknown evaluation protocol {args.protocol!r}; choose one of {', '.join(PROTOCOLS)}"
-        )
-    epochs = args.epochs if args.epochs is not None else profile.epochs
-    patience = args.patience if args.patience is not None else profile.patience
-    max_users = args.max_users if args.max_users is not None else profile.max_users
-    if epochs < 1 or patience < 1 or (max_users is not None and max_users < 1):
-        raise BenchError("--epochs, --patience and --max-users must be >= 1")
-    # A budget other than the profile's is labelled custom, so that leaderboard groups never mix budgets.
-    same_budget = (epochs, patience, max_users) == (profile.epochs, profile.patience, profile.max_users)
-    label = profile.name if same_budget else "custom"
-    overrides = split_overrides(args.overrides, methods)
+    for key in ("save_checkpoint", "overrides", "seed"):
+        if options.get(key) is not None:
+            raise BenchError(f"grid_specs takes no {key!r}: it names one run, not a grid")
+    methods = _unique(methods or list(configs.REGISTRY))
+    datasets = _unique(datasets or dataset_names())
+    seeds = _unique(seeds or list(get_profile(profile or "paper").seeds))
+    overrides = split_overrides(set_pairs, methods)
     return [
-        RunSpec(
-            method=method,
-            dataset=dataset,
-            seed=seed,
-            profile=label,
-            epochs=epochs,
-            patience=patience,
-            max_users=max_users,
-            protocol=args.protocol,
-            config_source=args.configs,
-            overrides=dict(overrides[method]),
-            device=args.device,
-            num_threads=args.threads,
-            precision=args.precision,
-            compile=args.compile,
-        )
+        make_spec(method, dataset, profile=profile, seed=seed, overrides=dict(overrides[method]), **options)
         for method in methods
         for dataset in datasets
         for seed in seeds
@@ -200,7 +156,7 @@ def _run_local(specs: list[RunSpec], on_done: Callable[[dict], None], progress: 
         try:
             record = train.run(spec, progress=progress.enabled)
         except Exception as exc:  # recorded as failed; KeyboardInterrupt still stops the grid
-            record = failure_record(spec, exc)
+            record = train.failure_record(spec, exc)
         on_done(record)
 
 
@@ -213,21 +169,35 @@ def run_grid(
     gpus_per_run: float | None = None,
     progress: bool = True,
 ) -> GridSummary:
-    """Run the specs not yet done under `results_dir`, writing each record as its run finishes."""
+    """Run the specs not yet done under `results_dir`, writing each record as its run finishes.
+
+    `address`, `cpus_per_run` and `gpus_per_run` apply to the Ray executor only. A spec's device `cpu`
+    means no GPU per run; `cuda` means one unless `gpus_per_run` packs several runs on a GPU.
+    """
     from bench import data
 
-    if executor not in EXECUTORS:
-        raise BenchError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    check_choice("executor", executor, EXECUTORS)
+    ray_only = {"--address": address, "--cpus-per-run": cpus_per_run, "--gpus-per-run": gpus_per_run}
+    given = [name for name, value in ray_only.items() if value is not None]
+    if executor == "local" and given:
+        raise BenchError(f"{', '.join(given)} only apply to --executor ray")
+    devices = {s.device for s in specs}
+    if "cpu" in devices and gpus_per_run:
+        raise BenchError("--device cpu contradicts --gpus-per-run > 0")
     start = time.perf_counter()
     # Absolute: the driver writes the records, but a relative path must not depend on anyone's cwd later.
     summary = GridSummary(results_dir=Path(results_dir).expanduser().resolve())
+    records.check_writable(summary.results_dir / "runs")  # before any training, not when the first run ends
     # Pin each run's device here, so that its id (which includes the device) is the one its record gets.
     if executor == "ray":
         if gpus_per_run is None:  # the driver's view; a GPU-less driver of a GPU cluster passes --gpus-per-run
-            gpus_per_run = 1.0 if torch.cuda.is_available() else 0.0
+            wants_gpu = any(d.startswith("cuda") for d in devices) or (
+                "auto" in devices and torch.cuda.is_available()
+            )
+            gpus_per_run = 1.0 if wants_gpu and "cpu" not in devices else 0.0
         specs = [replace(s, device="cuda" if gpus_per_run > 0 else "cpu") for s in specs]
     else:
-        specs = [replace(s, device=train.device_kind("auto")) if s.device == "auto" else s for s in specs]
+        specs = [replace(s, device=device_kind("auto")) if s.device == "auto" else s for s in specs]
     by_id: dict[str, RunSpec] = {}
     for spec in specs:  # resolving every config here turns a bad config into an error before any work
         by_id.setdefault(train.run_identity(spec)[0], spec)
@@ -274,42 +244,3 @@ def run_grid(
         bar.close()
     summary.wall_s = time.perf_counter() - start
     return summary
-
-
-def run_grid_from_args(args) -> int:
-    """`run --all`: 0 when every run is ok (or was already), 1 when any failed."""
-    if args.executor not in EXECUTORS:
-        raise BenchError(f"unknown executor {args.executor!r}; choose one of {', '.join(EXECUTORS)}")
-    ray_only = {
-        "--address": args.address,
-        "--cpus-per-run": args.cpus_per_run,
-        "--gpus-per-run": args.gpus_per_run,
-    }
-    given = [name for name, value in ray_only.items() if value is not None]
-    if args.executor == "local" and given:
-        raise BenchError(f"{', '.join(given)} only apply to --executor ray")
-    gpus_per_run = args.gpus_per_run
-    if args.device == "cpu":
-        if gpus_per_run:
-            raise BenchError("--device cpu contradicts --gpus-per-run > 0")
-        gpus_per_run = 0.0
-    elif args.device.startswith("cuda") and gpus_per_run is None:
-        gpus_per_run = 1.0
-    specs = specs_from_args(args)
-    summary = run_grid(
-        specs,
-        args.results or DEFAULT_RESULTS,
-        executor=args.executor,
-        address=args.address,
-        cpus_per_run=args.cpus_per_run,
-        gpus_per_run=gpus_per_run,
-        progress=True,
-    )
-    print(
-        f"grid: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} skipped "
-        f"in {summary.wall_s:.1f} s"
-    )
-    print(f"records: {summary.results_dir / 'runs'}")
-    for f in summary.failed:
-        print(f"failed: {f['method']} {f['dataset']} seed {f['seed']}: {f['error']}", file=sys.stderr)
-    return summary.exit_code

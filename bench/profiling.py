@@ -19,43 +19,24 @@ from collections.abc import Iterator
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from bench.configs import method_class, parse_overrides
-from bench.costs import PhaseTimer, synchronize
+from bench.costs import PHASES, PhaseTimer, synchronize
 from bench.data import Batch, SequenceData
-from bench.errors import BenchError
+from bench.spec import resolve_device
 
-PHASES = ("estep", "train", "eval")
 ENCODER = "encoder pass"
 FORWARD = "training_step (forward)"
 
 
-def profile_from_args(args) -> int:
+def profile_run(spec, steps: int) -> int:
+    """Both views of `spec`'s method (module doc): the timed run's phases, then `steps` profiled steps."""
     from bench import train
 
-    if args.epochs is None or args.epochs < 1:
-        raise BenchError("--epochs must be >= 1")
-    if args.steps is None or args.steps < 1:
-        raise BenchError("--steps must be >= 1")
-    method_class(args.method)  # fail fast on an unknown method, before loading data
-    spec = train.RunSpec(
-        method=args.method,
-        dataset=args.dataset,
-        profile="custom",
-        epochs=args.epochs,
-        patience=args.epochs,  # never stop early: every asked epoch is timed
-        max_users=args.max_users,
-        overrides=parse_overrides(args.overrides),
-        device=args.device,
-        precision=args.precision,
-        compile=args.compile,
-    )
-    train.check_execution(spec.precision, spec.compile)  # before loading data
-    device = train.resolve_device(spec.device)
+    device = resolve_device(spec.device)
     data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
     record = train.run(spec, progress=False, data=data)
     print_phases(record)
     print()
-    profile_steps(spec, data, device, args.steps)
+    profile_steps(spec, data, device, steps)
     return 0
 
 
@@ -87,9 +68,8 @@ def print_phases(record: dict) -> None:
 # ------------------------------------------------------------------------------------------------- steps
 def _batches(data: SequenceData, method, generator: torch.Generator) -> Iterator[Batch]:
     """Training batches for as many steps as asked: a new epoch's order whenever one is used up."""
-    args = method.config.augment_args() if method.num_views else None
     while True:
-        yield from data.train_batches(method.config.batch_size, generator, method.num_views, args)
+        yield from data.train_batches(method.config.batch_size, generator, method.view_maker)
 
 
 def profile_steps(spec, data: SequenceData, device: torch.device, steps: int) -> None:

@@ -37,8 +37,7 @@ from pathlib import Path
 import ray
 
 from bench.errors import BenchError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from bench.spec import REPO_ROOT
 
 
 def _worker_env() -> dict[str, str]:
@@ -56,16 +55,17 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _run_one(spec, cpus_per_run: float, gpus_per_run: float) -> dict:
+def _run_one(spec, cpus_per_run: float, gpus_per_run: float, slots: int) -> dict:
     """Body of a task: one run, its record returned whatever happens."""
     from bench import train
-    from bench.grid import failure_record
 
-    spec = replace(spec, num_threads=max(1, int(cpus_per_run)), device="cuda" if gpus_per_run > 0 else "cpu")
+    spec = replace(
+        spec, num_threads=max(1, int(cpus_per_run)), device="cuda" if gpus_per_run > 0 else "cpu", concurrency=slots
+    )
     try:
         return train.run(spec, progress=False)
     except Exception as exc:  # reported in the record: the grid goes on
-        return failure_record(spec, exc)
+        return train.failure_record(spec, exc)
 
 
 # max_calls=1: every run gets a fresh worker process. A reused worker keeps the previous run's heap (the
@@ -157,7 +157,8 @@ def run_specs_on_ray(
         if on_start is not None:
             on_start(slots)
         task = _run_task.options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
-        pending = {task.remote(spec, cpus_per_run, gpus_per_run): spec for spec in specs}
+        in_flight = min(slots, len(specs))
+        pending = {task.remote(spec, cpus_per_run, gpus_per_run, in_flight): spec for spec in specs}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             ref = ready[0]
@@ -166,7 +167,7 @@ def run_specs_on_ray(
                 record = ray.get(ref)
             except Exception as exc:
                 # Tasks never raise, so this is the worker dying (killed for memory, node lost).
-                from bench.grid import failure_record
+                from bench.train import failure_record
 
                 record = failure_record(spec, exc)
             on_done(record)

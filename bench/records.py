@@ -69,6 +69,25 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def check_writable(directory: Path, what: str = "results folder") -> Path:
+    """Create `directory` if needed and prove a file can be written there, before any work is spent.
+
+    One clear line (BenchError) naming the place otherwise: a path that is a file, a read-only folder.
+    """
+    from bench.errors import BenchError
+
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe.", suffix=TMP_SUFFIX)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise BenchError(f"{what} {directory} is not writable: {reason}") from None
+    return directory
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 

@@ -1,8 +1,9 @@
 """The one training loop, shared by every method: epochs, timed phases, early stopping, the run record.
 
-A run is described by a `RunSpec` (what to run) and produces a record dict (docs/records.md). This module
-knows nothing of Ray, Optuna or files of results: `epoch_callback` lets a tuner observe valid metrics (and
-stop a trial by raising), and the caller decides where the record goes.
+A run is described by a `RunSpec` (bench/spec.py: what to run) and produces a record dict (docs/records.md).
+This module knows nothing of Ray, Optuna or files of results: `epoch_callback` lets a tuner observe valid
+metrics (and prune a trial), `evaluate_test=False` ends a trial before the test split, and the caller
+decides where the record goes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import platform
 import subprocess
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -20,46 +22,17 @@ import torch
 from tqdm import tqdm
 
 from bench import records
-from bench.configs import method_class, resolve_config
-from bench.costs import PeakMemory, PhaseTimer
+from bench.configs import build_config, method_class, paper_values, resolve_config
+from bench.costs import PHASES, PeakMemory, PhaseTimer
 from bench.data import SequenceData
 from bench.errors import BenchError
 from bench.evaluate import PROTOCOLS, evaluate
-from methods import DatasetInfo, Method
+from bench.spec import RunSpec, check_choice, check_positive, device_kind, make_spec, resolve_device
+from methods import DatasetInfo, Method, MethodConfig
 
 SELECTION_METRIC = "NDCG@20"  # model selection on valid, as the published code
 
 
-@dataclass
-class RunSpec:
-    """Everything that determines a run's result (and a few things that only say how to run it)."""
-
-    method: str
-    dataset: str
-    seed: int = 1
-    profile: str = "custom"
-    epochs: int = 300
-    patience: int = 40
-    max_users: int | None = None
-    protocol: str = "reference"
-    config_source: str = "paper"
-    overrides: dict = field(default_factory=dict)
-    # Execution options: the faithful defaults are fp32 and eager. Other values can change the numbers, so
-    # they enter the run's identity (and only then: ids of faithful runs stay what they always were).
-    precision: str = "fp32"  # fp32 | tf32 (CUDA matmuls in TF32) | bf16 (autocast of the training step)
-    compile: str = "off"  # off | default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs
-    # How to run, not what: excluded from the run's identity.
-    device: str = "auto"
-    num_threads: int | None = None
-    save_checkpoint: str | None = None
-
-    def identity(self) -> dict:
-        keys = ("method", "dataset", "seed", "profile", "epochs", "patience", "max_users", "protocol")
-        return {k: getattr(self, k) for k in keys}
-
-
-PRECISIONS = ("fp32", "tf32", "bf16")
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 # Execution options that are RunSpec fields; the rest of records.FAITHFUL are config keys. At their faithful
 # values all are left out of the run id, so records made before an option existed keep their ids.
 SPEC_OPTIONS = ("precision", "compile")
@@ -77,13 +50,6 @@ def execution_options(spec: RunSpec) -> dict:
     return options
 
 
-def device_kind(name: str) -> str:
-    """"cuda" or "cpu": what `resolve_device(name)` gives, without failing on a device that is missing."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda" if name.startswith("cuda") else "cpu"
-
-
 def variant_of(spec: RunSpec, config: dict) -> dict:
     """What a record says about how faithful the run was: mode "faithful" or "fast", and every option."""
     options = {k: getattr(spec, k) for k in SPEC_OPTIONS}
@@ -92,13 +58,6 @@ def variant_of(spec: RunSpec, config: dict) -> dict:
     # of the views change what is computed, so only they make a run "fast".
     fast = options["precision"] == "bf16" or options.get("view_encoding", "separate") != "separate"
     return {"mode": "fast" if fast else "faithful", **options}
-
-
-def check_execution(precision: str, compile: str) -> None:
-    if precision not in PRECISIONS:
-        raise BenchError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if compile not in COMPILE_MODES:
-        raise BenchError(f"unknown compile mode {compile!r}; choose one of {', '.join(COMPILE_MODES)}")
 
 
 def run_identity(spec: RunSpec) -> tuple[str, dict, str]:
@@ -116,8 +75,24 @@ def identity_of(spec: RunSpec, config) -> str:
     return records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, values, budget)
 
 
-def failed_record(spec: RunSpec, error: str) -> dict:
-    """The record of a run that raised: kept so the grid shows it, never counted as done."""
+# ---------------------------------------------------------------------------------------------- failures
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or infinite: the run diverged (too large a learning rate, for example)."""
+
+
+def failure_message(exc: BaseException) -> str:
+    """One line: a user error's own message, else `TypeName: first line of the message`."""
+    if isinstance(exc, BenchError | NonFiniteLoss):
+        message = str(exc)
+    else:
+        lines = str(exc).strip().splitlines()
+        message = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return " ".join(message.split())  # records promise a one-line error
+
+
+def failure_record(spec: RunSpec, exc: BaseException) -> dict:
+    """The record of a run that raised `exc`: kept so tables show it, never counted as done; the traceback is
+    kept for whoever debugs it."""
     try:
         rid, config, label = run_identity(spec)
     except BenchError:
@@ -125,23 +100,19 @@ def failed_record(spec: RunSpec, error: str) -> dict:
     base = {
         "method": spec.method, "dataset": spec.dataset, "seed": spec.seed, "profile": spec.profile,
         "protocol": spec.protocol, "config_source": label, "config": config, "variant": variant_of(spec, config),
-        "spec": {k: v for k, v in asdict(spec).items() if k != "overrides"},
-        "status": "failed", "error": error,
+        "spec": spec_fields(spec),
+        "status": "failed", "error": failure_message(exc),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "traceback": "".join(traceback.format_exception(exc)),
     }
     return records.finalise(base, rid)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError("--device cuda was asked for but torch sees no CUDA device")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise BenchError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
+def spec_fields(spec: RunSpec) -> dict:
+    return {k: v for k, v in asdict(spec).items() if k != "overrides"}
 
 
+# ------------------------------------------------------------------------------------------- environment
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -171,7 +142,9 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def build_method(spec: RunSpec, config, data: SequenceData, device: torch.device) -> Method:
+# ------------------------------------------------------------------------------------------ the method
+def build_method(spec: RunSpec, config: MethodConfig, data: SequenceData, device: torch.device) -> Method:
+    """The method of `spec` with `config`, initialised from the spec's seed, on `device`."""
     if config.max_len != data.max_len:
         raise BenchError(f"config max_len {config.max_len} differs from the data's {data.max_len}")
     info = DatasetInfo(name=data.name, item_size=data.item_size, num_users=data.num_users)
@@ -181,36 +154,6 @@ def build_method(spec: RunSpec, config, data: SequenceData, device: torch.device
     except ValueError as exc:
         raise BenchError(f"{spec.method} on {spec.dataset}: {exc}") from None
     return method
-
-
-def run(
-    spec: RunSpec,
-    *,
-    progress: bool = True,
-    epoch_callback: Callable[[int, dict], None] | None = None,
-    data: SequenceData | None = None,
-) -> dict:
-    """Train and evaluate one run; returns its finalised record (status ok). User errors raise BenchError."""
-    if spec.protocol not in PROTOCOLS:
-        raise BenchError(f"unknown evaluation protocol {spec.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    if spec.epochs < 1 or spec.patience < 1:
-        raise BenchError("epochs and patience must be >= 1")
-    check_execution(spec.precision, spec.compile)
-    device = resolve_device(spec.device)
-    started = dt.datetime.now(dt.UTC)
-    wall_start = time.perf_counter()
-    memory = PeakMemory(device)
-    memory.start()
-    previous_matmul_precision, previous_threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
-    torch.set_float32_matmul_precision("high" if spec.precision == "tf32" else "highest")
-    if spec.num_threads:
-        torch.set_num_threads(spec.num_threads)
-    try:
-        return _train(spec, device, memory, started, wall_start, epoch_callback, progress, data)
-    finally:  # process-wide settings go back to what the caller had (tuning runs trials in-process)
-        torch.set_float32_matmul_precision(previous_matmul_precision)
-        torch.set_num_threads(previous_threads)
-        memory.stop()  # idempotent; also ends the sampling thread of a run stopped by an exception
 
 
 def step_function(method: Method, spec: RunSpec, device: torch.device) -> Callable:
@@ -234,22 +177,120 @@ def step_function(method: Method, spec: RunSpec, device: torch.device) -> Callab
     return run_step
 
 
-def _train(spec, device, memory, started, wall_start, epoch_callback, progress, data) -> dict:
-    if data is None:
-        data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
-    resolved, source_label = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
-    rid = identity_of(spec, resolved)  # the id and the trained config come from one resolution
-    method = build_method(spec, resolved, data, device)
-    config = resolved.to_dict()
+# -------------------------------------------------------------------------------------------- the loop
+def run(
+    spec: RunSpec,
+    *,
+    progress: bool = True,
+    epoch_callback: Callable[[int, dict], None] | None = None,
+    data: SequenceData | None = None,
+    evaluate_test: bool = True,
+) -> dict:
+    """Train and evaluate one run; returns its finalised record (status ok).
+
+    `epoch_callback(epoch, row)` sees every epoch's row (valid metrics, seconds per phase); a tuner reports
+    and prunes from it. `evaluate_test=False` (tuning trials) stops after the last epoch, before the test
+    split is touched: the record then has `test` None. User errors raise BenchError; a diverging loss
+    raises NonFiniteLoss at the step where it happens.
+    """
+    check_choice("evaluation protocol", spec.protocol, PROTOCOLS)
+    check_positive("epochs", spec.epochs)
+    check_positive("patience", spec.patience)
+    device = resolve_device(spec.device)
+    started = dt.datetime.now(dt.UTC)
+    wall_start = time.perf_counter()
+    memory = PeakMemory(device)
+    memory.start()
+    previous_matmul_precision, previous_threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
+    torch.set_float32_matmul_precision("high" if spec.precision == "tf32" else "highest")
+    if spec.num_threads:
+        torch.set_num_threads(spec.num_threads)
+    try:
+        if data is None:
+            data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
+        config, source_label = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
+        rid = identity_of(spec, config)  # the id and the trained config come from one resolution
+        method = build_method(spec, config, data, device)
+        fit = fit_epochs(spec, method, data, memory, wall_start, epoch_callback, progress)
+        method.load_state_dict(fit.best_state)
+        test, test_eval_s = None, 0.0
+        if evaluate_test:
+            test_start = time.perf_counter()
+            test = evaluate(method, data, "test", spec.protocol)
+            test_eval_s = time.perf_counter() - test_start
+        if spec.save_checkpoint:
+            save_checkpoint(fit.best_state, spec.save_checkpoint)
+        peak = peak_memory(memory, fit.epochs)
+        wall = time.perf_counter() - wall_start
+        record = {
+            "method": spec.method,
+            "dataset": spec.dataset,
+            "seed": spec.seed,
+            "profile": spec.profile,
+            "protocol": spec.protocol,
+            "config_source": source_label,
+            "config": config.to_dict(),
+            "variant": variant_of(spec, config.to_dict()),
+            "spec": spec_fields(spec),
+            "status": "ok",
+            "error": None,
+            "device": device.type,
+            "env": {**environment(device), **method.run_info()},
+            "started_at": started.isoformat(timespec="seconds"),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "num_users": data.num_users,
+            "best_epoch": fit.best_epoch,
+            "best_valid": fit.best_valid,
+            "test": test,
+            "epochs": fit.epochs,
+            "totals": fit.totals() | {
+                "test_eval_s": round(test_eval_s, 6),
+                "wall_s": round(wall, 6),
+                "time_to_best_s": round(fit.best_elapsed, 6),
+            },
+            "peak_memory_bytes": peak["peak_memory_bytes"],
+            "memory": peak,
+        }
+        return records.finalise(record, rid)
+    finally:  # process-wide settings go back to what the caller had (tuning runs trials in-process)
+        torch.set_float32_matmul_precision(previous_matmul_precision)
+        torch.set_num_threads(previous_threads)
+        memory.stop()  # idempotent; also ends the sampling thread of a run stopped by an exception
+
+
+@dataclass
+class Fit:
+    """What the epochs of a run produced: a row per epoch and the best epoch on valid NDCG@20."""
+
+    epochs: list[dict] = field(default_factory=list)
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    best_valid: dict | None = None
+    best_state: dict | None = None
+    best_elapsed: float = 0.0
+
+    def totals(self) -> dict:
+        totals = {f"{p}_s": round(sum(e[f"{p}_s"] for e in self.epochs), 6) for p in PHASES}
+        return totals | {"epochs_run": len(self.epochs)}
+
+
+# How often (in steps) the loop checks that the loss is finite. On the CPU the check costs nothing, so every
+# step; on a GPU it is one host sync, so every 50 steps, while a device-side flag remembers the first
+# non-finite step exactly, whenever it is read.
+FINITE_CHECK_EVERY = {"cpu": 1, "cuda": 50}
+
+
+def fit_epochs(spec, method, data, memory, wall_start, epoch_callback, progress) -> Fit:
+    """The epochs: E-step, training steps and validation each timed; early stopping on valid NDCG@20."""
+    device = data.device
     training_step = step_function(method, spec, device)
     optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr, weight_decay=method.config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     timer = PhaseTimer(device)
     batch_size = method.config.batch_size
-    augment_args = method.config.augment_args() if method.num_views else None
-
-    epochs: list[dict] = []
-    best = {"score": -math.inf, "epoch": -1, "state": None, "valid": None, "elapsed": 0.0}
+    steps_per_epoch = math.ceil(data.num_users / batch_size)
+    check_every = FINITE_CHECK_EVERY.get(device.type, 50)
+    fit = Fit()
     bar = tqdm(range(spec.epochs), desc=f"{spec.method}/{spec.dataset}", disable=not progress, leave=False)
     for epoch in bar:
         method.train()
@@ -257,83 +298,62 @@ def _train(spec, device, memory, started, wall_start, epoch_callback, progress, 
             method.on_epoch_start(epoch, data)
         memory.sample()
         loss_sums: dict[str, torch.Tensor] = {}
-        steps = 0
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
+        steps = tqdm(
+            total=steps_per_epoch, desc=f"epoch {epoch}", unit="step", leave=False,
+            disable=not progress or steps_per_epoch < 20,  # a bar inside long epochs only
+        )
         with timer.phase("train"):
-            for batch in data.train_batches(batch_size, generator, method.num_views, augment_args):
+            for step, batch in enumerate(data.train_batches(batch_size, generator, method.view_maker)):
                 terms = training_step(batch)
                 optimizer.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 optimizer.step()
                 for name, value in terms.items():  # summed on the device: no per-step host sync
                     loss_sums[name] = loss_sums.get(name, 0.0) + value.detach()
-                steps += 1
+                bad_now = ~torch.isfinite(terms["loss"].detach()) & (first_bad < 0)
+                first_bad = torch.where(bad_now, step, first_bad)
+                if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
+                    _raise_if_diverged(first_bad, epoch, terms)
+                steps.update()
+        steps.close()
         with timer.phase("eval"):
             valid = evaluate(method, data, "valid", spec.protocol)
-        losses = {name: float(total) / steps for name, total in loss_sums.items()}
-        if not all(math.isfinite(v) for v in losses.values()):
-            raise RuntimeError(f"non-finite loss at epoch {epoch}: {losses}")
+        losses = {name: float(total) / steps_per_epoch for name, total in loss_sums.items()}
         # Memory held at the end of the epoch (CUDA: allocated by torch; CPU: RSS): flat across epochs unless
         # something leaks, which tests/test_execution.py checks.
         row = {"epoch": epoch, "valid": valid, **timer.lap(), "losses": losses, "memory_bytes": memory.current()}
-        epochs.append(row)
-        if valid[SELECTION_METRIC] > best["score"]:
-            best.update(score=valid[SELECTION_METRIC], epoch=epoch, valid=valid, elapsed=time.perf_counter() - wall_start)
-            best["state"] = {k: v.detach().clone() for k, v in method.state_dict().items()}
-        bar.set_postfix({"valid NDCG@20": f"{valid[SELECTION_METRIC]:.4f}", "best": best["epoch"]})
+        fit.epochs.append(row)
+        if valid[SELECTION_METRIC] > fit.best_score:
+            fit.best_score, fit.best_epoch, fit.best_valid = valid[SELECTION_METRIC], epoch, valid
+            fit.best_elapsed = time.perf_counter() - wall_start
+            fit.best_state = {k: v.detach().clone() for k, v in method.state_dict().items()}
+        bar.set_postfix({"valid NDCG@20": f"{valid[SELECTION_METRIC]:.4f}", "best": fit.best_epoch})
         if epoch_callback is not None:
             epoch_callback(epoch, row)
-        if epoch - best["epoch"] >= spec.patience:
+        if epoch - fit.best_epoch >= spec.patience:
             break
     bar.close()
+    return fit
 
-    method.load_state_dict(best["state"])
-    test_start = time.perf_counter()
-    test = evaluate(method, data, "test", spec.protocol)
-    test_eval_s = time.perf_counter() - test_start
-    if spec.save_checkpoint:
-        save_checkpoint(best["state"], spec.save_checkpoint)
+
+def _raise_if_diverged(first_bad: torch.Tensor, epoch: int, terms: dict) -> None:
+    step = int(first_bad)  # the one host sync of the check
+    if step >= 0:
+        raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {step}: the run diverged (try a lower lr)")
+
+
+def peak_memory(memory: PeakMemory, epochs: list[dict]) -> dict:
     mem = dict(memory.stop())
     if mem["kind"] == "rss":
         # VmHWM can miss a few pages that were given back without an unmap; a reading taken at an epoch's
         # end is a lower bound of the peak, so the peak is never reported below one (seen: by 0.2-0.4 MB).
         peak = max([mem["peak_memory_bytes"], *(e["memory_bytes"] for e in epochs)])
         mem["peak_memory_bytes"] = mem["rss_peak_bytes"] = peak
-    wall = time.perf_counter() - wall_start
-    totals = {f"{p}_s": round(sum(e[f"{p}_s"] for e in epochs), 6) for p in ("estep", "train", "eval")}
-    record = {
-        "method": spec.method,
-        "dataset": spec.dataset,
-        "seed": spec.seed,
-        "profile": spec.profile,
-        "protocol": spec.protocol,
-        "config_source": source_label,
-        "config": config,
-        "variant": variant_of(spec, config),
-        "spec": {k: v for k, v in asdict(spec).items() if k not in ("overrides",)},
-        "status": "ok",
-        "error": None,
-        "device": device.type,
-        "env": {**environment(device), **method.run_info()},
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "num_users": data.num_users,
-        "best_epoch": best["epoch"],
-        "best_valid": best["valid"],
-        "test": test,
-        "epochs": epochs,
-        "totals": {
-            **totals,
-            "test_eval_s": round(test_eval_s, 6),
-            "wall_s": round(wall, 6),
-            "time_to_best_s": round(best["elapsed"], 6),
-            "epochs_run": len(epochs),
-        },
-        "peak_memory_bytes": mem["peak_memory_bytes"],
-        "memory": mem,
-    }
-    return records.finalise(record, rid)
+    return mem
 
 
+# ---------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(state: dict, path: str) -> None:
     """Write a state_dict in the published layout, atomically."""
     target = os.path.abspath(path)
@@ -344,15 +364,59 @@ def save_checkpoint(state: dict, path: str) -> None:
 
 
 def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
-    """Read a published-layout state_dict; any unreadable file is a user error."""
+    """Read a published-layout state_dict; any unreadable file is a user error (one line)."""
     if not os.path.isfile(path):
         raise BenchError(f"checkpoint {path} does not exist")
+    if os.path.getsize(path) == 0:
+        raise BenchError(f"checkpoint {path} is empty (0 bytes)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise BenchError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
+        lines = str(exc).strip().splitlines()
+        raise BenchError(f"cannot read checkpoint {path}: {(lines[0] if lines else type(exc).__name__)[:200]}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or "item_embeddings.weight" not in state:
-        raise BenchError(f"checkpoint {path} is not a state_dict in the published layout (no item_embeddings.weight)")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BenchError(f"checkpoint {path} is not a state_dict of tensors")
+    for key in ("item_embeddings.weight", "position_embeddings.weight"):
+        if key not in state:
+            raise BenchError(f"checkpoint {path} is not in the published layout: it has no {key}")
     return state
+
+
+def method_from_checkpoint(method: str, dataset: str, path: str, device: str = "auto") -> tuple[Method, SequenceData]:
+    """A method built as a run builds it (`build_method`), with a published-layout checkpoint loaded.
+
+    Its config is the paper config with the values the checkpoint's shapes fix (layers, K, ...); the data
+    is the whole dataset, loaded once the checkpoint is known to be readable.
+    """
+    cls = method_class(method)
+    state = load_checkpoint(path)
+    spec = make_spec(method, dataset, device=device)
+    torch_device = resolve_device(spec.device)
+    try:
+        from_shapes = cls.config_from_checkpoint(state)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise BenchError(f"checkpoint {path} does not fit {method}: cannot read its shapes ({exc})") from None
+    values = {**paper_values(method, dataset), **from_shapes}
+    config = build_config(cls.Config, values, f"checkpoint {path}")
+    data = SequenceData.load(dataset, device=str(torch_device))
+    rows = state["item_embeddings.weight"].shape[0]
+    if rows != data.item_size:
+        raise BenchError(
+            f"checkpoint {path} has {rows} item rows but {dataset} needs {data.item_size}: "
+            "was it trained on another dataset?"
+        )
+    if config.max_len != data.max_len:
+        raise BenchError(f"checkpoint {path} has {config.max_len} position rows; {dataset} needs {data.max_len}")
+    built = build_method(spec, config, data, torch_device)
+    try:
+        missing, unexpected = built.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        first = str(exc).strip().splitlines()
+        raise BenchError(f"checkpoint {path} does not fit {method}: {first[-1].strip()[:200] if first else exc}") from None
+    if missing or unexpected:
+        raise BenchError(
+            f"checkpoint {path} does not fit {method}: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
+        )
+    return built, data

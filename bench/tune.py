@@ -43,7 +43,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench import configs, records, search_space, train
 from bench.errors import BenchError
-from bench.profiles import Profile, get_profile
+from bench.profiles import Profile
+from bench.spec import make_spec
 
 METRIC = train.SELECTION_METRIC  # valid NDCG@20, as the training loop's model selection
 EXECUTORS = ("ray", "local")
@@ -184,23 +185,15 @@ def open_study(setup: StudySetup, worker: int = 0, trials_before: int = 0) -> op
 
 
 # -------------------------------------------------------------------------------------------- trials
-class TrialFinished(Exception):
-    """Raised by `EpochReporter` after the last epoch of a trial, to skip the loop's test evaluation."""
-
-
 class EpochReporter:
-    """The training loop's epoch callback inside a trial: report valid NDCG@20, prune, stop before test.
+    """The training loop's epoch callback inside a trial: report valid NDCG@20 to Optuna, and prune.
 
-    `train.run` evaluates on test after its last epoch; a trial must not. So the reporter applies the
-    loop's own stopping rule (epoch budget, patience on valid NDCG@20 with strict improvement) and raises
-    `TrialFinished` after the epoch the loop would stop at. Were the two rules ever to disagree, the only
-    cost is a test evaluation whose result is thrown away: the objective reads `self.best` only.
+    Stopping (epoch budget, patience) is the training loop's own; the trial runs it with
+    `evaluate_test=False`, so the loop ends after its last epoch without touching the test split.
     """
 
-    def __init__(self, trial: Any, epochs: int, patience: int) -> None:
+    def __init__(self, trial: Any) -> None:
         self.trial = trial
-        self.epochs = epochs
-        self.patience = patience
         self.best = -math.inf
         self.best_epoch = -1
         self.epochs_run = 0
@@ -211,24 +204,18 @@ class EpochReporter:
         if value > self.best:
             self.best, self.best_epoch = value, epoch
         self.trial.report(value, epoch)
-        # The end comes before the pruning check: a finished trial has already cost its epochs, and
-        # marking it pruned would only hide a complete result from the sampler.
-        if epoch + 1 >= self.epochs or epoch - self.best_epoch >= self.patience:
-            raise TrialFinished
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"valid {METRIC} {value:.4f} at epoch {epoch} is below the median")
 
 
 def trial_spec(setup: StudySetup, params: dict, num_threads: int | None = None) -> train.RunSpec:
+    """A trial's run: the study's budget (its profile) with the trial's params as overrides."""
     p = setup.profile
-    return train.RunSpec(
-        method=setup.method,
-        dataset=setup.dataset,
+    return make_spec(
+        setup.method,
+        setup.dataset,
+        profile=p,
         seed=p.seeds[0],
-        profile=p.name,
-        epochs=p.epochs,
-        patience=p.patience,
-        max_users=p.max_users,
         protocol=setup.protocol,
         overrides=dict(params),  # typed values: configs.check_values accepts them as they are
         device=setup.device,
@@ -240,12 +227,10 @@ def objective(trial: optuna.Trial, setup: StudySetup, space: search_space.Search
     """Best valid NDCG@20 over the trial's epochs."""
     params = search_space.suggest(trial, space)
     spec = trial_spec(setup, params, setup.threads)
-    reporter = EpochReporter(trial, spec.epochs, spec.patience)
+    reporter = EpochReporter(trial)
     start = time.perf_counter()
     try:
-        train.run(spec, progress=False, epoch_callback=reporter, data=data)
-    except TrialFinished:
-        pass
+        train.run(spec, progress=False, epoch_callback=reporter, data=data, evaluate_test=False)
     except TRIAL_ERRORS as exc:
         trial.set_user_attr("error", str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
         raise
@@ -421,7 +406,7 @@ def final_run(setup: StudySetup, params: dict) -> dict:
     try:
         record = train.run(spec, progress=True)
     except TRIAL_ERRORS as exc:
-        records.save(Path(setup.results), train.failed_record(spec, str(exc)))
+        records.save(Path(setup.results), train.failure_record(spec, exc))
         raise BenchError(f"the final run of the best configuration failed: {exc}") from None
     path = records.save(Path(setup.results), record)
     return {"record": record, "path": str(path)}
@@ -642,29 +627,4 @@ def export(
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def cmd_tune(args) -> int:
-    results = Path(args.results)
-    if args.export:
-        export(results, storage=args.storage, study=args.study, method=args.method, dataset=args.dataset)
-        return 0
-    if not args.method or not args.dataset:
-        raise BenchError("tune needs --method and --dataset (or --export to write tuned configs)")
-    profile = get_profile(args.profile)
-    tune(
-        args.method,
-        args.dataset,
-        profile=profile,
-        trials=args.trials,
-        parallel=args.parallel,
-        executor=args.executor,
-        storage=args.storage,
-        study=args.study,
-        results=results,
-        device=args.device,
-        seed=getattr(args, "seed", DEFAULT_SEED),
-        address=getattr(args, "address", None),
-    )
-    return 0
-
-
-__all__ = ["EpochReporter", "StudySetup", "cmd_tune", "export", "tune"]
+__all__ = ["EpochReporter", "StudySetup", "export", "tune"]

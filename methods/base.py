@@ -1,17 +1,34 @@
-"""The interface every method implements, in one place.
+"""The contract between a method and the harness, in one place.
 
-A method is the shared SASRec encoder plus whatever its training adds (losses, cluster centers). It
-subclasses `Method`, declares a typed config dataclass, and is listed in `methods/__init__.py`. The harness
-(`bench/train.py`) owns the loop and drives a method through four calls:
+A method is the shared SASRec encoder (`methods/encoder.py`) plus whatever its training adds (losses,
+cluster centers). It subclasses `Method` (or `AugmentedMethod` when it trains on augmented views), declares
+a typed config dataclass, and is listed in `methods/__init__.py`; `methods/configs/<name>.toml` holds its
+published settings and search space. That is all a new method needs (README, "Adding a method").
 
-    on_epoch_start(epoch, data)   optional work before an epoch, timed as the **estep** phase
-                                  (ICLRec's k-means every epoch, ELCRec's one-off initialisation)
-    training_step(batch)          named loss terms plus "loss", the total; timed as **train**
-    score_items(inputs)           scores of every item id [B, item_size] for evaluation; timed as **eval**
-    state_dict()                  the published checkpoint layout (the encoder's keys at the top level)
+What the harness calls, and when (`bench/train.py`, `bench/evaluate.py`):
+
+    Method(config, DatasetInfo, seed)   once per run, after `torch.manual_seed(seed)`
+    on_epoch_start(epoch, data)         before each epoch, timed as the **estep** phase; optional
+                                        (ICLRec's k-means every epoch, ELCRec's one-off initialisation)
+    make_views(seqs, lengths, max_len, generator)
+                                        only when `num_views > 0`: the batch's augmented views, built by the
+                                        method itself from each user's training part (`AugmentedMethod` has
+                                        the published crop/mask/reorder); they arrive as `batch.views`
+    training_step(batch)                named loss terms plus "loss", the total; timed as **train**; the
+                                        harness backpropagates "loss" and steps Adam
+    item_table() / user_repr(inputs)    evaluation ranks every item by the dot product of the user vector
+                                        [B, H] with the item table [item_size, H], timed as **eval**
+    score_items(inputs)                 override for any other scoring ([B, item_size]); `item_table()` then
+                                        returns None and evaluation ranks from the whole score matrix
+    run_info()                          facts for the run record (e.g. which k-means backend ran)
+    state_dict()                        the checkpoint, in the published layout
+
+What a method may override: `on_epoch_start`, `make_views`, `user_repr`, `score_items`, `run_info`,
+`config_from_checkpoint`; it must implement `training_step`. Everything else is the harness's.
 
 A method is an `SASRecEncoder` subclass rather than a wrapper around one so that its `state_dict` has
-exactly the published keys (`item_embeddings.weight`, ..., ELCRec's `cluster_centers`) with no renaming.
+exactly the published keys (`item_embeddings.weight`, ..., ELCRec's `cluster_centers`) with no renaming:
+published checkpoints load as they are.
 """
 
 from __future__ import annotations
@@ -23,6 +40,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from methods.augment import augment
 from methods.encoder import SASRecEncoder
 
 if TYPE_CHECKING:
@@ -81,36 +99,6 @@ class AugmentedConfig(MethodConfig):
         if self.cl_weight < 0:
             raise ValueError(f"cl_weight must be >= 0, got {self.cl_weight}")
 
-    def augment_args(self) -> dict:
-        return {"tao": self.tao, "gamma": self.gamma, "beta": self.beta}
-
-
-@dataclass
-class IntentConfig(AugmentedConfig):
-    """Config of the intent-learning methods (ICLRec, ELCRec): K intents found by k-means."""
-
-    num_intents: int = 256  # K
-    intent_weight: float = 0.1
-    kmeans_backend: str = "auto"  # faiss | torch | auto (faiss when installed)
-    kmeans_niter: int = 20
-    kmeans_nredo: int = 5
-    kmeans_max_points_per_centroid: int = 4096
-    # separate (published): the instance term and the intent term each encode the two views, with their own
-    # dropout draws (3 encoder passes per step). shared (a fast, non-published variant): one encoding of the
-    # views serves both terms (2 passes); run records then say mode "fast".
-    view_encoding: str = "separate"
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("num_intents", "kmeans_niter", "kmeans_nredo", "kmeans_max_points_per_centroid"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.kmeans_backend not in ("auto", "faiss", "torch"):
-            raise ValueError(f"kmeans_backend must be auto, faiss or torch, got {self.kmeans_backend!r}")
-        if self.view_encoding not in ("separate", "shared"):
-            raise ValueError(f"view_encoding must be separate or shared, got {self.view_encoding!r}")
-        if self.intent_weight < 0:
-            raise ValueError(f"intent_weight must be >= 0, got {self.intent_weight}")
 
 
 @dataclass(frozen=True)
@@ -159,7 +147,7 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
         return self.encode_last(inputs)
 
     def score_items(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Scores of every item id [B, item_size] by dot product with the item embedding table.
+        """Scores of every item id [B, item_size] by dot product with the item table.
 
         `inputs` [B, L'] may be narrower than max_len: evaluation cuts off leading columns that are padding
         in every row, and the encoder right-aligns positions, so the scores are those of the full width.
@@ -167,6 +155,25 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
         products itself, chunk by chunk of items (`bench/evaluate.py`). Override it for another scoring.
         """
         return self.user_repr(inputs) @ self.item_embeddings.weight.T
+
+    def item_table(self) -> torch.Tensor | None:
+        """The [item_size, H] table that scores are dot products with, or None for a method that overrides
+        `score_items` (its scores are then taken as they are)."""
+        if type(self).score_items is not Method.score_items:
+            return None
+        return self.item_embeddings.weight
+
+    @property
+    def view_maker(self):
+        """What the harness hands to `SequenceData.train_batches`: `make_views`, or None without views."""
+        return self.make_views if self.num_views else None
+
+    def make_views(
+        self, seqs: torch.Tensor, lengths: torch.Tensor, max_len: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, ...]:
+        """`num_views` augmented views [B, L] of each user's training part (`seqs` [B, n_max], left-aligned,
+        `lengths` [B]); draws only from `generator`. Methods with `num_views > 0` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} declares num_views={self.num_views} but no make_views")
 
     def run_info(self) -> dict:
         """Facts about how the run executed that belong in its record (e.g. which k-means backend ran)."""
@@ -205,42 +212,21 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
         }
 
 
-class IntentMethod(Method):
-    """Base of the methods whose K intents come from k-means on the encoded training set (ICLRec, ELCRec)."""
+class AugmentedMethod(Method):
+    """A method that also trains on two augmented views per user (CL4SRec, ICLRec, ELCRec).
 
-    Config: ClassVar[type[MethodConfig]] = IntentConfig
+    Each view applies one of crop / mask / reorder per user, chosen uniformly, with the config's ratios
+    (docs/methods.md, "Augmentations").
+    """
+
+    Config: ClassVar[type[MethodConfig]] = AugmentedConfig
     num_views = 2
 
-    def __init__(self, config: IntentConfig, info: DatasetInfo, seed: int = 1):
-        super().__init__(config, info, seed)
-        if config.num_intents > info.num_users:
-            raise ValueError(f"num_intents {config.num_intents} exceeds the {info.num_users} training users")
-
-    def encode_step_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The encodings a step of ICLRec / ELCRec uses: (rec pass [B, L, H], instance views [2B, L, H],
-        intent views [2B, L, H]); views are ordered view 1 then view 2.
-
-        Published: three independent passes, each with its own dropout. With view_encoding "shared" the
-        intent term reuses the instance term's encoding of the views (one pass fewer).
-        """
-        views = torch.cat(batch.views)  # [2B, L]
-        if self.config.view_encoding == "shared":
-            hidden, encoded_views = self.encode_separately(batch.input_ids, views)
-            return hidden, encoded_views, encoded_views
-        return self.encode_separately(batch.input_ids, views, views)
-
-    def kmeans_of_training_set(self, data: SequenceData) -> torch.Tensor:
-        """The published E-step: encode every training input (eval mode), mean-pool, k-means: [K, H]."""
-        from methods.clustering import kmeans
-
+    def make_views(
+        self, seqs: torch.Tensor, lengths: torch.Tensor, max_len: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, ...]:
         c = self.config
-        pooled = self.encode_mean_pooled(data.train_input)  # [N, H]
-        return kmeans(
-            pooled, c.num_intents, seed=self.seed, niter=c.kmeans_niter, nredo=c.kmeans_nredo,
-            max_points_per_centroid=c.kmeans_max_points_per_centroid, backend=c.kmeans_backend,
-        )  # [K, H], un-normalised
-
-    def run_info(self) -> dict:
-        from methods.clustering import resolve_backend
-
-        return {"kmeans_backend": resolve_backend(self.config.kmeans_backend)}
+        return tuple(
+            augment(seqs, lengths, max_len, generator, tao=c.tao, gamma=c.gamma, beta=c.beta)
+            for _ in range(self.num_views)
+        )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import AugmentedConfig, Method
+from methods.base import AugmentedConfig, AugmentedMethod
 from methods.losses import nce_loss, rec_bce_loss
 
 
@@ -19,10 +19,9 @@ class CL4SRecConfig(AugmentedConfig):
     pass
 
 
-class CL4SRec(Method):
+class CL4SRec(AugmentedMethod):
     name = "cl4srec"
     Config = CL4SRecConfig
-    num_views = 2
 
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         # Two independent encodings (rec pass, instance pass), each with its own dropout.

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import IntentConfig, IntentMethod
 from methods.clustering import nearest_centroid
+from methods.intent import IntentConfig, IntentMethod
 from methods.losses import elcrec_cluster_loss, intent_loss, nce_loss, rec_bce_loss
 
 

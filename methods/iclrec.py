@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from methods.base import IntentConfig, IntentMethod
 from methods.clustering import nearest_centroid
+from methods.intent import IntentConfig, IntentMethod
 from methods.losses import intent_loss, nce_loss, rec_bce_loss
 
 

@@ -18,6 +18,7 @@ import torch
 from bench import data
 from bench.data import SequenceData, Sequences, parse_sequences
 from bench.errors import BenchError
+from methods.augment import augment
 from tests.conftest import REPO, SHARED
 
 # SPEC section 1, recounted from the files.
@@ -130,8 +131,9 @@ def test_checksum_mismatch_cli_exit_code_and_no_traceback(tmp_path):
     (mirror / "Yelp.txt").write_bytes(b"1 2 3 4\n")
     cache = tmp_path / "cache"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "data", "download", "Yelp", "--mirror", str(mirror)],
-        cwd=REPO, capture_output=True, text=True, env={**_clean_env(), "BENCH_DATA_DIR": str(cache)},
+        [sys.executable, "-m", "bench", "data", "download", "Yelp"],
+        cwd=REPO, capture_output=True, text=True,
+        env={**_clean_env(), "BENCH_DATA_DIR": str(cache), "BENCH_DATA_MIRROR": str(mirror)},
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: checksum mismatch for Yelp.txt") and "Traceback" not in proc.stderr
@@ -219,9 +221,16 @@ def test_batches_cover_every_user_once_per_epoch(small_data):
 
 def test_batch_negatives_only_where_targets(small_data):
     g = torch.Generator().manual_seed(0)
-    batch = next(small_data.train_batches(64, g, num_views=2))
+    seen = []
+
+    def two_views(seqs, lengths, max_len, generator):  # any method's augmentation: data.py calls it per batch
+        seen.append((seqs.shape, lengths.shape))
+        return tuple(augment(seqs, lengths, max_len, generator) for _ in range(2))
+
+    batch = next(small_data.train_batches(64, g, two_views))
     assert torch.equal(batch.target_neg > 0, batch.target_pos > 0)
     assert len(batch.views) == 2 and all(v.shape == batch.input_ids.shape for v in batch.views)
+    assert seen == [(torch.Size([64, small_data.full.shape[1]]), torch.Size([64]))]
 
 
 def test_sample_users_is_deterministic():

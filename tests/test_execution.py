@@ -119,8 +119,7 @@ def _rows_encoded_in_one_step(method_name: str, view_encoding: str, data: Sequen
     method = train.build_method(spec(method_name), config, data, torch.device("cpu"))
     method.train()
     method.on_epoch_start(0, data)  # the E-step's own (eval-mode) encoding happens before the hook
-    batch = next(data.train_batches(config.batch_size, torch.Generator().manual_seed(0), method.num_views,
-                                    config.augment_args()))
+    batch = next(data.train_batches(config.batch_size, torch.Generator().manual_seed(0), method.view_maker))
     rows: list[int] = []
     # The method is the encoder: every pass is a call of the module. On CPU a pass is split into calls of
     # CPU_CHUNK_ROWS rows, so rows, not calls, count the passes.
@@ -177,8 +176,7 @@ def test_bf16_step_really_computes_in_bf16_and_fp32_does_not(tiny_data):
     method = train.build_method(spec("iclrec"), config, tiny_data, torch.device("cpu"))
     method.train()
     method.on_epoch_start(0, tiny_data)
-    batch = next(tiny_data.train_batches(config.batch_size, torch.Generator().manual_seed(0), method.num_views,
-                                         config.augment_args()))
+    batch = next(tiny_data.train_batches(config.batch_size, torch.Generator().manual_seed(0), method.view_maker))
     linears = [m for m in method.modules() if isinstance(m, torch.nn.Linear)]  # the encoder's projections
     assert linears
     dtypes: dict[str, set] = {}

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import grid
-from bench.cli import build_parser
+from bench import grid, train
 from bench.errors import BenchError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,17 +180,13 @@ def test_unknown_names_stop_the_grid_before_any_work(tmp_path, option, message):
 
 
 # ------------------------------------------------------------------------------ in-process, no training
-def parse(*argv: str):
-    return build_parser().parse_args(["run", "--all", *argv])
-
-
 def test_profile_label_is_custom_only_when_the_budget_differs():
-    smoke = grid.specs_from_args(parse("--profile", "smoke", "--epochs", "3", "--datasets", "Beauty"))
+    smoke = grid.grid_specs(datasets=["Beauty"], profile="smoke", epochs=3)
     assert {s.profile for s in smoke} == {"smoke"} and len(smoke) == 4  # four methods x one dataset x seed 1
     assert [s.method for s in smoke] == ["sasrec", "cl4srec", "iclrec", "elcrec"]
-    custom = grid.specs_from_args(parse("--profile", "smoke", "--epochs", "2", "--datasets", "Beauty"))
+    custom = grid.grid_specs(datasets=["Beauty"], profile="smoke", epochs=2)
     assert {s.profile for s in custom} == {"custom"} and {s.epochs for s in custom} == {2}
-    paper = grid.specs_from_args(parse("--methods", "sasrec"))
+    paper = grid.grid_specs(["sasrec"])
     assert {s.profile for s in paper} == {"paper"} and len(paper) == 4 * 3  # every dataset, seeds 1-3
 
 
@@ -209,13 +204,14 @@ def test_overrides_reach_the_methods_that_have_the_key():
 
 
 def test_failure_messages_are_one_line():
-    assert grid.failure_message(BenchError("bad K")) == "bad K"
-    assert grid.failure_message(RuntimeError("boom\nsecond line")) == "RuntimeError: boom"
-    assert grid.failure_message(KeyError()) == "KeyError"
+    assert train.failure_message(BenchError("bad K")) == "bad K"
+    assert train.failure_message(RuntimeError("boom\nsecond line")) == "RuntimeError: boom"
+    assert train.failure_message(KeyError()) == "KeyError"
 
 
-def test_executor_options_are_checked():
+def test_executor_options_are_checked(tmp_path):
+    specs = grid.grid_specs(["sasrec"], ["Beauty"], [1], profile="smoke")
     with pytest.raises(BenchError, match="unknown executor"):
-        grid.run_grid_from_args(parse("--executor", "dask"))
+        grid.run_grid(specs, tmp_path, executor="dask")
     with pytest.raises(BenchError, match="only apply to --executor ray"):
-        grid.run_grid_from_args(parse("--executor", "local", "--gpus-per-run", "0.25"))
+        grid.run_grid(specs, tmp_path, executor="local", gpus_per_run=0.25)

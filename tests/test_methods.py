@@ -27,11 +27,10 @@ def build(name: str, data, **overrides):
 def train_epochs(method, data, epochs: int, lr: float = 1e-3) -> None:
     optimizer = torch.optim.Adam(method.parameters(), lr=lr)
     g = torch.Generator().manual_seed(0)
-    augment_args = method.config.augment_args() if method.num_views else None
     for epoch in range(epochs):
         method.train()
         method.on_epoch_start(epoch, data)
-        for batch in data.train_batches(64, g, method.num_views, augment_args):
+        for batch in data.train_batches(64, g, method.view_maker):
             terms = method.training_step(batch)
             optimizer.zero_grad()
             terms["loss"].backward()
@@ -51,8 +50,7 @@ def test_every_method_learns_in_two_epochs(name, small_data):
 def test_training_step_contract(name, small_data):
     method = build(name, small_data)
     method.on_epoch_start(0, small_data)
-    batch = next(small_data.train_batches(32, torch.Generator().manual_seed(0), method.num_views,
-                                          method.config.augment_args() if method.num_views else None))
+    batch = next(small_data.train_batches(32, torch.Generator().manual_seed(0), method.view_maker))
     terms = method.training_step(batch)
     assert "loss" in terms and "rec" in terms
     assert all(t.dim() == 0 and torch.isfinite(t) for t in terms.values())
@@ -88,7 +86,7 @@ def test_elcrec_kmeans_only_once_and_centers_learn(small_data, monkeypatch):
     assert torch.allclose(before.norm(dim=1), torch.ones(16), atol=1e-5)
     optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
-    for batch in list(small_data.train_batches(64, g, 2, method.config.augment_args()))[:3]:
+    for batch in list(small_data.train_batches(64, g, method.view_maker))[:3]:
         terms = method.training_step(batch)
         # projected in place before the clustering term: unit norm when the losses were computed
         assert torch.allclose(method.cluster_centers.norm(dim=1), torch.ones(16), atol=1e-5)

@@ -151,24 +151,17 @@ def _row(epoch: int, ndcg: float) -> dict:
 
 def test_reporter_prunes_after_reporting():
     trial = FakeTrial(prune=True)
-    reporter = tune.EpochReporter(trial, epochs=5, patience=5)
+    reporter = tune.EpochReporter(trial)
     with pytest.raises(optuna.TrialPruned):
         reporter(0, _row(0, 0.01))
     assert trial.reported == [(0.01, 0)]
 
 
-def test_reporter_stops_where_the_loop_stops_and_never_prunes_a_finished_trial():
-    trial = FakeTrial(prune=True)
-    last = tune.EpochReporter(trial, epochs=1, patience=5)
-    with pytest.raises(tune.TrialFinished):
-        last(0, _row(0, 0.02))
-    trial = FakeTrial(prune=False)
-    reporter = tune.EpochReporter(trial, epochs=10, patience=2)
-    reporter(0, _row(0, 0.05))
-    reporter(1, _row(1, 0.04))
-    with pytest.raises(tune.TrialFinished):  # two epochs without a strict improvement: patience ends it
-        reporter(2, _row(2, 0.05))
-    assert reporter.best == 0.05 and reporter.best_epoch == 0 and reporter.epochs_run == 3
+def test_reporter_tracks_the_best_epoch_and_leaves_stopping_to_the_loop():
+    reporter = tune.EpochReporter(FakeTrial(prune=False))
+    for epoch, value in enumerate((0.05, 0.04, 0.05, 0.03)):
+        reporter(epoch, _row(epoch, value))  # never raises: patience is the training loop's
+    assert reporter.best == 0.05 and reporter.best_epoch == 0 and reporter.epochs_run == 4
 
 
 def test_objective_is_pruned_by_the_study_pruner(tmp_path):

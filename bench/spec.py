@@ -1,0 +1,174 @@
+"""What a run is: `RunSpec`, the one constructor `make_spec`, and the checks on every value a user gives.
+
+Every command that trains (`run`, `run --all`, `tune`'s trials and final run, `profile`) builds its specs
+with `make_spec`, so one budget gets one label and one run id whichever command ran it:
+
+- the budget (epochs, patience, users) comes from the profile (default `paper`), each part overridable;
+- the label is the name of the profile whose budget that is (the asked profile first), else `custom`.
+  `run --profile smoke --epochs 1` is therefore `custom`, and a bare `run` (paper budget) is `paper`.
+
+Nothing here knows argparse: `bench/cli.py` turns argv into the typed arguments of `make_spec`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.errors import BenchError
+from bench.evaluate import PROTOCOLS
+from bench.profiles import PROFILES, Profile, get_profile
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RESULTS = REPO_ROOT / "results"
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; the record's JSON keeps them exact below 2^63
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run's result (and a few things that only say how to run it).
+
+    Build it with `make_spec`, which checks every value; the dataclass itself trusts its caller.
+    """
+
+    method: str
+    dataset: str
+    seed: int = 1
+    profile: str = "custom"  # the budget's label (see module doc), not necessarily the profile asked for
+    epochs: int = 300
+    patience: int = 40
+    max_users: int | None = None
+    protocol: str = "reference"
+    config_source: str = "paper"
+    overrides: dict = field(default_factory=dict)
+    # Execution options: the faithful defaults are fp32 and eager. Other values can change the numbers, so
+    # they enter the run's identity (and only then: ids of faithful runs stay what they always were).
+    precision: str = "fp32"
+    compile: str = "off"
+    # How to run, not what: excluded from the run's identity.
+    device: str = "auto"
+    num_threads: int | None = None
+    save_checkpoint: str | None = None
+    concurrency: int = 1  # runs in flight on the machine while this one runs (the grid knows it)
+
+    def identity(self) -> dict:
+        keys = ("method", "dataset", "seed", "profile", "epochs", "patience", "max_users", "protocol")
+        return {k: getattr(self, k) for k in keys}
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise BenchError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def check_positive(option: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise BenchError(f"{option} must be >= 1, got {value}")
+
+
+def check_seed(seed: int) -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise BenchError(f"--seed must be in 0..2^63-1, got {seed}")
+    return seed
+
+
+def check_device(name: str) -> str:
+    if name != "auto" and name != "cpu" and not name.startswith("cuda"):
+        raise BenchError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return name
+
+
+def device_kind(name: str) -> str:
+    """"cuda" or "cpu": what `resolve_device(name)` gives, without failing on a device that is missing."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if name.startswith("cuda") else "cpu"
+
+
+def resolve_device(name: str) -> torch.device:
+    check_device(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def budget_label(profile: Profile, epochs: int, patience: int, max_users: int | None) -> str:
+    """The profile whose budget this is (the asked one first), else "custom"."""
+    budget = (epochs, patience, max_users)
+    for candidate in (profile, *PROFILES.values()):
+        if (candidate.epochs, candidate.patience, candidate.max_users) == budget:
+            return candidate.name
+    return "custom"
+
+
+# ------------------------------------------------------------------------------------------ constructor
+def make_spec(
+    method: str,
+    dataset: str,
+    *,
+    profile: str | Profile | None = None,
+    epochs: int | None = None,
+    patience: int | None = None,
+    max_users: int | None = None,
+    seed: int | None = None,
+    protocol: str = "reference",
+    config_source: str = "paper",
+    overrides: dict | None = None,
+    precision: str = "fp32",
+    compile: str = "off",
+    device: str = "auto",
+    num_threads: int | None = None,
+    save_checkpoint: str | None = None,
+    concurrency: int = 1,
+) -> RunSpec:
+    """A validated spec: the profile's budget with the given parts replaced, every name and value checked.
+
+    Raises BenchError (one line) on an unknown method, dataset, profile, protocol, device or option, a value
+    out of range, or a config override the method does not accept, before any data is loaded.
+    """
+    from bench import configs, data
+
+    prof = profile if isinstance(profile, Profile) else get_profile(profile or "paper")
+    for option, value in (("--epochs", epochs), ("--patience", patience), ("--max-users", max_users)):
+        check_positive(option, value)
+    check_positive("--threads", num_threads)
+    epochs = prof.epochs if epochs is None else epochs
+    patience = prof.patience if patience is None else patience
+    max_users = prof.max_users if max_users is None else max_users
+    seed = check_seed(prof.seeds[0] if seed is None else seed)
+    configs.method_class(method)
+    data.load_manifest(dataset)
+    check_choice("evaluation protocol", protocol, PROTOCOLS)
+    check_choice("precision", precision, PRECISIONS)
+    check_choice("compile mode", compile, COMPILE_MODES)
+    check_device(device)
+    overrides = dict(overrides or {})
+    # an unknown config source or a bad --set fails here, before any data is loaded
+    configs.resolve_config(method, dataset, config_source, overrides)
+    return RunSpec(
+        method=method,
+        dataset=dataset,
+        seed=seed,
+        profile=budget_label(prof, epochs, patience, max_users),
+        epochs=epochs,
+        patience=patience,
+        max_users=max_users,
+        protocol=protocol,
+        config_source=config_source,
+        overrides=overrides,
+        precision=precision,
+        compile=compile,
+        device=device,
+        num_threads=num_threads,
+        save_checkpoint=save_checkpoint,
+        concurrency=concurrency,
+    )
