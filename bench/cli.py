@@ -262,6 +262,13 @@ def cmd_grid(args) -> int:
         progress=True,
     )
     print(f"grid: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} skipped in {summary.wall_s:.1f} s")
+    if summary.claimed_elsewhere or summary.done_elsewhere:
+        print(
+            f"grid: {len(summary.claimed_elsewhere)} runs left to another grid that holds them, "
+            f"{summary.done_elsewhere} finished by another grid meanwhile"
+        )
+        for c in summary.claimed_elsewhere:
+            print(f"held elsewhere: {c['method']} {c['dataset']} seed {c['seed']} by {c['holder']}", file=sys.stderr)
     print(f"records: {summary.results_dir / 'runs'}")
     for f in summary.failed:
         print(f"failed: {f['method']} {f['dataset']} seed {f['seed']}: {f['error']}", file=sys.stderr)

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from bench import configs, records, train
+from bench.claims import Claims
 from bench.errors import BenchError
 from bench.profiles import get_profile
 from bench.spec import DEFAULT_RESULTS, RunSpec, check_choice, device_kind, make_spec
@@ -41,6 +42,8 @@ class GridSummary:
     wall_s: float = 0.0
     results_dir: Path = DEFAULT_RESULTS
     paths: list[Path] = field(default_factory=list)  # records written by this invocation
+    claimed_elsewhere: list[dict] = field(default_factory=list)  # runs another live grid holds
+    done_elsewhere: int = 0  # runs another grid finished while this one ran
 
     @property
     def exit_code(self) -> int:
@@ -150,9 +153,48 @@ class _Progress:
 
 
 # --------------------------------------------------------------------------------------------- running
-def _run_local(specs: list[RunSpec], on_done: Callable[[dict], None], progress: _Progress) -> None:
+class WorkQueue:
+    """The runs a grid still has to do, handed out one at a time as its slots free up.
+
+    A run is handed out only once this grid has claimed it (bench/claims.py) and only while no ok record
+    exists for it, so two grids on one results folder share the runs between them: each run is trained
+    once, by whichever grid claims it first. Runs another grid holds are left to it and reported.
+    """
+
+    def __init__(self, todo: dict[str, RunSpec], results_dir: Path, claims: Claims) -> None:
+        self.pending = list(todo.items())
+        self.results_dir = results_dir
+        self.claims = claims
+        self.claimed_elsewhere: list[tuple[RunSpec, str]] = []
+        self.done_elsewhere = 0
+        self.ids: dict[int, str] = {}  # id(spec) -> run id, to release a claim when the run's record is in
+
+    def take(self) -> RunSpec | None:
+        while self.pending:
+            rid, spec = self.pending.pop(0)
+            if not self.claims.try_claim(rid):
+                self.claimed_elsewhere.append((spec, self.claims.holder_of(rid)))
+                continue
+            if self._done(rid, spec):  # finished by another grid after this one started
+                self.claims.release(rid)
+                self.done_elsewhere += 1
+                continue
+            self.ids[id(spec)] = rid
+            return spec
+        return None
+
+    def _done(self, rid: str, spec: RunSpec) -> bool:
+        meta = {"method": spec.method, "dataset": spec.dataset, "seed": spec.seed, "profile": spec.profile, "run_id": rid}
+        record = records.read_record(records.record_path(self.results_dir, meta))
+        return record is not None and record.get("status") == "ok"
+
+    def finished(self, record: dict) -> None:
+        self.claims.release(record["run_id"])
+
+
+def _run_local(queue: WorkQueue, on_done: Callable[[dict], None], progress: _Progress) -> None:
     progress.started(1)
-    for spec in specs:
+    while (spec := queue.take()) is not None:
         try:
             record = train.run(spec, progress=progress.enabled)
         except Exception as exc:  # recorded as failed; KeyboardInterrupt still stops the grid
@@ -202,7 +244,7 @@ def run_grid(
     for spec in specs:  # resolving every config here turns a bad config into an error before any work
         by_id.setdefault(train.run_identity(spec)[0], spec)
     done = records.completed_run_ids(summary.results_dir)
-    todo = [spec for rid, spec in by_id.items() if rid not in done]
+    todo = {rid: spec for rid, spec in by_id.items() if rid not in done}
     summary.skipped = len(by_id) - len(todo)
     if progress:
         print(
@@ -210,13 +252,16 @@ def run_grid(
             flush=True,
         )
     # Once, here: concurrent workers must not download (and verify) the same file at the same time.
-    for name in _unique([spec.dataset for spec in todo]):
+    for name in _unique([spec.dataset for spec in todo.values()]):
         data.download(name)
 
     bar = _Progress(len(todo), summary.skipped, progress and bool(todo))
+    claims = Claims(summary.results_dir)
+    queue = WorkQueue(todo, summary.results_dir, claims)
 
     def on_done(record: dict) -> None:
         path = records.save(summary.results_dir, record)
+        queue.finished(record)  # the record is in: the claim can go
         summary.paths.append(path)
         if record["status"] == "ok":
             summary.ok += 1
@@ -227,20 +272,25 @@ def run_grid(
         bar.finished(record)
 
     try:
-        if todo and executor == "local":
-            _run_local(todo, on_done, bar)
-        elif todo:
-            from bench.ray_backend import run_specs_on_ray
+        with claims:
+            if todo and executor == "local":
+                _run_local(queue, on_done, bar)
+            elif todo:
+                from bench.ray_backend import run_specs_on_ray
 
-            run_specs_on_ray(
-                todo,
-                address=address,
-                cpus_per_run=cpus_per_run,
-                gpus_per_run=gpus_per_run,
-                on_done=on_done,
-                on_start=bar.started,
-            )
+                run_specs_on_ray(
+                    queue.take,
+                    address=address,
+                    cpus_per_run=cpus_per_run,
+                    gpus_per_run=gpus_per_run,
+                    on_done=on_done,
+                    on_start=bar.started,
+                )
     finally:
         bar.close()
+    summary.done_elsewhere = queue.done_elsewhere
+    summary.claimed_elsewhere = [
+        {"method": s.method, "dataset": s.dataset, "seed": s.seed, "holder": holder} for s, holder in queue.claimed_elsewhere
+    ]
     summary.wall_s = time.perf_counter() - start
     return summary

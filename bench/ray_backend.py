@@ -132,7 +132,7 @@ def run_workers_on_ray(
 
 
 def run_specs_on_ray(
-    specs: list,
+    take: Callable[[], object | None],
     *,
     address: str | None,
     cpus_per_run: float | None,
@@ -140,10 +140,13 @@ def run_specs_on_ray(
     on_done: Callable[[dict], None],
     on_start: Callable[[int], None] | None = None,
 ) -> None:
-    """Run every spec as a Ray task and call `on_done(record)` in the driver as each finishes.
+    """Run specs as Ray tasks, pulling the next one from `take()` (None: no more) whenever a slot is free,
+    and call `on_done(record)` in the driver as each finishes.
 
-    `on_start(slots)`, if given, is called once Ray is up with the number of runs that fit at once.
-    A local Ray started here is shut down at the end; a cluster (address or RAY_ADDRESS) is left running.
+    Pulling rather than submitting everything at once lets the grid claim a run only when it can start it
+    (bench/claims.py), so that two grids on one results folder share the work. `on_start(slots)`, if given,
+    is called once Ray is up with the number of runs that fit at once. A local Ray started here is shut down
+    at the end; a cluster (address or RAY_ADDRESS) is left running.
     """
     started_here = _connect(address)
     pending: dict = {}
@@ -157,9 +160,16 @@ def run_specs_on_ray(
         if on_start is not None:
             on_start(slots)
         task = _run_task.options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
-        in_flight = min(slots, len(specs))
-        pending = {task.remote(spec, cpus_per_run, gpus_per_run, in_flight): spec for spec in specs}
-        while pending:
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < slots:
+                spec = take()
+                if spec is None:
+                    exhausted = True
+                    break
+                pending[task.remote(spec, cpus_per_run, gpus_per_run, slots)] = spec
+            if not pending:
+                break
             ready, _ = ray.wait(list(pending), num_returns=1)
             ref = ready[0]
             spec = pending.pop(ref)

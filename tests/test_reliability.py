@@ -1,0 +1,187 @@
+"""Nothing lost, nothing silently wrong: the grid and single-run cases of docs/reliability.md.
+
+Each case is a hostile input or a fault; each must end in one line naming the problem and a non-zero exit,
+before any training is spent where the problem is known up front, and with nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.claims import Claims
+from tests.conftest import REFERENCE_CHECKPOINT
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--max-users", "150", "--epochs", "1"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, needle: str, code: int = 2) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------- output locations, before the work
+def test_results_that_is_a_file_fails_before_any_training(tmp_path):
+    target = tmp_path / "a-file"
+    target.write_text("not a folder")
+    for argv in (["run", "--method", "sasrec", "--dataset", "Beauty", *TINY],
+                 ["run", "--all", "--executor", "local", "--methods", "sasrec", "--datasets", "Beauty", *TINY]):
+        start = time.perf_counter()
+        proc = bench(*argv, "--results", str(target))
+        one_line_error(proc, "is not writable")
+        assert str(target) in proc.stderr and time.perf_counter() - start < 60
+
+
+def test_checkpoint_path_that_is_a_folder_fails_before_training(tmp_path):
+    proc = bench("run", "--method", "sasrec", "--dataset", "Beauty", *TINY, "--results", str(tmp_path),
+                 "--save-checkpoint", str(tmp_path))
+    one_line_error(proc, "is a folder")
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_leaderboard_out_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "runs").mkdir()
+    out = tmp_path / "out-file"
+    out.write_text("x")
+    one_line_error(bench("leaderboard", "--results", str(tmp_path), "--out", str(out)), "is not writable")
+
+
+# --------------------------------------------------------------------------------- divergence
+def test_a_diverging_single_run_is_recorded_as_failed_with_its_reason(tmp_path):
+    proc = bench("run", "--method", "sasrec", "--dataset", "Beauty", "--max-users", "600", "--epochs", "1",
+                 "--set", "lr=1e9", "--results", str(tmp_path))
+    one_line_error(proc, "non-finite loss at epoch 0, step", code=1)
+    [path] = (tmp_path / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "failed" and record["error"].startswith("non-finite loss at epoch 0, step")
+
+
+def test_a_diverging_run_in_the_grid_is_a_failed_record(tmp_path):
+    proc = bench("run", "--all", "--executor", "local", "--methods", "sasrec", "--datasets", "Beauty", "--seeds", "1",
+                 "--max-users", "600", "--epochs", "1", "--set", "lr=1e9", "--results", str(tmp_path))
+    assert proc.returncode == 1 and "non-finite loss at epoch 0" in proc.stderr
+    [path] = (tmp_path / "runs").glob("*.json")
+    assert json.loads(path.read_text())["status"] == "failed"
+
+
+# ---------------------------------------------------------------------------------- one-line errors
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--dataset", "../pyproject"], "unknown dataset '../pyproject'"),
+        (["--seed", str(2**63)], "--seed must be in"),
+        (["--max-users", "0"], "--max-users must be >= 1"),
+        (["--max-users", "-5"], "--max-users must be >= 1"),
+        (["--threads", "-1"], "--threads must be >= 1"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--patience", "0"], "--patience must be >= 1"),
+        (["--set", "lr=nan"], "not a finite number"),
+    ],
+)
+def test_bad_run_values_are_one_line_errors(tmp_path, argv, needle):
+    base = {"--method": "sasrec", "--dataset": "Beauty"}
+    for i in range(0, len(argv), 2):
+        base[argv[i]] = argv[i + 1]
+    flat = [x for pair in base.items() for x in pair]
+    one_line_error(bench("run", *flat, "--results", str(tmp_path)), needle)
+
+
+def _damaged_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    state = torch.load(REFERENCE_CHECKPOINT, map_location="cpu", weights_only=True)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint")
+    missing = tmp_path / "missing.pt"
+    torch.save({k: v for k, v in state.items() if k != "position_embeddings.weight"}, missing)
+    short = tmp_path / "short.pt"
+    torch.save({**state, "position_embeddings.weight": state["position_embeddings.weight"][:10]}, short)
+    layer = tmp_path / "layer.pt"
+    key = next(k for k in state if k.endswith("dense.weight"))
+    torch.save({**state, key: state[key][:, :7]}, layer)
+    return {
+        "empty": (empty, "is empty (0 bytes)"),
+        "garbage": (garbage, "cannot read checkpoint"),
+        "missing": (missing, "has no position_embeddings.weight"),
+        "short": (short, "has 10 position rows"),
+        "layer": (layer, "does not fit iclrec"),
+    }
+
+
+@pytest.mark.skipif(not REFERENCE_CHECKPOINT.is_file(), reason="the published checkpoint is not in ../shared")
+def test_damaged_checkpoints_are_one_line_errors(tmp_path):
+    from bench import train
+    from bench.errors import BenchError
+
+    for name, (path, needle) in _damaged_checkpoints(tmp_path).items():
+        with pytest.raises(BenchError, match=re.escape(needle)) as info:
+            train.method_from_checkpoint("iclrec", "Beauty", str(path), "cpu")
+        assert "\n" not in str(info.value), name
+    # and through the command line, once, for the exit code and the absence of a traceback
+    one_line_error(bench("evaluate", "--method", "iclrec", "--dataset", "Beauty", "--checkpoint",
+                         str(tmp_path / "empty.pt")), "is empty")
+
+
+# ------------------------------------------------------------------------------------ run claims
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_claim_of_a_dead_owner_is_taken_over_and_a_live_one_is_not(tmp_path):
+    claims_dir = tmp_path / "claims"
+    claims_dir.mkdir()
+    with Claims(tmp_path) as mine:
+        host = mine.owner["host"]
+        (claims_dir / "dead.claim").write_text(json.dumps({"host": host, "pid": _dead_pid(), "token": "x"}))
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            (claims_dir / "live.claim").write_text(json.dumps({"host": host, "pid": sleeper.pid, "token": "y"}))
+            assert mine.try_claim("dead") and "dead" in mine.held
+            assert not mine.try_claim("live")
+            assert json.loads((claims_dir / "live.claim").read_text())["token"] == "y"  # untouched
+        finally:
+            sleeper.kill()
+        # A claim on another host counts as stale only once its heartbeat is older than the limit.
+        other = claims_dir / "remote.claim"
+        other.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "z"}))
+        assert not mine.try_claim("remote")
+        old = time.time() - 10 * mine.stale_after_s
+        os.utime(other, (old, old))
+        assert mine.try_claim("remote")
+    # A grid that stops releases its own claims, and only those.
+    assert sorted(p.name for p in claims_dir.glob("*.claim")) == ["live.claim"]
+
+
+def test_two_grids_on_one_folder_share_the_runs(tmp_path):
+    argv = [sys.executable, "-m", "bench", "run", "--all", "--executor", "local", "--methods", "sasrec", "cl4srec",
+            "--datasets", "Beauty", "Yelp", "--seeds", "1", *TINY, "--results", str(tmp_path)]
+    first = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    second = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    outs = [p.communicate(timeout=300) for p in (first, second)]
+    assert first.returncode == second.returncode == 0, [o[1][-1500:] for o in outs]
+    trained = 0
+    for stdout, _ in outs:
+        summary = next(line for line in stdout.splitlines() if line.startswith("grid: ") and " ok, " in line)
+        trained += int(summary.split()[1])
+    records = list((tmp_path / "runs").glob("*.json"))
+    assert len(records) == 4 and trained == 4, "every run trained exactly once between the two grids"
+    assert not list((tmp_path / "claims").glob("*.claim"))
