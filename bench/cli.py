@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -350,17 +349,9 @@ def cmd_profile(args) -> int:
     return profile_run(spec, args.steps)
 
 
-def _quiet_third_parties() -> None:
-    """No third-party noise on the terminal: Ray's token warning, torch profiler's USDT lines."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's own C++ logging (USDT lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_third_parties()
     handlers = {
         "data": cmd_data,
         "run": cmd_run,

@@ -14,6 +14,8 @@ Two views of the same method and dataset:
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -72,6 +74,22 @@ def _batches(data: SequenceData, method, generator: torch.Generator) -> Iterator
         yield from data.train_batches(method.config.batch_size, generator, method.view_maker)
 
 
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence native code's writes to stderr (fd 2) for the block: the profiler's library prints "USDT:"
+    lines at start and stop that no setting turns off. Python's own sys.stderr is flushed around it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def profile_steps(spec, data: SequenceData, device: torch.device, steps: int) -> None:
     from bench import train
     from bench.configs import resolve_config
@@ -109,7 +127,7 @@ def profile_steps(spec, data: SequenceData, device: torch.device, steps: int) ->
     cuda = device.type == "cuda" and torch.cuda.is_available()
     if cuda:
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities, record_shapes=False) as prof:
+    with quiet_native_stderr(), profile(activities=activities, record_shapes=False) as prof:
         for _ in range(steps):
             step()
         synchronize(device)

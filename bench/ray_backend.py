@@ -96,6 +96,9 @@ def _connect(address: str | None, log_to_driver: bool = False) -> bool:
     """Connect to the cluster at `address` / $RAY_ADDRESS, or start a local Ray; True if started here."""
     if ray.is_initialized():
         return False
+    # Ray's default (token authentication on for a local cluster) is kept; only its notice saying so, printed
+    # on every start, is kept off the terminal.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict = {"runtime_env": {"env_vars": _worker_env()}, "logging_level": logging.WARNING}
     if address is None:
