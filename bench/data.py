@@ -1,6 +1,6 @@
 """Datasets: manifests, download and verification, parsing, the leave-one-out split, training batches.
 
-Everything a run needs is built once, as tensors on the run's device (SPEC sections 1-2):
+Everything a run needs is built once, as tensors on the run's device (docs/methods.md, "Data", "Split"):
 
 - `full` [N, n_max]: every user's whole sequence, left-aligned, 0 after its end. Augmentations, history
   masking and negative sampling all read from it, so no Python loop over users runs during an epoch.
@@ -301,7 +301,7 @@ class SequenceData:
             self._popularity = (order, position)
         return self._popularity
 
-    # Negative sampling: uniform over 1..item_size-1 minus the user's whole sequence (SPEC section 5), drawn
+    # Negative sampling: uniform over 1..item_size-1 minus the user's whole sequence (docs/methods.md, "Losses"), drawn
     # exactly and without rejection loops: with S the user's sorted distinct items, g_j = S_j - 1 - j counts
     # the allowed ids below S_j, so the r-th allowed id (0-based) is r + 1 + #{j : g_j <= r}.
     def _build_negative_table(self) -> None:
@@ -348,7 +348,7 @@ class SequenceData:
         """(inputs [N, L], answers [N], history lengths [N]) for 'valid' or 'test'.
 
         The history whose scores are masked is the first `history length` items of `full`: s[:-2] for
-        valid and s[:-1] for test (SPEC section 3).
+        valid and s[:-1] for test (docs/methods.md, "Evaluation").
         """
         if split == "valid":
             return self.valid_input, self.valid_answer, self.lengths - 2

@@ -1,8 +1,8 @@
-"""The one full-ranking HR/NDCG implementation (SPEC section 3).
+"""The one full-ranking HR/NDCG implementation (docs/methods.md, "Evaluation").
 
 Every user's answer gets its 0-based rank among all item ids; HR@K and NDCG@K follow from the rank. The
 rank is the number of other ids whose score is at least the answer's (an id tied with the answer ranks
-ahead of it), after history masking. "Take the top 20 ids by score" (SPEC) gives the same hits and ranks
+ahead of it), after history masking. "Take the top 20 ids by score" (the published code) gives the same hits and ranks
 whenever no id ties with the answer; with the reference protocol's 0-filled history, an answer that is in
 its own history ties with the other history ids and is then ranked behind them.
 

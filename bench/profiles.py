@@ -3,7 +3,7 @@
 - smoke: a deterministic sample of at most 2,000 users per dataset and 3 epochs; the 16-run grid takes
   minutes on 2 CPU cores. For checking that everything runs, not for conclusions.
 - quick: full data, a small epoch budget; enough to compare per-epoch costs and early accuracy.
-- paper: SPEC's protocol: up to 300 epochs, patience 40 on valid NDCG@20, seeds 1, 2, 3.
+- paper: the published protocol: up to 300 epochs, patience 40 on valid NDCG@20, seeds 1, 2, 3.
 """
 
 from __future__ import annotations

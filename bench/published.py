@@ -1,4 +1,4 @@
-"""Published numbers the harness is compared with (docs: /work/shared/SPEC.md section 7).
+"""Published numbers the harness is compared with (docs/methods.md, "Published numbers").
 
 Plain data only, keyed by the dataset and method names used in run records, so that the leaderboard can
 put each published number beside ours without any name mapping of its own.
@@ -6,7 +6,7 @@ put each published number beside ours without any name mapping of its own.
 
 from __future__ import annotations
 
-# Source: ELCRec paper, Table 1 (test metrics, full ranking, mean over 3 seeds), see SPEC.md section 7.
+# Source: ELCRec paper, Table 1 (test metrics, full ranking, mean over 3 seeds).
 PUBLISHED_ACCURACY: dict[str, dict[str, dict[str, float]]] = {
     "Sports_and_Outdoors": {
         "sasrec": {"HR@5": 0.0206, "HR@20": 0.0497, "NDCG@5": 0.0135, "NDCG@20": 0.0216},

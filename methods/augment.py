@@ -1,4 +1,4 @@
-"""Random sequence augmentations of CL4SRec / ICLRec / ELCRec (SPEC section 5), batched.
+"""Random sequence augmentations of CL4SRec / ICLRec / ELCRec (docs/methods.md, "Losses"), batched.
 
 The published code augments one Python list at a time with the `random` module. Here a whole batch of
 LEFT-aligned sequences (row i holds its `lengths[i]` items at positions 0..m-1, zeros after) is augmented

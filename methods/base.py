@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class MethodConfig:
-    """Hyperparameters every method has: the shared encoder and the optimiser (SPEC section 4)."""
+    """Hyperparameters every method has: the shared encoder and the optimiser (docs/methods.md, "Encoder")."""
 
     num_layers: int = 2
     hidden_size: int = 64

@@ -1,7 +1,7 @@
 """CL4SRec as the ICLRec code runs it: rec loss + instance contrastive loss between two augmented views.
 
 Each view is the whole encoder output flattened to L*H values ("concatenate"), contrasted with NCE
-(temperature 1 by default) against every other view in the batch (SPEC sections 5-6).
+(temperature 1 by default) against every other view in the batch (docs/methods.md, "Losses", "The methods").
 """
 
 from __future__ import annotations

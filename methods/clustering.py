@@ -1,4 +1,4 @@
-"""K-means for ICLRec's E-step and ELCRec's initialisation (SPEC section 6), plus nearest-centroid lookup.
+"""K-means for ICLRec's E-step and ELCRec's initialisation (docs/methods.md, "The methods"), plus nearest-centroid lookup.
 
 The published code runs `faiss.Clustering` (20 iterations, 5 restarts, at most 4096 points per centroid,
 seeded) on the mean-pooled encodings; the "faiss" backend makes exactly that call. The "torch" backend is a

@@ -1,4 +1,4 @@
-"""ELCRec: end-to-end learnable clustering of intents (SPEC section 6).
+"""ELCRec: end-to-end learnable clustering of intents (docs/methods.md, "The methods").
 
 The K cluster centers are a parameter, initialised once by the same k-means as ICLRec's E-step and then
 learnt by gradient. Per batch:

@@ -4,7 +4,7 @@ E-step, at the start of every epoch: encode every training input in eval mode, m
 positions, and run k-means (K intents). The prototypes are the L2-normalised centroids.
 M-step, every batch: rec loss + 0.1 * instance NCE between two views + 0.1 * intent loss, where each user's
 intent is the nearest *un-normalised* centroid to the (detached) mean-pooled output of the rec pass, and the
-intent loss contrasts the mean-pooled views with the *normalised* prototype (SPEC section 6).
+intent loss contrasts the mean-pooled views with the *normalised* prototype (docs/methods.md, "The methods").
 
 Faithful and faster at once: the published code copies every batch to the host for a faiss query; the same
 nearest-centroid assignment is computed here on the device (`nearest_centroid`), which changes no number.

@@ -1,4 +1,4 @@
-"""Training losses shared by the four methods (SPEC sections 5 and 6), in the published code's exact form."""
+"""Training losses shared by the four methods (docs/methods.md, "Losses", "The methods"), in the published code's exact form."""
 
 from __future__ import annotations
 

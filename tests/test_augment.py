@@ -1,4 +1,4 @@
-"""Batched augmentations (methods/augment.py) against the reference's per-list semantics (SPEC section 5)."""
+"""Batched augmentations (methods/augment.py) against the reference's per-list semantics (docs/methods.md, "Losses")."""
 
 from __future__ import annotations
 

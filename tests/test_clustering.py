@@ -1,4 +1,4 @@
-"""K-means backends and nearest-centroid lookup (methods/clustering.py, SPEC section 6)."""
+"""K-means backends and nearest-centroid lookup (methods/clustering.py, docs/methods.md, "The methods")."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from bench.errors import BenchError
 from methods.augment import augment
 from tests.conftest import REPO, SHARED
 
-# SPEC section 1, recounted from the files.
+# docs/methods.md, "Data": the statistics, recounted from the files.
 SPEC_STATS = {
     "Beauty": (22363, 12101, 198502, 8.88, 204),
     "Sports_and_Outdoors": (35598, 18357, 296337, 8.32, 296),

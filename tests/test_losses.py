@@ -1,4 +1,4 @@
-"""Losses (methods/losses.py) against explicit loop computations of the SPEC section 5 formulas."""
+"""Losses (methods/losses.py) against explicit loop computations of the docs/methods.md, "Losses" formulas."""
 
 from __future__ import annotations
 

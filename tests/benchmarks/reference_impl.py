@@ -1,7 +1,7 @@
 """The "before" baselines: the published ICLRec/ELCRec data pipeline, evaluation and ICLRec training step,
 re-implemented.
 
-Written from the description in SPEC sections 2, 3 and 5 of what the published code does, in the same
+Written from the description in docs/methods.md, "Split", "Evaluation", "Losses" of what the published code does, in the same
 style, so that its cost is what the speed suite compares ours against:
 
 - data: a torch `Dataset` whose `__getitem__` builds one user's example in Python: `copy.deepcopy` of the
@@ -459,7 +459,7 @@ class ReferenceICLRecStep:
 
 
 class ReferenceELCRecStep(ReferenceICLRecStep):
-    """One ELCRec step (SPEC section 6) written in the same published style, for the same comparison.
+    """One ELCRec step (docs/methods.md, "The methods") written in the same published style, for the same comparison.
 
     The centers are a parameter of the step; distances come from `torch.cdist`, centers are gathered by
     advanced indexing, and the clustering loss broadcasts [B, K, H] and [K, K, H] differences.
