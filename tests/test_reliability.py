@@ -185,3 +185,29 @@ def test_two_grids_on_one_folder_share_the_runs(tmp_path):
     records = list((tmp_path / "runs").glob("*.json"))
     assert len(records) == 4 and trained == 4, "every run trained exactly once between the two grids"
     assert not list((tmp_path / "claims").glob("*.claim"))
+
+
+def test_a_damaged_cache_offline_says_the_cached_copy_failed(monkeypatch, tmp_path):
+    import urllib.error
+
+    from bench import data
+    from bench.errors import BenchError
+
+    monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("BENCH_DATA_MIRROR", raising=False)
+    (tmp_path / data.load_manifest("Beauty").file).write_text("1 2 3 4 5\n")  # not the verified file
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    with pytest.raises(BenchError, match="cached copy .* failed sha256 verification.*BENCH_DATA_MIRROR"):
+        data.download("Beauty")
+
+
+def test_downloaded_files_are_readable_by_others(monkeypatch, tmp_path):
+    from bench import data
+
+    monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path))
+    path = data.download("Beauty", force=True)
+    assert path.stat().st_mode & 0o044 == 0o044  # group and others may read a shared data folder
