@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
-from bench import records
+from bench import context, records
 from bench.configs import method_class, resolve_config
 from bench.costs import PeakMemory, PhaseTimer
 from bench.data import SequenceData
@@ -205,8 +205,11 @@ def run(
     torch.set_float32_matmul_precision("high" if spec.precision == "tf32" else "highest")
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
+    run_context = context.start(spec, device)  # execution context (bench/context.py)
     try:
-        return _train(spec, device, memory, started, wall_start, epoch_callback, progress, data)
+        record = _train(spec, device, memory, started, wall_start, epoch_callback, progress, data)
+        record["context"] = context.finish(run_context)
+        return record
     finally:  # process-wide settings go back to what the caller had (tuning runs trials in-process)
         torch.set_float32_matmul_precision(previous_matmul_precision)
         torch.set_num_threads(previous_threads)
@@ -288,7 +291,7 @@ def _train(spec, device, memory, started, wall_start, epoch_callback, progress, 
 
     method.load_state_dict(best["state"])
     test_start = time.perf_counter()
-    test = evaluate(method, data, "test", spec.protocol)
+    test, test_ranks = evaluate(method, data, "test", spec.protocol, return_ranks=True)
     test_eval_s = time.perf_counter() - test_start
     if spec.save_checkpoint:
         save_checkpoint(best["state"], spec.save_checkpoint)
@@ -330,6 +333,7 @@ def _train(spec, device, memory, started, wall_start, epoch_callback, progress, 
         },
         "peak_memory_bytes": mem["peak_memory_bytes"],
         "memory": mem,
+        "ranks": records.encode_ranks({"test": test_ranks}),  # per-user test ranks, for paired tests
     }
     return records.finalise(record, rid)
 
