@@ -45,6 +45,7 @@ _NUMERIC += ("num_users", "max_users", "spec_epochs", "spec_patience", "threads"
 COLUMNS = [*_FIELDS, "device", "variant", "device_name", "best_epoch", *_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH]
 COLUMNS += [*_FIRST, *_STEADY, "num_users", "max_users", "spec_epochs", "spec_patience"]
 COLUMNS += ["machine", "threads", "concurrency", "context", "has_ranks", "hostname"]
+COLUMNS += ["epoch_training_s", "valid_curve"]  # per-epoch lists: E-step + train seconds, valid NDCG@20
 COLUMNS += ["peak_memory_bytes", "started_at", "finished_at", "path"]
 RANK_ENCODING = "uint8-zlib-base64"
 
@@ -196,12 +197,15 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     env = record.get("env") or {}
     # Records written before the execution context existed: only the device name and torch's thread count
     # are known (from env); the runs in flight are not, and `context` stays None ("context unknown").
-    row["machine"] = run_context.machine(ctx) or env.get("device_name")
+    machine = env.get("device_name")
+    row["machine"] = run_context.machine(ctx) or ("cpu (model not recorded)" if machine == "cpu" else machine)
     row["threads"] = (ctx or {}).get("threads", env.get("torch_threads"))
     row["concurrency"] = (ctx or {}).get("concurrency")
     row["context"] = ctx
     row["has_ranks"] = bool((record.get("ranks") or {}).get("test"))
     row["hostname"] = env.get("hostname")
+    row["epoch_training_s"] = [(e.get("estep_s") or 0.0) + (e.get("train_s") or 0.0) for e in epochs]
+    row["valid_curve"] = [(e.get("valid") or {}).get("NDCG@20", np.nan) for e in epochs]
     row["path"] = str(path)
     return row
 
@@ -242,6 +246,15 @@ def decode_ranks(record: dict, split: str = "test") -> np.ndarray | None:
     if stored.get("encoding") != RANK_ENCODING or not stored.get(split):
         return None
     return np.frombuffer(zlib.decompress(base64.b64decode(stored[split])), dtype=np.uint8)
+
+
+def load_test_ranks(paths) -> dict[str, np.ndarray | None]:
+    """Per-user test ranks of the records at `paths` (None for a record that has none), keyed by path."""
+    out: dict[str, np.ndarray | None] = {}
+    for path in paths:
+        record = read_record(Path(path))
+        out[str(path)] = decode_ranks(record) if record is not None else None
+    return out
 
 
 def finalise(record: dict, rid: str) -> dict:
