@@ -374,7 +374,14 @@ def _context_check(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str | None, str]:
 
         return f"contexts differ ({a['column'].iloc[0]}: {desc(keys_a)} vs {b['column'].iloc[0]}: {desc(keys_b)})", ""
     k = keys_a[0]
-    return None, f"same context: {k[1]}, {k[2]} thread(s), {k[3]} in flight"
+    note = f"same context: {k[1]}, {k[2]} thread(s), {k[3]} in flight"
+    # Load averages above the core count mean other work shared the machine: the spread may not show it all.
+    cores = max((c or {}).get("cpu_count") or 0 for c in both["context"])
+    loads = [(c.get(k) or [0.0])[0] for c in both["context"] for k in ("loadavg_start", "loadavg_end")]
+    peak = max(loads, default=0.0)
+    if cores and peak > cores:
+        note += f"; caution: load average up to {peak:.1f} on {cores} cores, other work shared the machine"
+    return None, note
 
 
 def _cost_comparison(runs: pd.DataFrame) -> pd.DataFrame:
@@ -513,9 +520,10 @@ def _color(runs: pd.DataFrame, column: str) -> str:
 
 def _figure(n_panels: int, title: str) -> tuple[Figure, list]:
     # Constrained layout and a legend outside the panels: titles and legends stay readable with 1..5 methods.
-    fig = Figure(figsize=(2.5 + 3.3 * n_panels, 3.9), layout="constrained")
+    fig = Figure(figsize=(max(7.5, 2.5 + 3.3 * n_panels), 4.2), layout="constrained")
     axes = list(fig.subplots(1, n_panels, squeeze=False)[0])
-    fig.suptitle(title, fontsize="medium")
+    what, _, group = title.partition(": ")
+    fig.suptitle(f"{what}\n{group}" if group else what, fontsize="medium")  # two lines: never clipped
     return fig, axes
 
 
@@ -562,7 +570,7 @@ def _plot_accuracy(acc: pd.DataFrame, title: str) -> bytes:
     cols = list(dict.fromkeys(_ordered(d, ["method", "config_source"])["column"]))
     fig, axes = _figure(1, f"test NDCG@20 (mean ± std over seeds): {title}")
     ax = axes[0]
-    fig.set_size_inches(3.5 + 1.6 * len(datasets), 3.9)
+    fig.set_size_inches(max(7.5, 3.5 + 1.6 * len(datasets)), 4.2)
     width = 0.8 / len(cols)
     for i, col in enumerate(cols):
         sub = d[d["column"] == col].set_index("dataset").reindex(datasets)

@@ -196,4 +196,5 @@ def cost_verdict(iv: Interval, who: str = "ELCRec") -> str:
     if iv.low_pct > 0:
         return f"{who} costs more: {interval_text(iv)} ({iv.basis})"
     bound = max(abs(iv.low_pct), abs(iv.high_pct))
-    return f"no difference detectable (±{bound:.1f}%): {interval_text(iv)} ({iv.basis})"
+    width = f"±{bound:.1f}%" if bound < 100 else "interval wider than ±100%"
+    return f"no difference detectable ({width}): {interval_text(iv)} ({iv.basis})"
