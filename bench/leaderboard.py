@@ -264,7 +264,7 @@ ACCURACY_INTRO = (
     f" (paired tests, p < {verdicts.ALPHA}); <u>underlined</u>: the second, only when it is significantly"
     " better than every method below it. Ties and differences the tests cannot resolve get no mark."
     " `ELCRec vs best baseline` = ELCRec's mean - the best of SASRec/CL4SRec/ICLRec, with the relative"
-    f" change only where that baseline is at least {verdicts.MIN_BASELINE}. `test`: two-sided Wilcoxon"
+    f" change only where that baseline is at least {verdicts.MIN_BASELINE}. `p (paired test)`: two-sided Wilcoxon"
     " signed-rank test over users of the per-user metric (from each run's stored per-user ranks, averaged"
     " over seeds), and a paired t-test over seeds where both have 3 or more; `test unavailable` where the"
     " records carry no per-user ranks and there are fewer than 3 seeds. `published` = ELCRec paper Table 1,"
@@ -293,7 +293,7 @@ def _accuracy_blocks(acc: pd.DataFrame, runs: pd.DataFrame, key: tuple) -> list[
     for c in [c for c in cols if c.startswith("ELCRec")]:
         if wide[("vs", c)].fillna("").ne("").any():
             table[f"{c} vs best baseline"] = wide[("vs", c)].to_numpy()
-            table[f"{c} test"] = wide[("test", c)].to_numpy()
+            table[f"{c} p (paired test)"] = wide[("test", c)].to_numpy()
     for c in cols:
         if wide[("paper", c)].fillna("").ne("").any():  # paper profile and a dataset with published numbers
             table[f"{c} published"] = wide[("paper", c)].to_numpy()
@@ -597,6 +597,8 @@ def _plot_tradeoff(runs: pd.DataFrame, title: str) -> bytes:
             ax.scatter(s["estep_s"] + s["train_s"], s["test_NDCG@20"], label=col, color=_color(runs, col), s=30)
         ax.set_title(dataset, fontsize="small")
         ax.set_xlabel("training s (E-step + train)")
+        ax.set_xlim(left=0)  # from zero: the eye reads ratios of time and accuracy
+        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-3))
     axes[0].set_ylabel("test NDCG@20")
     _legend(fig, axes)
     return _png(fig)

@@ -64,7 +64,7 @@ def test_accuracy_markdown_without_tests_marks_nothing(board: tuple[Path, list[P
     assert row["ICLRec"] == "0.0490 ± 0.0014"
     assert row["ELCRec"] == "0.0510 ± 0.0014"
     assert row["ELCRec vs best baseline"] == "+0.0020 vs ICLRec (+4.1%)"  # (0.0510 - 0.0490) / 0.0490
-    assert row["ELCRec test"].startswith("test unavailable (no per-user ranks")
+    assert row["ELCRec p (paired test)"].startswith("test unavailable (no per-user ranks")
     # HR@5 Beauty: ICLRec (0.0510) beats ELCRec (0.0500), so the gain is negative; SASRec has two equal seeds.
     row = _row(md, QUICK, "dataset | metric", ("Beauty", "HR@5"))
     assert row["ICLRec"] == "0.0510 ± 0.0014" and row["SASRec"] == "0.0370 ± 0.0000"

@@ -153,7 +153,7 @@ def test_accuracy_difference_outside_the_noise_is_marked_with_its_p_value(tmp_pa
                               make_record("elcrec", ranks=better)])
     row = _leader_row(md, "Beauty", "NDCG@20")
     assert row["ELCRec"].startswith("**") and row["ICLRec"].startswith("<u>")
-    assert row["ELCRec test"].startswith("p=<1e-4 (Wilcoxon, 2,000 users)")
+    assert row["ELCRec p (paired test)"].startswith("p=<1e-4 (Wilcoxon, 2,000 users)")
     assert "vs ICLRec (+" in row["ELCRec vs best baseline"]
 
 
@@ -164,7 +164,7 @@ def test_accuracy_difference_inside_the_noise_gets_no_mark(tmp_path) -> None:
     _, md = _write(tmp_path, [make_record("iclrec", ranks=base), make_record("elcrec", ranks=close)])
     row = _leader_row(md, "Beauty", "NDCG@20")
     assert "**" not in row["ELCRec"] and "<u>" not in row["ICLRec"]
-    p = float(row["ELCRec test"].split("p=", 1)[1].split(" ", 1)[0])
+    p = float(row["ELCRec p (paired test)"].split("p=", 1)[1].split(" ", 1)[0])
     assert p > verdicts.ALPHA
 
 
