@@ -199,7 +199,7 @@ def test_seed_level_paired_t_with_three_seeds(tmp_path) -> None:
         recs.append(make_record("iclrec", seed=seed, ranks=_ranks(0.10, seed=seed)))
         recs.append(make_record("elcrec", seed=seed, ranks=_ranks(0.10, seed=seed + 10)))
     _, md = _write(tmp_path, recs)
-    assert "(paired t, 3 seeds)" in _leader_row(md, "Beauty", "NDCG@20")["ELCRec test"]
+    assert "(paired t, 3 seeds)" in _leader_row(md, "Beauty", "NDCG@20")["ELCRec p (paired test)"]
 
 
 def _leader_row(md: str, dataset: str, metric: str) -> dict[str, str]:
