@@ -131,6 +131,7 @@ def _in_flight_from_times(records: pd.DataFrame) -> pd.Series:
 def _completed_runs(records: pd.DataFrame) -> pd.DataFrame:
     records = records.assign(in_flight_seen=_in_flight_from_times(records))
     runs = records[records["status"] == "ok"].copy()
+    runs["context"] = runs["context"].map(lambda c: c if isinstance(c, dict) else None)  # never NaN
     for key in [*GROUP, "config_source", "device_name"]:
         runs[key] = runs[key].fillna("unknown")  # NaN keys would silently vanish from groupby
     # A rerun of the same seed (new config or code) supersedes the older record instead of counting twice.
@@ -212,7 +213,8 @@ def _accuracy(runs: pd.DataFrame, tests: _Tests) -> pd.DataFrame:
     ]
     acc["diff"] = acc["mean"] - acc["published"]
     acc["mark"] = ""
-    for col in ("best_baseline", "elcrec_minus_best_baseline", "elcrec_vs_best_baseline_pct", "p_users", "p_seeds"):
+    numbers = ("elcrec_minus_best_baseline", "elcrec_vs_best_baseline_pct", "ci_low", "ci_high", "p_users", "p_seeds")
+    for col in ("best_baseline", *numbers):
         acc[col] = np.nan
     acc["best_baseline"] = acc["best_baseline"].astype(object)
     acc["test"] = ""
@@ -235,7 +237,7 @@ def _accuracy(runs: pd.DataFrame, tests: _Tests) -> pd.DataFrame:
             acc.loc[idx, "elcrec_minus_best_baseline"] = e["mean"] - base["mean"]
             if base["mean"] >= verdicts.MIN_BASELINE:
                 acc.loc[idx, "elcrec_vs_best_baseline_pct"] = (e["mean"] - base["mean"]) / base["mean"] * 100
-            acc.loc[idx, ["p_users", "p_seeds"]] = [t.p_users, t.p_seeds]
+            acc.loc[idx, ["p_users", "p_seeds", "ci_low", "ci_high"]] = [t.p_users, t.p_seeds, t.ci_low, t.ci_high]
             acc.loc[idx, "test"] = t.describe()
     return _ordered(acc, [*row, "method", "config_source"])
 
@@ -250,7 +252,10 @@ def _cell(r: pd.Series) -> str:
 def _vs_cell(r: pd.Series) -> str:
     if pd.isna(r["elcrec_minus_best_baseline"]):
         return ""
-    text = f"{r['elcrec_minus_best_baseline']:+.4f} vs {r['best_baseline']}"
+    text = f"{r['elcrec_minus_best_baseline']:+.4f}"
+    if pd.notna(r["ci_low"]):
+        text += f" [{r['ci_low'] + 0.0:+.4f}, {r['ci_high'] + 0.0:+.4f}]"
+    text += f" vs {r['best_baseline']}"
     if pd.isna(r["elcrec_vs_best_baseline_pct"]):
         text += f" (no %: baseline < {verdicts.MIN_BASELINE})"
     else:
@@ -263,7 +268,8 @@ ACCURACY_INTRO = (
     " method of the row, given only when it is significantly better than every other method of the row"
     f" (paired tests, p < {verdicts.ALPHA}); <u>underlined</u>: the second, only when it is significantly"
     " better than every method below it. Ties and differences the tests cannot resolve get no mark."
-    " `ELCRec vs best baseline` = ELCRec's mean - the best of SASRec/CL4SRec/ICLRec, with the relative"
+    " `ELCRec vs best baseline` = ELCRec's mean - the best of SASRec/CL4SRec/ICLRec [95% interval of the"
+    " mean paired difference, over users, or over seeds without per-user ranks], with the relative"
     f" change only where that baseline is at least {verdicts.MIN_BASELINE}. `p (paired test)`: two-sided Wilcoxon"
     " signed-rank test over users of the per-user metric (from each run's stored per-user ranks, averaged"
     " over seeds), and a paired t-test over seeds where both have 3 or more; `test unavailable` where the"

@@ -43,6 +43,10 @@ class PairedTest:
     n_users: int = 0
     p_seeds: float | None = None  # paired t over seeds (>= 3 seeds in common)
     n_seeds: int = 0
+    # 95% interval of the mean paired difference A - B: over users (normal approximation) where per-user
+    # values exist, else over seeds (t) with 3 or more.
+    ci_low: float | None = None
+    ci_high: float | None = None
 
     @property
     def available(self) -> bool:
@@ -96,11 +100,19 @@ def paired_test(
     users_a: np.ndarray | None, users_b: np.ndarray | None, seeds_a: np.ndarray, seeds_b: np.ndarray
 ) -> PairedTest:
     """Per-user values (averaged over seeds; None where any run lacks ranks) and per-seed values, paired."""
-    p_users, n_users = None, 0
-    if users_a is not None and users_b is not None and len(users_a) == len(users_b) and len(users_a):
+    p_users, n_users, ci = None, 0, (None, None)
+    if users_a is not None and users_b is not None and len(users_a) == len(users_b) and len(users_a) > 1:
         p_users, n_users = wilcoxon_users(users_a, users_b), len(users_a)
+        d = np.asarray(users_a, dtype=np.float64) - np.asarray(users_b, dtype=np.float64)
+        half = float(stats.norm.ppf(0.5 + CONFIDENCE / 2)) * d.std(ddof=1) / math.sqrt(len(d))
+        ci = (d.mean() - half, d.mean() + half)
     p_seeds = paired_t_seeds(seeds_a, seeds_b)
-    return PairedTest(p_users, n_users, p_seeds, len(seeds_a) if p_seeds is not None else 0)
+    if p_seeds is not None and ci[0] is None:
+        d = np.asarray(seeds_a, dtype=np.float64) - np.asarray(seeds_b, dtype=np.float64)
+        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(d) - 1)) * d.std(ddof=1) / math.sqrt(len(d))
+        ci = (d.mean() - half, d.mean() + half)
+    n_seeds = len(seeds_a) if p_seeds is not None else 0
+    return PairedTest(p_users, n_users, p_seeds, n_seeds, *ci)
 
 
 # ------------------------------------------------------------------------------------------------- cost

@@ -6,6 +6,8 @@ same path to the tables as those of a real run.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -154,7 +156,8 @@ def test_accuracy_difference_outside_the_noise_is_marked_with_its_p_value(tmp_pa
     row = _leader_row(md, "Beauty", "NDCG@20")
     assert row["ELCRec"].startswith("**") and row["ICLRec"].startswith("<u>")
     assert row["ELCRec p (paired test)"].startswith("p=<1e-4 (Wilcoxon, 2,000 users)")
-    assert "vs ICLRec (+" in row["ELCRec vs best baseline"]
+    # The difference with its 95% interval over users, entirely above zero here.
+    assert re.fullmatch(r"\+0\.\d{4} \[\+0\.\d{4}, \+0\.\d{4}\] vs ICLRec \(\+\d+\.\d%\)", row["ELCRec vs best baseline"])
 
 
 def test_accuracy_difference_inside_the_noise_gets_no_mark(tmp_path) -> None:
