@@ -318,7 +318,9 @@ def _in_flight_text(s: pd.DataFrame) -> str:
         values = sorted({int(v) for v in known})
         return "/".join(map(str, values))
     seen = s["in_flight_seen"].max()
-    return "unknown" + (f" (≥{int(seen)} by record times)" if pd.notna(seen) else "")
+    if pd.isna(seen):
+        return "unknown"
+    return "unknown (alone by record times)" if seen == 1 else f"unknown (≥{int(seen)} by record times)"
 
 
 def _load_text(s: pd.DataFrame) -> str:
@@ -503,8 +505,9 @@ def _cost_blocks(cost: pd.DataFrame, comp: pd.DataFrame, runs: pd.DataFrame, key
             lines.append(head + f"not compared: {r['not_compared']}.")
             continue
         lines.append(
-            head + f"training s/epoch after the first: {r['per_epoch_verdict']}; total training time:"
-            f" {r['total_verdict']}; peak memory: {r['memory_verdict']} ({r['context']})."
+            head.removesuffix(": ") + f" ({r['context']}): training s/epoch after the first:"
+            f" {r['per_epoch_verdict']}; total training time: {r['total_verdict']}; peak memory:"
+            f" {r['memory_verdict']}."
         )
     blocks += [("h3", "ELCRec vs ICLRec"), ("table", vs), ("list", lines)]
     return blocks
