@@ -476,7 +476,8 @@ def _cost_blocks(cost: pd.DataFrame, comp: pd.DataFrame, runs: pd.DataFrame, key
             "peak MB": fmt("peak_memory_mb", ".1f"),
         }
     )
-    blocks.append(("table", table))
+    software = "; ".join(sorted(set(runs.loc[_in_group(runs, key), "software"].fillna("unknown"))))
+    blocks += [("p", f"Software: {software}."), ("table", table)]
     c = comp[_in_group(comp, key)] if not comp.empty else comp
     if c.empty:
         return blocks

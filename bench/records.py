@@ -44,7 +44,7 @@ _NUMERIC = (*_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH, *_FIRST, *_STEADY, "p
 _NUMERIC += ("num_users", "max_users", "spec_epochs", "spec_patience", "threads", "concurrency")
 COLUMNS = [*_FIELDS, "device", "variant", "device_name", "best_epoch", *_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH]
 COLUMNS += [*_FIRST, *_STEADY, "num_users", "max_users", "spec_epochs", "spec_patience"]
-COLUMNS += ["machine", "threads", "concurrency", "context", "has_ranks", "hostname"]
+COLUMNS += ["machine", "threads", "concurrency", "context", "has_ranks", "hostname", "software"]
 COLUMNS += ["epoch_training_s", "valid_curve"]  # per-epoch lists: E-step + train seconds, valid NDCG@20
 COLUMNS += ["peak_memory_bytes", "started_at", "finished_at", "path"]
 RANK_ENCODING = "uint8-zlib-base64"
@@ -204,6 +204,7 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     row["context"] = ctx
     row["has_ranks"] = bool((record.get("ranks") or {}).get("test"))
     row["hostname"] = env.get("hostname")
+    row["software"] = f"torch {(ctx or env).get('torch') or '?'}, faiss {(ctx or env).get('faiss') or '?'}"
     row["epoch_training_s"] = [(e.get("estep_s") or 0.0) + (e.get("train_s") or 0.0) for e in epochs]
     row["valid_curve"] = [(e.get("valid") or {}).get("NDCG@20", np.nan) for e in epochs]
     row["path"] = str(path)
