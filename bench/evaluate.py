@@ -30,6 +30,7 @@ KS = (5, 10, 20)
 METRICS = tuple(f"{name}@{k}" for k in KS for name in ("HR", "NDCG"))
 PROTOCOLS = ("reference", "strict")
 FIRST_CHUNK = 256  # items in the first scan chunk on CPU; later chunks double
+RANK_CLIP = max(KS)  # stored per-user ranks are clipped here: 20 means "20 or worse"
 
 
 def rank_metrics(ranks: torch.Tensor) -> torch.Tensor:
@@ -104,11 +105,19 @@ def count_ahead(
 
 @torch.no_grad()
 def evaluate(
-    method, data: SequenceData, split: str = "test", protocol: str = "reference", batch_size: int | None = None
-) -> dict[str, float]:
+    method,
+    data: SequenceData,
+    split: str = "test",
+    protocol: str = "reference",
+    batch_size: int | None = None,
+    return_ranks: bool = False,
+):
     """HR and NDCG at 5, 10, 20 of `method` on a split, full ranking over all item ids.
 
-    Default batch: 1024 users on CPU, 4096 on GPU, where bigger blocks keep the device busy.
+    Default batch: 1024 users on CPU, 4096 on GPU, where bigger blocks keep the device busy. With
+    `return_ranks`, returns (metrics, ranks): ranks is a numpy uint8 array [num_users] in user order, each
+    answer's 0-based rank clipped to `RANK_CLIP` (20 = "20 or worse"), which is all any metric needs; the
+    leaderboard's paired tests are computed from it (`rank_gains`).
     """
     if batch_size is None:
         batch_size = 4096 if data.device.type == "cuda" else 1024
@@ -118,6 +127,7 @@ def evaluate(
     was_training = method.training
     method.eval()
     totals = torch.zeros(len(METRICS), dtype=torch.float64, device=data.device)
+    user_ranks = torch.full((data.num_users,), RANK_CLIP, dtype=torch.uint8, device=data.device)
     fill = 0.0 if protocol == "reference" else float("-inf")
     item_table = method.item_table()  # [item_size, H], or None: the method scores items its own way
     by_dot = item_table is not None
@@ -165,6 +175,24 @@ def evaluate(
         # A NaN score (a diverged model) ranks nowhere: never a hit.
         ranks = torch.where(answer_score.isnan(), data.item_size, ahead)
         totals += rank_metrics(ranks)
+        user_ranks[rows] = ranks.clamp(max=RANK_CLIP).to(torch.uint8)
     method.train(was_training)
     values = (totals / data.num_users).tolist()
-    return dict(zip(METRICS, values))
+    metrics = dict(zip(METRICS, values))
+    return (metrics, user_ranks.cpu().numpy()) if return_ranks else metrics
+
+
+def rank_gains(ranks, metric: str):
+    """Per-user value of `metric` ("HR@K" or "NDCG@K") from clipped 0-based ranks (numpy array).
+
+    The mean over users is the metric itself, so paired tests over users compare exactly what the
+    tables show.
+    """
+    import numpy as np
+
+    name, k = metric.split("@")
+    ranks = np.asarray(ranks, dtype=np.float64)
+    hit = ranks < int(k)
+    if name == "HR":
+        return hit.astype(np.float64)
+    return np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)

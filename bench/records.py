@@ -7,14 +7,19 @@ run) and read leniently (one damaged file must not stop a leaderboard over hundr
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+
+from bench import context as run_context
 
 RECORD_SCHEMA = 1
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
@@ -31,9 +36,18 @@ _FIELDS = ("run_id", "method", "dataset", "seed", "profile", "protocol", "config
 _RUN_INFO = ("device", "best_epoch", "peak_memory_bytes", "started_at", "finished_at")
 _SCORES = (*(f"test_{m}" for m in METRICS), *(f"best_valid_{m}" for m in METRICS))
 _PER_EPOCH = tuple(f"{p}_per_epoch" for p in _PHASES)
-_NUMERIC = (*_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH, "peak_memory_bytes")
+# Warm-up apart from steady state: the first epoch's seconds (compilation, caches, k-means initialisation)
+# and the median over the later epochs (NaN when the run had a single epoch).
+_FIRST = tuple(f"{p}_first" for p in _PHASES)
+_STEADY = tuple(f"{p}_steady_median" for p in _PHASES)
+_NUMERIC = (*_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH, *_FIRST, *_STEADY, "peak_memory_bytes")
+_NUMERIC += ("num_users", "max_users", "spec_epochs", "spec_patience", "threads", "concurrency")
 COLUMNS = [*_FIELDS, "device", "variant", "device_name", "best_epoch", *_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH]
+COLUMNS += [*_FIRST, *_STEADY, "num_users", "max_users", "spec_epochs", "spec_patience"]
+COLUMNS += ["machine", "threads", "concurrency", "context", "has_ranks", "hostname", "software"]
+COLUMNS += ["epoch_training_s", "valid_curve"]  # per-epoch lists: E-step + train seconds, valid NDCG@20
 COLUMNS += ["peak_memory_bytes", "started_at", "finished_at", "path"]
+RANK_ENCODING = "uint8-zlib-base64"
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -191,6 +205,27 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     for phase in _PHASES:
         spent = sum(e.get(phase) or 0.0 for e in epochs)
         row[f"{phase}_per_epoch"] = spent / row["epochs_run"] if epochs and row["epochs_run"] else None
+        row[f"{phase}_first"] = epochs[0].get(phase) if epochs else None
+        later = [e.get(phase) or 0.0 for e in epochs[1:]]
+        row[f"{phase}_steady_median"] = float(np.median(later)) if later else None
+    spec = record.get("spec") or {}
+    row["num_users"] = record.get("num_users")
+    row["max_users"] = spec.get("max_users")
+    row["spec_epochs"], row["spec_patience"] = spec.get("epochs"), spec.get("patience")
+    ctx = record.get("context")
+    env = record.get("env") or {}
+    # Records written before the execution context existed: only the device name and torch's thread count
+    # are known (from env); the runs in flight are not, and `context` stays None ("context unknown").
+    machine = env.get("device_name")
+    row["machine"] = run_context.machine(ctx) or ("cpu (model not recorded)" if machine == "cpu" else machine)
+    row["threads"] = (ctx or {}).get("threads", env.get("torch_threads"))
+    row["concurrency"] = (ctx or {}).get("concurrency")
+    row["context"] = ctx
+    row["has_ranks"] = bool((record.get("ranks") or {}).get("test"))
+    row["hostname"] = env.get("hostname")
+    row["software"] = f"torch {(ctx or env).get('torch') or '?'}, faiss {(ctx or env).get('faiss') or '?'}"
+    row["epoch_training_s"] = [(e.get("estep_s") or 0.0) + (e.get("train_s") or 0.0) for e in epochs]
+    row["valid_curve"] = [(e.get("valid") or {}).get("NDCG@20", np.nan) for e in epochs]
     row["path"] = str(path)
     return row
 
@@ -209,6 +244,37 @@ def load_records(results_dir: Path) -> pd.DataFrame:
     # Missing numbers arrive as None; make the numeric columns float so that means and NaN checks work.
     frame[list(_NUMERIC)] = frame[list(_NUMERIC)].astype("float64")
     return frame
+
+
+def encode_ranks(ranks: dict[str, np.ndarray]) -> dict:
+    """Per-user ranks (uint8, clipped at 20) as stored in a record: zlib-compressed, base64 text per split.
+
+    Kept inside the record rather than in a file beside it, so that a record stays one atomic file and
+    travels from a Ray worker to the driver as plain JSON. Most answers rank 20 or worse, so a split of
+    22,363 users takes a few kB.
+    """
+    out: dict = {"encoding": RANK_ENCODING, "clip": 20}
+    for split, values in ranks.items():
+        raw = np.asarray(values, dtype=np.uint8).tobytes()
+        out[split] = base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
+    return out
+
+
+def decode_ranks(record: dict, split: str = "test") -> np.ndarray | None:
+    """The per-user ranks of `split` stored in `record` (uint8 array in user order), or None if absent."""
+    stored = record.get("ranks") or {}
+    if stored.get("encoding") != RANK_ENCODING or not stored.get(split):
+        return None
+    return np.frombuffer(zlib.decompress(base64.b64decode(stored[split])), dtype=np.uint8)
+
+
+def load_test_ranks(paths) -> dict[str, np.ndarray | None]:
+    """Per-user test ranks of the records at `paths` (None for a record that has none), keyed by path."""
+    out: dict[str, np.ndarray | None] = {}
+    for path in paths:
+        record = read_record(Path(path))
+        out[str(path)] = decode_ranks(record) if record is not None else None
+    return out
 
 
 def finalise(record: dict, rid: str) -> dict:

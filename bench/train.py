@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
-from bench import records
+from bench import context, records
 from bench.configs import build_config, method_class, paper_values, resolve_config
 from bench.costs import PHASES, PeakMemory, PhaseTimer
 from bench.data import SequenceData
@@ -205,6 +205,7 @@ def run(
     torch.set_float32_matmul_precision("high" if spec.precision == "tf32" else "highest")
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
+    run_context = context.start(spec, device)  # execution context (bench/context.py)
     try:
         if data is None:
             data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
@@ -213,10 +214,10 @@ def run(
         method = build_method(spec, config, data, device)
         fit = fit_epochs(spec, method, data, memory, wall_start, epoch_callback, progress)
         method.load_state_dict(fit.best_state)
-        test, test_eval_s = None, 0.0
+        test, test_ranks, test_eval_s = None, None, 0.0
         if evaluate_test:
             test_start = time.perf_counter()
-            test = evaluate(method, data, "test", spec.protocol)
+            test, test_ranks = evaluate(method, data, "test", spec.protocol, return_ranks=True)
             test_eval_s = time.perf_counter() - test_start
         if spec.save_checkpoint:
             save_checkpoint(fit.best_state, spec.save_checkpoint)
@@ -250,6 +251,9 @@ def run(
             },
             "peak_memory_bytes": peak["peak_memory_bytes"],
             "memory": peak,
+            # per-user test ranks (clipped at 20), for the paired tests of the leaderboard
+            "ranks": records.encode_ranks({"test": test_ranks}) if test_ranks is not None else None,
+            "context": context.finish(run_context),
         }
         return records.finalise(record, rid)
     finally:  # process-wide settings go back to what the caller had (tuning runs trials in-process)

@@ -198,3 +198,16 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: cannot read checkpoint {bad}") and "Traceback" not in proc.stderr
+
+
+def test_per_user_ranks_give_the_metrics(small_data):
+    """The stored per-user ranks (clipped at 20, user order) reproduce every metric of the evaluation."""
+    from bench.evaluate import RANK_CLIP, rank_gains
+    from tests.test_methods import build
+
+    method = build("sasrec", small_data)
+    metrics, ranks = evaluate(method, small_data, "valid", return_ranks=True)
+    assert ranks.dtype == np.uint8 and ranks.shape == (small_data.num_users,) and ranks.max() <= RANK_CLIP
+    assert metrics == evaluate(method, small_data, "valid")
+    for name, value in metrics.items():
+        assert rank_gains(ranks, name).mean() == pytest.approx(value, abs=1e-12)

@@ -61,6 +61,9 @@ def test_local_and_ray_records_share_a_schema(local_grid, tmp_path):
         assert a["totals"].keys() == b["totals"].keys()
         assert a["memory"].keys() == b["memory"].keys()
         assert a["totals"]["epochs_run"] == b["totals"]["epochs_run"] == 1
+        # Execution context and per-user ranks travel from the Ray worker to the driver's record as well.
+        assert a["context"].keys() == b["context"].keys() and b["context"]["threads"] == 1
+        assert a["ranks"]["encoding"] == b["ranks"]["encoding"] and b["ranks"]["test"]
     # Ray runs get one thread per reserved CPU, and the CPU device on a machine without GPUs.
     assert all(r["spec"]["num_threads"] == 1 and r["device"] == "cpu" for r in ray.values())
 

@@ -25,7 +25,7 @@ def test_smoke_grid_records_tables_and_resume(tmp_path):
 
     board = _bench("leaderboard", "--results", str(tmp_path))
     assert board.returncode == 0, board.stderr
-    for name in ("leaderboard.md", "leaderboard.csv", "cost.md", "cost.csv"):
+    for name in ("leaderboard.md", "leaderboard.csv", "cost.md", "cost.csv", "index.html"):
         assert (tmp_path / name).stat().st_size > 0
     assert "profile `smoke`" in (tmp_path / "leaderboard.md").read_text()
 

@@ -1,0 +1,237 @@
+"""Verdicts: every rule is checked on records built here, one case inside the noise and one clearly outside.
+
+The records are written with `records.save`, so that the per-user ranks and the execution context take the
+same path to the tables as those of a real run.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from bench import records, verdicts
+from bench.evaluate import rank_gains
+from bench.leaderboard import write_leaderboard
+
+CONTEXT = {
+    "schema": 1, "device": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "gpu_name": None, "threads": 1,
+    "interop_threads": 1, "concurrency": 1, "loadavg_start": [0.5, 0.5, 0.5], "loadavg_end": [1.0, 0.8, 0.6],
+    "torch": "2.13.0", "faiss": "1.9.0",
+}
+
+
+def _metrics(ranks: np.ndarray) -> dict[str, float]:
+    return {m: float(rank_gains(ranks, m).mean()) for m in records.METRICS}
+
+
+def make_record(
+    method: str,
+    seed: int = 1,
+    train_s: tuple[float, ...] = (12.0, 10.0, 10.0, 10.0),
+    ranks: np.ndarray | None = None,
+    context: dict | None = CONTEXT,
+    profile: str = "smoke",
+    memory_mb: float = 500.0,
+    dataset: str = "Beauty",
+    hour: int = 10,
+) -> dict:
+    ranks = np.full(1000, 20, dtype=np.uint8) if ranks is None else ranks
+    test = _metrics(ranks)
+    epochs = [
+        {"epoch": i, "valid": {**test, "NDCG@20": test["NDCG@20"] * (i + 1) / len(train_s)}, "estep_s": 0.0,
+         "train_s": t, "eval_s": 0.5, "losses": {"loss": 1.0}, "memory_bytes": int(memory_mb * 2**20)}
+        for i, t in enumerate(train_s)
+    ]
+    record = {
+        "method": method, "dataset": dataset, "seed": seed, "profile": profile, "protocol": "reference",
+        "config_source": "paper", "config": {"lr": 0.001},
+        "variant": {"mode": "faithful", "precision": "fp32", "compile": "off", "view_encoding": "separate"},
+        "spec": {"epochs": len(train_s), "patience": 3, "max_users": 1000 if profile != "paper" else None},
+        "status": "ok", "error": None, "device": "cpu", "env": {"device_name": "cpu", "hostname": "test"},
+        # Each run in its own hour: the records' own times show no overlap.
+        "started_at": f"2026-11-24T{hour:02d}:{seed:02d}:00+00:00",
+        "finished_at": f"2026-11-24T{hour:02d}:{seed:02d}:30+00:00",
+        "num_users": len(ranks), "best_epoch": len(train_s) - 1, "best_valid": test, "test": test,
+        "epochs": epochs,
+        "totals": {"estep_s": 0.0, "train_s": sum(train_s), "eval_s": 0.5 * len(train_s), "test_eval_s": 0.5,
+                   "wall_s": sum(train_s) + 3, "time_to_best_s": sum(train_s), "epochs_run": len(train_s)},
+        "peak_memory_bytes": int(memory_mb * 2**20),
+        "ranks": records.encode_ranks({"test": ranks}),
+    }
+    if context is not None:
+        record["context"] = dict(context)
+    rid = f"{method[:4]}{seed}{profile[:3]}{hour:02d}{dataset[:2]}".ljust(12, "0")[:12]
+    return records.finalise(record, rid)
+
+
+def _write(tmp_path, recs: list[dict]):
+    for r in recs:
+        records.save(tmp_path, r)
+    write_leaderboard(tmp_path, tmp_path / "out")
+    return (tmp_path / "out" / "cost.md").read_text(), (tmp_path / "out" / "leaderboard.md").read_text()
+
+
+def _bullet(md: str, start: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith(f"- {start}"))
+
+
+# ------------------------------------------------------------------------------------------------- cost
+def test_cost_difference_inside_the_noise_is_no_verdict(tmp_path) -> None:
+    icl = make_record("iclrec", train_s=(20.0, 10.0, 12.0, 9.0, 11.0, 10.5))
+    elc = make_record("elcrec", train_s=(15.0, 10.4, 11.0, 9.6, 10.7, 9.9))
+    cost, _ = _write(tmp_path, [icl, elc])
+    line = _bullet(cost, "Beauty: ELCRec vs ICLRec")
+    verdict = line.split("training s/epoch after the first: ", 1)[1].split(";")[0]
+    assert verdict.startswith("no difference detectable (±") and "[" in verdict, verdict
+    assert "saves" not in line and "costs more" not in line
+    # Totals and memory are measured once per run: with one seed there is no interval, so no verdict.
+    assert "total training time: no verdict: one run per method" in line
+    assert "same context: Test CPU, 1 thread(s), 1 in flight" in line
+
+
+def test_cost_difference_outside_the_noise_is_a_saving_with_its_interval(tmp_path) -> None:
+    icl = make_record("iclrec", train_s=(20.0, 10.0, 10.4, 9.8, 10.2))
+    elc = make_record("elcrec", train_s=(30.0, 5.0, 5.2, 4.9, 5.1))
+    cost, _ = _write(tmp_path, [icl, elc])
+    line = _bullet(cost, "Beauty: ELCRec vs ICLRec")
+    assert "training s/epoch after the first: ELCRec saves: -50" in line
+    iv = verdicts.per_epoch_interval([[5.0, 5.2, 4.9, 5.1]], [[10.0, 10.4, 9.8, 10.2]])
+    assert iv.high_pct < 0 and iv.low_pct < iv.change_pct < iv.high_pct
+    assert verdicts.interval_text(iv) in line and "(4+4 epochs after the first)" in line
+    # The first epoch (ELCRec's 30 s, larger) is in its own column and does not enter the per-epoch verdict.
+    table = cost.split("| dataset | method |", 1)[1]
+    assert "| 30.00 |" in table and "| 5.05 |" in table
+
+
+def test_seeds_give_the_between_run_spread(tmp_path) -> None:
+    recs = []
+    for seed, (a, b) in enumerate([(10.0, 8.0), (11.0, 8.6), (9.6, 7.9)], start=1):
+        recs.append(make_record("iclrec", seed=seed, train_s=(15.0, a, a * 1.01, a * 0.99)))
+        recs.append(make_record("elcrec", seed=seed, train_s=(15.0, b, b * 1.01, b * 0.99), memory_mb=400 + seed))
+    cost, _ = _write(tmp_path, recs)
+    line = _bullet(cost, "Beauty: ELCRec vs ICLRec")
+    assert "ELCRec saves" in line and "(3+3 seeds)" in line
+    assert "peak memory: ELCRec saves" in line  # 401-403 MB against 500 MB in every seed
+
+
+def test_one_epoch_after_warm_up_gives_no_interval_and_no_verdict(tmp_path) -> None:
+    cost, _ = _write(tmp_path, [make_record("iclrec", train_s=(20.0, 10.0)), make_record("elcrec", train_s=(20.0, 17.0))])
+    line = _bullet(cost, "Beauty: ELCRec vs ICLRec")
+    assert "no verdict: one epoch after warm-up: no spread to measure (ELCRec +70.0%)" in line
+    one = verdicts.per_epoch_interval([[]], [[]])
+    assert one.change_pct is None and verdicts.cost_verdict(one) == "no verdict: no epoch after warm-up"
+
+
+def test_different_or_unknown_context_is_not_compared(tmp_path) -> None:
+    two = {**CONTEXT, "concurrency": 2}
+    icl = make_record("iclrec", train_s=(20.0, 10.0, 10.1, 9.9))
+    elc = make_record("elcrec", train_s=(20.0, 17.0, 17.1, 16.9), context=two)
+    cost, _ = _write(tmp_path, [icl, elc])
+    line = _bullet(cost, "Beauty: ELCRec vs ICLRec")
+    assert "not compared: contexts differ" in line and "1 in flight" in line and "2 in flight" in line
+    assert "+70" not in line
+    # Records without context that overlapped in time: unknown, not compared, and the overlap is shown.
+    old_icl = make_record("iclrec", dataset="Yelp", context=None, hour=11)
+    old_elc = make_record("elcrec", dataset="Yelp", context=None, hour=11)
+    cost, _ = _write(tmp_path / "old", [old_icl, old_elc])
+    line = _bullet(cost, "Yelp: ELCRec vs ICLRec")
+    assert "not compared: context unknown" in line and "up to 2 runs were in flight" in line
+    assert "unknown (≥2 by record times)" in cost
+
+
+# --------------------------------------------------------------------------------------------- accuracy
+def _ranks(hit_share: float, n: int = 2000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.where(rng.random(n) < hit_share, rng.integers(0, 20, n), 20).astype(np.uint8)
+
+
+def test_accuracy_difference_outside_the_noise_is_marked_with_its_p_value(tmp_path) -> None:
+    base = _ranks(0.10, seed=1)
+    better = base.copy()
+    better[:600] = np.minimum(better[:600], 2)  # ELCRec puts 600 users' answers in the top 3
+    _, md = _write(tmp_path, [make_record("sasrec", ranks=_ranks(0.02, seed=2)), make_record("iclrec", ranks=base),
+                              make_record("elcrec", ranks=better)])
+    row = _leader_row(md, "Beauty", "NDCG@20")
+    assert row["ELCRec"].startswith("**") and row["ICLRec"].startswith("<u>")
+    assert row["ELCRec p (paired test)"].startswith("p=<1e-4 (Wilcoxon, 2,000 users)")
+    # The difference with its 95% interval over users, entirely above zero here.
+    assert re.fullmatch(r"\+0\.\d{4} \[\+0\.\d{4}, \+0\.\d{4}\] vs ICLRec \(\+\d+\.\d%\)", row["ELCRec vs best baseline"])
+
+
+def test_accuracy_difference_inside_the_noise_gets_no_mark(tmp_path) -> None:
+    base = _ranks(0.10, seed=1)
+    close = base.copy()
+    close[:3] = 0  # three users more at rank 0: a difference well under what 2,000 users resolve
+    _, md = _write(tmp_path, [make_record("iclrec", ranks=base), make_record("elcrec", ranks=close)])
+    row = _leader_row(md, "Beauty", "NDCG@20")
+    assert "**" not in row["ELCRec"] and "<u>" not in row["ICLRec"]
+    p = float(row["ELCRec p (paired test)"].split("p=", 1)[1].split(" ", 1)[0])
+    assert p > verdicts.ALPHA
+
+
+def test_ties_and_tiny_baselines(tmp_path) -> None:
+    none = np.full(2000, 20, dtype=np.uint8)  # nobody in the top 20: every metric 0.0000
+    one = none.copy()
+    one[0] = 5
+    _, md = _write(tmp_path, [make_record("sasrec", ranks=none), make_record("iclrec", ranks=none),
+                              make_record("elcrec", ranks=one)])
+    row = _leader_row(md, "Beauty", "NDCG@20")
+    assert not any("**" in v or "<u>" in v for v in row.values())  # 0.0000 ties and one user: no marks
+    assert "(no %: baseline < 0.01)" in row["ELCRec vs best baseline"]
+    assert "-100" not in md and "%)" not in row["ELCRec vs best baseline"]
+
+
+def test_paper_budget_shows_published_numbers_and_no_banner(tmp_path) -> None:
+    recs = [make_record(m, profile="paper", ranks=_ranks(0.1, seed=i)) for i, m in enumerate(("iclrec", "elcrec"))]
+    cost, md = _write(tmp_path, recs)
+    assert "Budget:" not in md.split("## profile `paper`", 1)[1]
+    row = _leader_row(md, "Beauty", "NDCG@20")
+    assert row["ELCRec published"] == "0.0509" and row["ICLRec published"] == "0.0491"
+    smoke_cost, smoke_md = _write(tmp_path / "smoke", [make_record("iclrec"), make_record("elcrec")])
+    for text in (smoke_cost, smoke_md):
+        section = text.split("## profile `smoke`", 1)[1]
+        assert section.split("\n", 2)[2].startswith("> **Budget: smoke profile: 1,000 users sampled, 4 epochs")
+        assert "| ELCRec published" not in section and "paper change" not in section
+
+
+def test_seed_level_paired_t_with_three_seeds(tmp_path) -> None:
+    recs = []
+    for seed in (1, 2, 3):
+        recs.append(make_record("iclrec", seed=seed, ranks=_ranks(0.10, seed=seed)))
+        recs.append(make_record("elcrec", seed=seed, ranks=_ranks(0.10, seed=seed + 10)))
+    _, md = _write(tmp_path, recs)
+    assert "(paired t, 3 seeds)" in _leader_row(md, "Beauty", "NDCG@20")["ELCRec p (paired test)"]
+
+
+def _leader_row(md: str, dataset: str, metric: str) -> dict[str, str]:
+    lines = [x for x in md.splitlines() if x.startswith("|")]
+    header = next(x for x in lines if x.startswith("| dataset | metric"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[:2] == [dataset, metric]:
+            return dict(zip(cols, cells))
+    raise AssertionError(f"no row {dataset} {metric}")
+
+
+# ------------------------------------------------------------------------------------- the statistics
+def test_wilcoxon_and_ranks_roundtrip() -> None:
+    ranks = _ranks(0.2, n=5000)
+    stored = records.encode_ranks({"test": ranks})
+    assert len(stored["test"]) < 5000  # compact: most answers rank 20 or worse
+    assert np.array_equal(records.decode_ranks({"ranks": stored}), ranks)
+    assert records.decode_ranks({}) is None
+    assert verdicts.wilcoxon_users(np.ones(10), np.ones(10)) == 1.0
+    shifted = rank_gains(np.maximum(ranks.astype(int) - 3, 0), "NDCG@20")
+    assert verdicts.wilcoxon_users(shifted, rank_gains(ranks, "NDCG@20")) < 1e-6
+    assert rank_gains(np.array([0, 1, 19, 20]), "HR@20").tolist() == [1, 1, 1, 0]
+    assert rank_gains(np.array([0, 20]), "NDCG@5").tolist() == [1.0, 0.0]
+
+
+def test_per_run_interval_needs_two_runs() -> None:
+    assert verdicts.per_run_interval([100.0], [110.0]).low_pct is None
+    iv = verdicts.per_run_interval([100.0, 101.0, 99.0], [110.0, 111.0, 109.0])
+    assert iv.high_pct < 0 and iv.change_pct == pytest.approx(-9.09, abs=0.05)
+    assert verdicts.paired_t_seeds(np.array([0.1, 0.2]), np.array([0.1, 0.1])) is None  # < 3 seeds
