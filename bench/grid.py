@@ -15,6 +15,8 @@ iclrec and elcrec, not sasrec) and is an error if none has it; `method.key=value
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from bench import configs, records, train
 from bench.errors import BenchError
 from bench.profiles import get_profile
+from bench.schedule import Scheduler, check_packing, format_duration, make_scheduler
 from bench.spec import DEFAULT_RESULTS, RunSpec, check_choice, device_kind, make_spec
 from bench.train import SELECTION_METRIC
 
@@ -38,6 +41,8 @@ class GridSummary:
     ok: int = 0
     failed: list[dict] = field(default_factory=list)  # {"method", "dataset", "seed", "error", "path"}
     skipped: int = 0
+    interrupted: list[dict] = field(default_factory=list)  # stopped at the time budget: retried next time
+    not_started: list[str] = field(default_factory=list)  # "not started: ... expected X > Y left" lines
     wall_s: float = 0.0
     results_dir: Path = DEFAULT_RESULTS
     paths: list[Path] = field(default_factory=list)  # records written by this invocation
@@ -113,7 +118,7 @@ class _Progress:
 
     def __init__(self, total: int, skipped: int, enabled: bool) -> None:
         self.enabled = enabled
-        self.counts = {"done": 0, "running": 0, "failed": 0, "skipped": skipped}
+        self.counts = {"done": 0, "running": 0, "failed": 0, "interrupted": 0, "skipped": skipped}
         self.remaining = total
         self.slots = 0  # nothing runs until the executor is up
         self.bar = tqdm(
@@ -132,13 +137,18 @@ class _Progress:
     def finished(self, record: dict) -> None:
         self.remaining -= 1
         ok = record["status"] == "ok"
-        self.counts["done" if ok else "failed"] += 1
+        stopped = record["status"] == "interrupted"
+        self.counts["done" if ok else "interrupted" if stopped else "failed"] += 1
         if self.enabled:
             head = f"{record['method']:<8} {record['dataset']:<20} seed {record['seed']:<3}"
             if ok:
                 best = (record.get("best_valid") or {}).get(SELECTION_METRIC, float("nan"))
                 wall = (record.get("totals") or {}).get("wall_s", float("nan"))
                 line = f"{head} ok      valid {SELECTION_METRIC} {best:.4f}  {wall:8.1f} s"
+            elif stopped:
+                info = record.get("interrupted") or {}
+                line = (f"{head} INTERRUPTED at epoch {info.get('epochs_done')} of {info.get('max_epochs')}: "
+                        f"{info.get('reason')}")
             else:
                 line = f"{head} FAILED  {record.get('error')}"
             self.bar.write(line, file=sys.stdout)
@@ -150,9 +160,9 @@ class _Progress:
 
 
 # --------------------------------------------------------------------------------------------- running
-def _run_local(specs: list[RunSpec], on_done: Callable[[dict], None], progress: _Progress) -> None:
+def _run_local(scheduler: Scheduler, on_done: Callable[[dict], None], progress: _Progress) -> None:
     progress.started(1)
-    for spec in specs:
+    while (spec := scheduler.next_run()) is not None:
         try:
             record = train.run(spec, progress=progress.enabled)
         except Exception as exc:  # recorded as failed; KeyboardInterrupt still stops the grid
@@ -168,11 +178,15 @@ def run_grid(
     cpus_per_run: float | None = None,
     gpus_per_run: float | None = None,
     progress: bool = True,
+    time_budget: float | None = None,
 ) -> GridSummary:
     """Run the specs not yet done under `results_dir`, writing each record as its run finishes.
 
     `address`, `cpus_per_run` and `gpus_per_run` apply to the Ray executor only. A spec's device `cpu`
     means no GPU per run; `cuda` means one unless `gpus_per_run` packs several runs on a GPU.
+    `time_budget` (seconds) time-boxes the grid (bench/schedule.py): longest expected runs first, none
+    started that is not expected to finish, runs in flight at the budget recorded interrupted and
+    checkpointed under `<results>/checkpoints/` so that the next invocation resumes them.
     """
     from bench import data
 
@@ -184,6 +198,11 @@ def run_grid(
     devices = {s.device for s in specs}
     if "cpu" in devices and gpus_per_run:
         raise BenchError("--device cpu contradicts --gpus-per-run > 0")
+    # ---- campaign hook (bench/schedule.py): the budget and the packing are checked before any work
+    if time_budget is not None and not (math.isfinite(time_budget) and time_budget > 0):
+        raise BenchError(f"--time-budget must be more than 0, got {time_budget:g} s")
+    deadline = None if time_budget is None else time.time() + time_budget
+    check_packing(gpus_per_run, torch.cuda.device_count(), remote=bool(address or os.environ.get("RAY_ADDRESS")))
     start = time.perf_counter()
     # Absolute: the driver writes the records, but a relative path must not depend on anyone's cwd later.
     summary = GridSummary(results_dir=Path(results_dir).expanduser().resolve())
@@ -198,17 +217,29 @@ def run_grid(
         specs = [replace(s, device="cuda" if gpus_per_run > 0 else "cpu") for s in specs]
     else:
         specs = [replace(s, device=device_kind("auto")) if s.device == "auto" else s for s in specs]
+    if deadline is not None:  # a run stopped at the budget must be resumable: checkpoint it
+        default_dir = str(summary.results_dir / "checkpoints")
+        specs = [s if s.checkpoint_dir else replace(s, checkpoint_dir=default_dir) for s in specs]
     by_id: dict[str, RunSpec] = {}
     for spec in specs:  # resolving every config here turns a bad config into an error before any work
         by_id.setdefault(train.run_identity(spec)[0], spec)
     done = records.completed_run_ids(summary.results_dir)
     todo = [spec for rid, spec in by_id.items() if rid not in done]
     summary.skipped = len(by_id) - len(todo)
+    scheduler = make_scheduler({rid: s for rid, s in by_id.items() if rid not in done}, summary.results_dir,
+                               deadline, estimate_folders=[DEFAULT_RESULTS])
     if progress:
         print(
             f"grid: {len(by_id)} runs, {summary.skipped} already done (skipped), {len(todo)} to run",
             flush=True,
         )
+        if deadline is not None:
+            print(f"grid: time budget {format_duration(time_budget)}; expected (upper bound, max epochs):", flush=True)
+            for run in scheduler.order():
+                expected = scheduler.expected(run)
+                what = "probe (no earlier record)" if expected is None else format_duration(expected)
+                resumed = f", resumes at epoch {run.epochs_done}" if run.epochs_done else ""
+                print(f"  {run.spec.method:<8} {run.spec.dataset:<20} seed {run.spec.seed:<3} {what}{resumed}", flush=True)
     # Once, here: concurrent workers must not download (and verify) the same file at the same time.
     for name in _unique([spec.dataset for spec in todo]):
         data.download(name)
@@ -218,8 +249,13 @@ def run_grid(
     def on_done(record: dict) -> None:
         path = records.save(summary.results_dir, record)
         summary.paths.append(path)
+        scheduler.finished(record)
         if record["status"] == "ok":
             summary.ok += 1
+        elif record["status"] == "interrupted":
+            summary.interrupted.append(
+                {k: record.get(k) for k in ("method", "dataset", "seed")} | (record.get("interrupted") or {})
+            )
         else:
             summary.failed.append(
                 {k: record.get(k) for k in ("method", "dataset", "seed", "error")} | {"path": path}
@@ -228,7 +264,7 @@ def run_grid(
 
     try:
         if todo and executor == "local":
-            _run_local(todo, on_done, bar)
+            _run_local(scheduler, on_done, bar)
         elif todo:
             from bench.ray_backend import run_specs_on_ray
 
@@ -239,8 +275,10 @@ def run_grid(
                 gpus_per_run=gpus_per_run,
                 on_done=on_done,
                 on_start=bar.started,
+                scheduler=scheduler,
             )
     finally:
         bar.close()
+    summary.not_started = scheduler.refusal_lines()
     summary.wall_s = time.perf_counter() - start
     return summary

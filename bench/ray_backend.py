@@ -55,13 +55,12 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _run_one(spec, cpus_per_run: float, gpus_per_run: float, slots: int) -> dict:
+def _run_one(spec, cpus_per_run: float, gpus_per_run: float, slots: int, device: str | None = None) -> dict:
     """Body of a task: one run, its record returned whatever happens."""
     from bench import train
 
-    spec = replace(
-        spec, num_threads=max(1, int(cpus_per_run)), device="cuda" if gpus_per_run > 0 else "cpu", concurrency=slots
-    )
+    device = device or ("cuda" if gpus_per_run > 0 else "cpu")
+    spec = replace(spec, num_threads=max(1, int(cpus_per_run)), device=device, concurrency=slots)
     try:
         return train.run(spec, progress=False)
     except Exception as exc:  # reported in the record: the grid goes on
@@ -139,12 +138,22 @@ def run_specs_on_ray(
     gpus_per_run: float | None,
     on_done: Callable[[dict], None],
     on_start: Callable[[int], None] | None = None,
+    scheduler=None,
+    task_device: str | None = None,
 ) -> None:
     """Run every spec as a Ray task and call `on_done(record)` in the driver as each finishes.
 
     `on_start(slots)`, if given, is called once Ray is up with the number of runs that fit at once.
     A local Ray started here is shut down at the end; a cluster (address or RAY_ADDRESS) is left running.
+    With a `scheduler` (bench/schedule.py) the specs are started one slot at a time in the order it picks
+    (and those it refuses are never started), and after its deadline plus `GRACE_S` the tasks still running
+    are cancelled and recorded interrupted. `task_device` forces the device of every task (tests: "cpu"
+    under logical GPUs).
     """
+    if scheduler is not None:
+        _run_scheduled(scheduler, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                       on_done=on_done, on_start=on_start, task_device=task_device)
+        return
     started_here = _connect(address)
     pending: dict = {}
     try:
@@ -169,6 +178,54 @@ def run_specs_on_ray(
                 # Tasks never raise, so this is the worker dying (killed for memory, node lost).
                 from bench.train import failure_record
 
+                record = failure_record(spec, exc)
+            on_done(record)
+    finally:
+        for ref in pending:  # interrupted: do not leave runs training for nobody
+            ray.cancel(ref, force=True)
+        if started_here:
+            ray.shutdown()
+
+
+def _run_scheduled(scheduler, *, address, cpus_per_run, gpus_per_run, on_done, on_start, task_device) -> None:
+    """`run_specs_on_ray` under a scheduler: fill free slots with what it picks, stop at its deadline."""
+    import time
+
+    from bench.schedule import GRACE_S
+    from bench.train import failure_record, interrupted_record
+
+    started_here = _connect(address)
+    pending: dict = {}
+    try:
+        resources = ray.cluster_resources()
+        if gpus_per_run is None:
+            gpus_per_run = 1.0 if resources.get("GPU", 0.0) > 0 else 0.0
+        if cpus_per_run is None:
+            cpus_per_run = 1.0
+        slots = _check_fits(resources, cpus_per_run, gpus_per_run)
+        if on_start is not None:
+            on_start(slots)
+        task = _run_task.options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
+        while True:
+            while len(pending) < slots and (spec := scheduler.next_run()) is not None:
+                pending[task.remote(spec, cpus_per_run, gpus_per_run, slots, task_device)] = spec
+            if not pending:
+                return
+            timeout = None
+            if scheduler.deadline is not None:
+                timeout = max(0.0, scheduler.deadline + GRACE_S - time.time())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+            if not ready:  # past the deadline and its grace: stop what is left, record it interrupted
+                for ref, spec in list(pending.items()):
+                    ray.cancel(ref, force=True)
+                    pending.pop(ref)
+                    on_done(interrupted_record(spec, f"cancelled {GRACE_S:.0f} s after the time budget"))
+                return
+            ref = ready[0]
+            spec = pending.pop(ref)
+            try:
+                record = ray.get(ref)
+            except Exception as exc:  # the worker died (killed for memory, node lost)
                 record = failure_record(spec, exc)
             on_done(record)
     finally:

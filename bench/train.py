@@ -108,6 +108,26 @@ def failure_record(spec: RunSpec, exc: BaseException) -> dict:
     return records.finalise(base, rid)
 
 
+def interrupted_record(spec: RunSpec, reason: str) -> dict:
+    """The record of a run stopped from outside (a Ray task cancelled after the budget's grace period): not
+    done, kept out of every table, with the epochs its checkpoint holds (none without a checkpoint)."""
+    record = failure_record(spec, RuntimeError(reason))
+    record.pop("traceback", None)
+    record.update(status="interrupted", error=None, device=device_kind(spec.device))
+    ckpt = checkpoints.checkpoint_path(spec.checkpoint_dir, record["run_id"]) if spec.checkpoint_dir else None
+    try:
+        resume = checkpoints.load(ckpt, record["run_id"]) if ckpt else None
+    except BenchError:
+        resume = None
+    fit = resume.fit if resume is not None else {}
+    record.update(
+        epochs=fit.get("epochs", []), best_epoch=fit.get("best_epoch", -1), best_valid=fit.get("best_valid"), test=None,
+        interrupted={"reason": reason, "epochs_done": len(fit.get("epochs", [])), "max_epochs": spec.epochs,
+                     "checkpoint": str(ckpt) if resume is not None else None},
+    )
+    return record
+
+
 def spec_fields(spec: RunSpec) -> dict:
     return {k: v for k, v in asdict(spec).items() if k != "overrides"}
 
@@ -211,6 +231,7 @@ def run(
     torch.set_float32_matmul_precision("high" if spec.precision == "tf32" else "highest")
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
+    previous_faiss_threads = _set_faiss_threads(spec.num_threads)  # k-means: concurrent runs share the cores
     try:
         if data is None:
             data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
@@ -283,7 +304,21 @@ def run(
     finally:  # process-wide settings go back to what the caller had (tuning runs trials in-process)
         torch.set_float32_matmul_precision(previous_matmul_precision)
         torch.set_num_threads(previous_threads)
+        _set_faiss_threads(previous_faiss_threads)
         memory.stop()  # idempotent; also ends the sampling thread of a run stopped by an exception
+
+
+def _set_faiss_threads(threads: int | None) -> int | None:
+    """Set faiss's OpenMP threads (k-means) when `threads` is given; returns the previous count."""
+    if not threads:
+        return None
+    try:
+        import faiss
+    except ImportError:
+        return None
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    return previous
 
 
 @dataclass

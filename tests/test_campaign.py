@@ -78,3 +78,97 @@ def test_a_checkpoint_of_another_spec_is_refused(tiny_data, tmp_path):
     target.write_bytes(b"garbage")
     with pytest.raises(BenchError, match="cannot read checkpoint"):
         train.run(b, data=tiny_data, progress=False)
+
+
+# --------------------------------------------------------------------------------------- the scheduler
+def test_durations_are_parsed_and_bad_ones_refused():
+    from bench.schedule import parse_duration
+
+    assert [parse_duration(t) for t in ("90s", "25m", "1h", "1.5h", " 2M ")] == [90, 1500, 3600, 5400, 120]
+    for bad in ("0", "0m", "25", "soon", "-5m", "1h30m", ""):
+        with pytest.raises(BenchError, match="--time-budget"):
+            parse_duration(bad)
+
+
+def test_packing_that_the_machine_cannot_hold_is_refused():
+    from bench.schedule import check_packing
+
+    check_packing(0.25, 1, remote=False)
+    check_packing(2, 0, remote=True)  # a cluster's GPUs are checked once Ray is up
+    with pytest.raises(BenchError, match="this machine has 1 GPU"):
+        check_packing(2, 1, remote=False)
+    with pytest.raises(BenchError, match="whole GPUs"):
+        check_packing(1.5, 4, remote=False)
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def planned_grid(epochs: int = 10):
+    from bench.schedule import Planned
+
+    runs = []
+    for method in ("sasrec", "iclrec", "elcrec"):
+        for seed in (1, 2):
+            spec = tiny_spec(method, epochs=epochs)
+            spec = train.RunSpec(**{**spec.__dict__, "seed": seed})
+            runs.append(Planned(spec, f"{method}-{seed}"))
+    return runs
+
+
+def test_longest_first_probes_first_and_refusals():
+    from bench.schedule import Estimate, Scheduler, kind_of
+
+    runs = planned_grid()
+    by_method = {r.spec.method: r for r in runs}
+    estimates = {
+        kind_of(by_method["sasrec"].spec): Estimate(epoch_s=1.0, overhead_s=2.0, runs=1, source="test"),  # 12 s
+        kind_of(by_method["iclrec"].spec): Estimate(epoch_s=5.0, overhead_s=0.0, runs=1, source="test"),  # 50 s
+    }
+    runs[2].epochs_done = 6  # iclrec seed 1 resumes from its checkpoint: 4 epochs left, 20 s
+    clock = Clock()
+    sched = Scheduler(list(runs), dict(estimates), deadline=clock.now + 55, clock=clock)
+    order = [(r.spec.method, r.spec.seed) for r in sched.order()]
+    assert order == [("elcrec", 1), ("elcrec", 2), ("iclrec", 2), ("iclrec", 1), ("sasrec", 1), ("sasrec", 2)]
+    first = sched.next_run()  # elcrec has no record: one probe of its kind, with the deadline
+    assert (first.method, first.seed, first.probe, first.deadline) == ("elcrec", 1, True, 1055)
+    second = sched.next_run()  # elcrec seed 2 waits for its sibling's probe; iclrec seed 2 (50 s) fits in 55 s
+    assert (second.method, second.seed, second.probe) == ("iclrec", 2, False)
+    clock.now += 40  # 15 s left
+    third = sched.next_run()  # iclrec seed 1 (20 s) is refused; sasrec (12 s) starts
+    assert (third.method, third.seed) == ("sasrec", 1)
+    assert sched.refusal_lines() == ["not started: iclrec synthetic seed 1: expected 20 s > 15 s left"]
+    # the probe's record arrives (interrupted after its first epoch): its kind now has an estimate of 30 s
+    sched.finished({"method": "elcrec", "dataset": "synthetic", "device": "cpu", "status": "interrupted",
+                    "spec": {"max_users": None, "compile": "off"},
+                    "epochs": [{"estep_s": 1.0, "train_s": 1.0, "eval_s": 1.0}], "totals": {"wall_s": 3.0}})
+    clock.now += 1  # 14 s left: elcrec seed 2 (30 s) refused; sasrec seed 2 (12 s) starts
+    fourth = sched.next_run()
+    assert (fourth.method, fourth.seed) == ("sasrec", 2)
+    assert sched.next_run() is None and not sched.planned
+    assert sched.refusal_lines()[-1] == "not started: elcrec synthetic seed 2: expected 30 s > 14 s left"
+
+
+def test_without_a_deadline_every_run_starts_in_the_grids_order():
+    from bench.schedule import Scheduler
+
+    runs = planned_grid()
+    sched = Scheduler(list(runs), {}, deadline=None)
+    started = [sched.next_run() for _ in runs]
+    assert [s.method for s in started] == [r.spec.method for r in runs]
+    assert all(s.deadline is None and not s.probe for s in started) and sched.next_run() is None
+
+
+def test_a_run_stops_after_the_epoch_that_reaches_its_deadline(tiny_data, tmp_path):
+    import time
+
+    spec = tiny_spec("sasrec", epochs=50, checkpoint_dir=str(tmp_path), deadline=time.time() + 0.01)
+    record = train.run(spec, data=tiny_data, progress=False)
+    assert record["status"] == "interrupted" and record["test"] is None and len(record["epochs"]) == 1
+    assert record["interrupted"]["reason"].startswith("time budget:")
+    assert checkpoints.epochs_done(tmp_path, record["run_id"]) == 1
