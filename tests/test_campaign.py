@@ -5,6 +5,7 @@ fractional-GPU packing through Ray with logical GPUs.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -172,3 +173,102 @@ def test_a_run_stops_after_the_epoch_that_reaches_its_deadline(tiny_data, tmp_pa
     assert record["status"] == "interrupted" and record["test"] is None and len(record["epochs"]) == 1
     assert record["interrupted"]["reason"].startswith("time budget:")
     assert checkpoints.epochs_done(tmp_path, record["run_id"]) == 1
+
+
+# ---------------------------------------------------------------------- the grid, status, leaderboard
+SMOKE = ["--executor", "local", "--methods", "sasrec", "--datasets", "Beauty", "--seeds", "1",
+         "--max-users", "150", "--epochs", "300", "--patience", "3", "--threads", "1"]
+
+
+def bench(*args: str, timeout: float = 300):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path):
+    from bench import leaderboard
+    from bench.records import completed_run_ids, load_records
+
+    results = str(tmp_path)
+    status_args = ["status", "--results", results, "--device", "cpu", "--methods", "sasrec", "--datasets", "Beauty",
+                   "--seeds", "1", "--max-users", "150", "--epochs", "300", "--patience", "3"]
+    # No earlier record: the run is a probe; after its first epoch, 299 more cannot fit in 8 s.
+    first = bench("run", "--all", *SMOKE, "--time-budget", "8s", "--results", results)
+    assert first.returncode == 0, first.stderr
+    assert "probe (no earlier record)" in first.stdout
+    assert "grid: 0 ok, 0 failed, 0 skipped, 1 interrupted, 0 not started" in first.stdout
+    assert "interrupted: sasrec Beauty seed 1 at epoch 1 of 300 (probe: expected" in first.stdout
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert record["status"] == "interrupted" and len(record["epochs"]) == 1 and record["test"] is None
+    assert (tmp_path / "checkpoints" / record["run_id"] / "last.pt").is_file()
+    # interrupted is not done, and no table shows it
+    assert completed_run_ids(tmp_path) == set()
+    assert leaderboard._completed_runs(load_records(tmp_path)).empty
+    with pytest.raises(BenchError, match="no completed run records"):
+        leaderboard.write_leaderboard(tmp_path, tmp_path / "tables")
+    report = bench(*status_args)
+    assert report.returncode == 0, report.stderr
+    assert "interrupted: epoch 1 of 300" in report.stdout
+    assert "0 done, 1 interrupted, 0 failed, 0 pending" in report.stdout
+    # the next invocation resumes it from its checkpoint (its record now gives the estimate) and finishes it
+    second = bench("run", "--all", *SMOKE, "--time-budget", "10m", "--results", results)
+    assert second.returncode == 0, second.stderr
+    assert "resumes at epoch 1" in second.stdout and "grid: 1 ok, 0 failed, 0 skipped, 0 interrupted" in second.stdout
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert record["status"] == "ok" and record["resumed_from_epoch"] == 1 and record["test"] is not None
+    assert not (tmp_path / "checkpoints" / record["run_id"]).exists()
+    assert len(leaderboard._completed_runs(load_records(tmp_path))) == 1
+    report = bench(*status_args)
+    assert f"done: best epoch {record['best_epoch']}, test NDCG@20 {record['test']['NDCG@20']:.4f}" in report.stdout
+    assert "1 done, 0 interrupted, 0 failed, 0 pending" in report.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--time-budget", "0"], "error: --time-budget '0': give a positive duration with a unit"),
+        (["--time-budget", "0s"], "error: --time-budget '0s': the budget must be more than 0"),
+        (["--time-budget", "soon"], "error: --time-budget 'soon'"),
+        (["--gpus-per-run", "2"], "error: --gpus-per-run 2 but this machine has 0 GPU(s)"),
+    ],
+)
+def test_bad_campaign_options_get_one_line(tmp_path, args, message):
+    proc = bench("run", "--all", "--methods", "sasrec", "--datasets", "Beauty", "--profile", "smoke", *args,
+                 "--results", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(message)
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------- Ray, logical GPUs
+def test_fractional_gpus_pack_four_runs_on_two_logical_gpus(monkeypatch):
+    import ray
+
+    from bench import ray_backend
+    from bench.grid import grid_specs
+    from bench.schedule import Planned, Scheduler
+
+    specs = grid_specs(["sasrec"], ["Beauty"], [1, 2, 3, 4], profile="smoke", epochs=1, max_users=150, device="cpu")
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": ray_backend._worker_env()})
+    try:
+        with pytest.raises(BenchError, match="--gpus-per-run 3 but the Ray cluster has 2 GPUs"):
+            ray_backend.run_specs_on_ray(specs, address=None, cpus_per_run=1, gpus_per_run=3, on_done=print)
+        got, slots = [], []
+        sched = Scheduler([Planned(s, str(i)) for i, s in enumerate(specs)], {}, deadline=None)
+        # the tasks reserve half a (logical) GPU each but train on the CPU: no CUDA is touched
+        ray_backend.run_specs_on_ray(specs, address=None, cpus_per_run=1, gpus_per_run=0.5, on_done=got.append,
+                                     on_start=slots.append, scheduler=sched, task_device="cpu")
+    finally:
+        ray.shutdown()
+    assert slots == [4]
+    assert len(got) == 4 and all(r["status"] == "ok" and r["device"] == "cpu" for r in got)
+    assert sorted(r["seed"] for r in got) == [1, 2, 3, 4]
+    assert all(r["spec"]["concurrency"] == 4 and r["spec"]["num_threads"] == 1 for r in got)
