@@ -80,21 +80,20 @@ def protocol_status(
         else:
             if status == "failed":
                 row["error"] = record.get("error")
-            done = in_checkpoint
-            if done is None and status == "interrupted":
-                done = 0  # no checkpoint to resume from: it starts over
             if in_checkpoint is not None and status == "pending":
                 row["status"] = "interrupted"  # the grid died with it in flight: its checkpoint remains
-            row["epochs_done"] = done
+            if row["status"] == "interrupted":
+                row["epochs_done"] = in_checkpoint if in_checkpoint is not None else len(record.get("epochs") or [])
+                row["resumable"] = in_checkpoint is not None  # without a checkpoint it starts over
             estimate = estimates.get(kind_of(spec))
             if estimate is None:
                 unknown += 1
             else:
-                row["expected_left_s"] = estimate.expected(spec.epochs - (done or 0))
+                row["expected_left_s"] = estimate.expected(spec.epochs - (in_checkpoint or 0))
                 left_s += row["expected_left_s"]
         rows.append(row)
     whole, whole_unknown = projected_seconds(specs, estimates)
-    per_100, _ = projected_seconds(specs, estimates, epochs=100)
+    per_100 = sum(100 * estimates[kind_of(s)].epoch_s for s in specs if kind_of(s) in estimates)
     sources = sorted({estimates[kind_of(s)].source for s in specs if kind_of(s) in estimates})
     counts = {k: sum(r["status"] == k for r in rows) for k in ("ok", "interrupted", "failed", "pending")}
     return {
@@ -120,7 +119,8 @@ def _cell(row: dict) -> str:
         return f"done: best epoch {row['best_epoch']}, test {SELECTION_METRIC} {score:.4f}" if score is not None else "done"
     if status == "interrupted":
         done = row["epochs_done"]
-        return f"interrupted: epoch {done if done is not None else '?'} of {row['max_epochs']}"
+        again = "" if row.get("resumable") else " (no checkpoint: starts over)"
+        return f"interrupted: epoch {done if done is not None else '?'} of {row['max_epochs']}{again}"
     if status == "failed":
         return f"failed: {(row['error'] or '')[:60]}"
     return "pending"
@@ -149,4 +149,6 @@ def print_status(status: dict) -> None:
             f"whole protocol: {format_duration(whole)} at the maximum epochs, "
             f"{format_duration(status['protocol_per_100_epochs_s'])} per 100 epochs of every run "
             f"(estimates from {', '.join(status['estimates_from'])})"
+            + (f"; {status['protocol_runs_without_estimate']} run(s) without an estimate not counted"
+               if status["protocol_runs_without_estimate"] else "")
         )

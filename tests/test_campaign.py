@@ -272,3 +272,31 @@ def test_fractional_gpus_pack_four_runs_on_two_logical_gpus(monkeypatch):
     assert len(got) == 4 and all(r["status"] == "ok" and r["device"] == "cpu" for r in got)
     assert sorted(r["seed"] for r in got) == [1, 2, 3, 4]
     assert all(r["spec"]["concurrency"] == 4 and r["spec"]["num_threads"] == 1 for r in got)
+
+
+def test_status_shows_every_state_and_the_time_left(tmp_path, capsys):
+    from bench import records
+    from bench.grid import grid_specs
+    from bench.status import print_status, protocol_status
+
+    specs = grid_specs(["sasrec"], ["Beauty"], [1, 2, 3, 4], profile="smoke", device="cpu")
+    ids = [train.run_identity(s)[0] for s in specs]
+    epochs = [{"epoch": i, "valid": {"NDCG@20": 0.01}, "estep_s": 0.0, "train_s": 2.0, "eval_s": 1.0} for i in range(3)]
+    base = {"method": "sasrec", "dataset": "Beauty", "profile": "smoke", "device": "cpu",
+            "spec": {"max_users": 2000, "compile": "off"}, "variant": {"compile": "off", "precision": "fp32"}}
+    records.save(tmp_path, {"schema": 1, "run_id": ids[0], **base, "seed": 1, "status": "ok", "best_epoch": 2,
+                            "test": {"NDCG@20": 0.0123}, "epochs": epochs, "totals": {"wall_s": 10.0}})
+    records.save(tmp_path, {"schema": 1, "run_id": ids[1], **base, "seed": 2, "status": "failed", "error": "boom"})
+    records.save(tmp_path, {"schema": 1, "run_id": ids[2], **base, "seed": 3, "status": "interrupted",
+                            "epochs": epochs[:1], "totals": {"wall_s": 4.0}})
+    status = protocol_status(tmp_path, profile="smoke", methods=["sasrec"], datasets=["Beauty"], seeds=[1, 2, 3, 4],
+                             device="cpu")
+    assert [r["status"] for r in status["rows"]] == ["ok", "failed", "interrupted", "pending"]
+    assert status["counts"] == {"ok": 1, "interrupted": 1, "failed": 1, "pending": 1}
+    # 3 s per epoch and 1 s of overhead, from the ok record and the interrupted one: 3 runs x 3 epochs left
+    assert status["expected_left_s"] == pytest.approx(3 * (1.0 + 3 * 3.0))
+    print_status(status)
+    out = capsys.readouterr().out
+    for line in ("done: best epoch 2, test NDCG@20 0.0123", "failed: boom", "interrupted: epoch 1 of 3 (no checkpoint: starts over)", "pending",
+                 "1 done, 1 interrupted, 1 failed, 1 pending", "expected cpu time left: 30 s"):
+        assert line in out
