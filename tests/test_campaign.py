@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -166,7 +167,6 @@ def test_without_a_deadline_every_run_starts_in_the_grids_order():
 
 
 def test_a_run_stops_after_the_epoch_that_reaches_its_deadline(tiny_data, tmp_path):
-    import time
 
     spec = tiny_spec("sasrec", epochs=50, checkpoint_dir=str(tmp_path), deadline=time.time() + 0.01)
     record = train.run(spec, data=tiny_data, progress=False)
@@ -266,8 +266,17 @@ def test_fractional_gpus_pack_four_runs_on_two_logical_gpus(monkeypatch):
         # the tasks reserve half a (logical) GPU each but train on the CPU: no CUDA is touched
         ray_backend.run_specs_on_ray(specs, address=None, cpus_per_run=1, gpus_per_run=0.5, on_done=got.append,
                                      on_start=slots.append, scheduler=sched, task_device="cpu")
+        # past the deadline and its grace period, the driver cancels what still runs and records it interrupted
+        monkeypatch.setattr("bench.schedule.GRACE_S", 0.0)
+        late = Scheduler([Planned(specs[0], "late")], {}, deadline=time.time() + 0.5)
+        cancelled = []
+        ray_backend.run_specs_on_ray(specs[:1], address=None, cpus_per_run=1, gpus_per_run=0.5,
+                                     on_done=cancelled.append, scheduler=late, task_device="cpu")
     finally:
         ray.shutdown()
+    [stopped] = cancelled
+    assert stopped["status"] == "interrupted" and stopped["interrupted"]["reason"] == "cancelled 0 s after the time budget"
+    assert stopped["epochs"] == [] and stopped["test"] is None
     assert slots == [4]
     assert len(got) == 4 and all(r["status"] == "ok" and r["device"] == "cpu" for r in got)
     assert sorted(r["seed"] for r in got) == [1, 2, 3, 4]
