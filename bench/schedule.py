@@ -7,8 +7,8 @@ left out when later ones exist, since they carry compiling and warm-up) times th
 (the profile's maximum minus those its checkpoint holds), plus the records' mean overhead (wall time not
 spent in epochs: data loading, the first epoch's extra, the test). That is an upper bound: early stopping
 (patience) usually ends a run before its maximum. Without such a record the run is a *probe*: it starts,
-and after its first epoch it stops (interrupted, checkpointed, so nothing is lost) unless that epoch's time
-times the epochs left fits in the time left.
+and after its first epoch (its second when compiled) it stops (interrupted, checkpointed, so nothing is
+lost) unless that epoch's time times the epochs left fits in the time left.
 
 Order and refusals. Probes start first (one per kind at a time: its record then estimates its siblings),
 then the longest expected runs; a run whose expectation exceeds the time left when a slot frees is not

@@ -381,8 +381,6 @@ def fit_epochs(
         )
 
     bar = tqdm(range(first_epoch, spec.epochs), desc=f"{spec.method}/{spec.dataset}", disable=not progress, leave=False)
-    if first_epoch and fit.best_epoch >= 0 and first_epoch - 1 - fit.best_epoch >= spec.patience:
-        bar = []  # the checkpoint was taken as the run stopped early: nothing left to train
     for epoch in bar:
         method.train()
         with timer.phase("estep"):
@@ -434,23 +432,24 @@ def fit_epochs(
             if ckpt_path is not None and not saved:
                 save_checkpoint_now(epoch + 1)
             break
-    if hasattr(bar, "close"):
-        bar.close()
+    bar.close()
     return fit
 
 
 def deadline_stop(spec: RunSpec) -> Callable[[int, float], str | None] | None:
     """The stop rule of a run with a deadline (a time-boxed grid): after an epoch, stop when the next one
     would not end before the deadline; a probe (no earlier record of its kind) also stops after its first
-    epoch when even the expected rest of the run (that epoch's time x the epochs left) does not fit."""
+    epoch (its second when compiled: the first one compiles) when even the expected rest of the run (that
+    epoch's time x the epochs left) does not fit."""
     if spec.deadline is None:
         return None
     started_here = [0]
+    probe_at = 1 if spec.compile == "off" else 2
 
     def stop(epochs_done: int, last_epoch_s: float) -> str | None:
         started_here[0] += 1
         left = spec.deadline - time.time()
-        if spec.probe and started_here[0] == 1:
+        if spec.probe and started_here[0] == probe_at:
             expected = last_epoch_s * (spec.epochs - epochs_done)
             if expected > left:
                 return f"probe: expected {expected:.0f} s for {spec.epochs - epochs_done} more epochs > {max(left, 0):.0f} s left"
