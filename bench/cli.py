@@ -264,7 +264,13 @@ def cmd_run(args) -> int:
     spec = single_run_spec(args)
     records.check_writable(args.results / "runs")
     if spec.checkpoint_dir:
+        from bench import checkpoints
+
         records.check_writable(Path(spec.checkpoint_dir), "checkpoint folder")
+        rid = train.run_identity(spec)[0]
+        done = checkpoints.epochs_done(spec.checkpoint_dir, rid)
+        if done is not None:
+            print(f"resuming from {checkpoints.checkpoint_path(spec.checkpoint_dir, rid)} at epoch {done}", file=sys.stderr)
     if spec.save_checkpoint:
         _check_checkpoint_path(spec.save_checkpoint)
     try:
