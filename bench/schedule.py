@@ -244,7 +244,9 @@ def make_scheduler(
     for rid, spec in specs_by_id.items():
         done = checkpoints.epochs_done(spec.checkpoint_dir, rid) if spec.checkpoint_dir else None
         planned.append(Planned(spec, rid, done or 0))
-    return Scheduler(planned, load_estimates(results_dir, *estimate_folders), deadline)
+    # without a deadline nothing is refused or reordered: no estimate is needed
+    estimates = load_estimates(results_dir, *estimate_folders) if deadline is not None else {}
+    return Scheduler(planned, estimates, deadline)
 
 
 # ------------------------------------------------------------------------------------------- projection
