@@ -6,6 +6,8 @@
     tune                  an Optuna study over a method's search space; its workers run through Ray or as
                           local processes (bench/tune.py says why not through Ray Tune)
     leaderboard           tables and plots in results/ from the run records
+    status                a protocol's runs: done, interrupted, failed, pending, and the GPU time left
+    packing               throughput of concurrent runs on one GPU through Ray (writes results/benchmarks/)
     profile               seconds per phase and the top operators of the training step
 
 User errors (BenchError) print one line `error: ...` on stderr and exit 2, without a traceback. A run
@@ -76,6 +78,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     grid.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
     grid.add_argument("--cpus-per-run", type=float, help="CPUs each run reserves on Ray (default 1)")
     grid.add_argument("--gpus-per-run", type=float, help="GPUs each run reserves on Ray (0.25 packs 4 runs on a GPU)")
+    camp = p.add_argument_group("campaigns (time budget, mid-run checkpoints)")
+    camp.add_argument(
+        "--time-budget", metavar="DURATION",
+        help="with --all: time-box the grid (90s, 25m, 1h, 1.5h): longest expected runs first, none started that "
+        "is not expected to finish, runs in flight at the budget recorded interrupted and resumed next time",
+    )
+    camp.add_argument("--checkpoint-every", type=int, metavar="E",
+                      help="save a mid-run checkpoint every E epochs; running the same spec again continues from it")
+    camp.add_argument("--checkpoint-dir", type=Path,
+                      help="folder of mid-run checkpoints, <dir>/<run_id>/last.pt (default <results>/checkpoints)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +129,29 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0); trials train with the profile's seed")
     tu.add_argument("--device", default="auto", help=DEVICE_HELP)
     tu.add_argument("--export", action="store_true", help="write the best config of each study to methods/configs/tuned")
+
+    stt = sub.add_parser("status", help="the state of a protocol's runs: done, interrupted, failed, pending; GPU time left")
+    stt.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
+    _add_budget_options(stt)
+    stt.add_argument("--methods", nargs="+", help="methods (default: all)")
+    stt.add_argument("--datasets", nargs="+", help="datasets (default: all four)")
+    stt.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the profile's)")
+    stt.add_argument("--device", default="cuda", help="device of the runs counted: cuda (default: a campaign's) | cpu")
+    stt.add_argument("--compile", default="off", help="compile mode of the runs counted (default off)")
+    stt.add_argument("--checkpoint-dir", type=Path, help="folder of mid-run checkpoints (default <results>/checkpoints)")
+    stt.add_argument("--json", action="store_true", help="print the rows and totals as one JSON object")
+
+    pk = sub.add_parser("packing", help="throughput of 1, 2, 4, 8 concurrent runs on one GPU through Ray (a benchmark)")
+    pk.add_argument("--method", default="iclrec", help=METHOD_HELP + " (default iclrec)")
+    pk.add_argument("--dataset", default="Beauty", help=DATASET_HELP + " (default Beauty)")
+    pk.add_argument("--concurrency", nargs="+", type=int, default=[1, 2, 4, 8], help="runs at once (default 1 2 4 8)")
+    pk.add_argument("--compile", nargs="+", default=["off", "reduce-overhead"], dest="compile_modes",
+                    help="compile modes to measure (default: off reduce-overhead)")
+    pk.add_argument("--epochs", type=int, default=5, help="epochs of each run (default 5; throughput counts epochs 2+)")
+    pk.add_argument("--max-users", type=int, help="train on a sample of this many users (default: all)")
+    pk.add_argument("--device", default="cuda", help="cuda (default) | cpu (to check the command, not to measure)")
+    pk.add_argument("--cpus", type=float, help="CPUs to share between the runs (default: all the machine's)")
+    pk.add_argument("--out", type=Path, help="output folder (default results/benchmarks)")
 
     lb = sub.add_parser("leaderboard", help="write leaderboard and cost tables and plots from run records")
     lb.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
@@ -182,7 +217,18 @@ def _spec_options(args) -> dict:
         "compile": args.compile,
         "device": args.device,
         "num_threads": args.threads,
+        "checkpoint_every": args.checkpoint_every,
+        "checkpoint_dir": _checkpoint_dir(args),
     } | ({} if args.all else {"overrides": parse_overrides(args.overrides)})
+
+
+def _checkpoint_dir(args) -> str | None:
+    """Mid-run checkpoints: asked for by --checkpoint-every or --checkpoint-dir (a time-boxed grid sets them
+    itself); the default folder is <results>/checkpoints."""
+    if args.checkpoint_dir is None and args.checkpoint_every is None:
+        return None
+    folder = args.checkpoint_dir if args.checkpoint_dir is not None else args.results / "checkpoints"
+    return str(folder.expanduser().resolve())
 
 
 def _check_checkpoint_path(path: str) -> None:
@@ -212,8 +258,18 @@ def cmd_run(args) -> int:
         raise BenchError("run needs --method and --dataset (or --all for the grid)")
     from bench import records, train
 
+    if args.time_budget is not None:
+        raise BenchError("--time-budget time-boxes a grid: add --all")
     spec = single_run_spec(args)
     records.check_writable(args.results / "runs")
+    if spec.checkpoint_dir:
+        from bench import checkpoints
+
+        records.check_writable(Path(spec.checkpoint_dir), "checkpoint folder")
+        rid = train.run_identity(spec)[0]
+        done = checkpoints.epochs_done(spec.checkpoint_dir, rid)
+        if done is not None:
+            print(f"resuming from {checkpoints.checkpoint_path(spec.checkpoint_dir, rid)} at epoch {done}", file=sys.stderr)
     if spec.save_checkpoint:
         _check_checkpoint_path(spec.save_checkpoint)
     try:
@@ -247,6 +303,9 @@ def cmd_grid(args) -> int:
         raise BenchError("--save-checkpoint names one file: it cannot be used with --all")
     if args.json:
         raise BenchError("--json prints one run's record: with --all, read the records under --results")
+    from bench.schedule import parse_duration
+
+    time_budget = None if args.time_budget is None else parse_duration(args.time_budget)
     methods = args.methods or ([args.method] if args.method else None)
     datasets = args.datasets or ([args.dataset] if args.dataset else None)
     seeds = args.seeds or ([args.seed] if args.seed is not None else None)
@@ -259,8 +318,18 @@ def cmd_grid(args) -> int:
         cpus_per_run=args.cpus_per_run,
         gpus_per_run=args.gpus_per_run,
         progress=True,
+        time_budget=time_budget,
     )
-    print(f"grid: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} skipped in {summary.wall_s:.1f} s")
+    print(
+        f"grid: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} skipped"
+        + (f", {len(summary.interrupted)} interrupted, {len(summary.not_started)} not started" if time_budget else "")
+        + f" in {summary.wall_s:.1f} s"
+    )
+    for line in summary.not_started:
+        print(line)
+    for i in summary.interrupted:
+        print(f"interrupted: {i['method']} {i['dataset']} seed {i['seed']} at epoch {i.get('epochs_done')} of "
+              f"{i.get('max_epochs')} ({i.get('reason')}); run the same command again to resume it")
     if summary.claimed_elsewhere or summary.done_elsewhere:
         print(
             f"grid: {len(summary.claimed_elsewhere)} runs left to another grid that holds them, "
@@ -349,6 +418,33 @@ def cmd_profile(args) -> int:
     return profile_run(spec, args.steps)
 
 
+# ---------------------------------------------------------------------------------------- status, packing
+def cmd_status(args) -> int:
+    from bench.status import print_status, protocol_status
+
+    status = protocol_status(
+        args.results, profile=args.profile, methods=args.methods, datasets=args.datasets, seeds=args.seeds,
+        device=args.device, compile=args.compile, checkpoint_dir=args.checkpoint_dir,
+        epochs=args.epochs, patience=args.patience, max_users=args.max_users,
+    )
+    if args.json:
+        print(json.dumps(status))
+    else:
+        print_status(status)
+    return 0
+
+
+def cmd_packing(args) -> int:
+    from bench.packing import measure_packing
+
+    for path in measure_packing(
+        args.method, args.dataset, concurrency=args.concurrency, compile_modes=args.compile_modes,
+        epochs=args.epochs, max_users=args.max_users, device=args.device, cpus=args.cpus, out_dir=args.out,
+    ):
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -359,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         "tune": cmd_tune,
         "leaderboard": cmd_leaderboard,
         "profile": cmd_profile,
+        "status": cmd_status,
+        "packing": cmd_packing,
     }
     try:
         return handlers[args.command](args)

@@ -15,6 +15,8 @@ iclrec and elcrec, not sasrec) and is an error if none has it; `method.key=value
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from bench import configs, records, train
 from bench.claims import Claims
 from bench.errors import BenchError
 from bench.profiles import get_profile
+from bench.schedule import Scheduler, check_packing, format_duration, make_scheduler
 from bench.spec import DEFAULT_RESULTS, RunSpec, check_choice, device_kind, make_spec
 from bench.train import SELECTION_METRIC
 
@@ -39,6 +42,8 @@ class GridSummary:
     ok: int = 0
     failed: list[dict] = field(default_factory=list)  # {"method", "dataset", "seed", "error", "path"}
     skipped: int = 0
+    interrupted: list[dict] = field(default_factory=list)  # stopped at the time budget: retried next time
+    not_started: list[str] = field(default_factory=list)  # "not started: ... expected X > Y left" lines
     wall_s: float = 0.0
     results_dir: Path = DEFAULT_RESULTS
     paths: list[Path] = field(default_factory=list)  # records written by this invocation
@@ -116,7 +121,7 @@ class _Progress:
 
     def __init__(self, total: int, skipped: int, enabled: bool) -> None:
         self.enabled = enabled
-        self.counts = {"done": 0, "running": 0, "failed": 0, "skipped": skipped}
+        self.counts = {"done": 0, "running": 0, "failed": 0, "interrupted": 0, "skipped": skipped}
         self.remaining = total
         self.slots = 0  # nothing runs until the executor is up
         self.bar = tqdm(
@@ -135,13 +140,18 @@ class _Progress:
     def finished(self, record: dict) -> None:
         self.remaining -= 1
         ok = record["status"] == "ok"
-        self.counts["done" if ok else "failed"] += 1
+        stopped = record["status"] == "interrupted"
+        self.counts["done" if ok else "interrupted" if stopped else "failed"] += 1
         if self.enabled:
             head = f"{record['method']:<8} {record['dataset']:<20} seed {record['seed']:<3}"
             if ok:
                 best = (record.get("best_valid") or {}).get(SELECTION_METRIC, float("nan"))
                 wall = (record.get("totals") or {}).get("wall_s", float("nan"))
                 line = f"{head} ok      valid {SELECTION_METRIC} {best:.4f}  {wall:8.1f} s"
+            elif stopped:
+                info = record.get("interrupted") or {}
+                line = (f"{head} INTERRUPTED at epoch {info.get('epochs_done')} of {info.get('max_epochs')}: "
+                        f"{info.get('reason')}")
             else:
                 line = f"{head} FAILED  {record.get('error')}"
             self.bar.write(line, file=sys.stdout)
@@ -156,30 +166,33 @@ class _Progress:
 class WorkQueue:
     """The runs a grid still has to do, handed out one at a time as its slots free up.
 
-    A run is handed out only once this grid has claimed it (bench/claims.py) and only while no ok record
-    exists for it, so two grids on one results folder share the runs between them: each run is trained
-    once, by whichever grid claims it first. Runs another grid holds are left to it and reported.
+    The scheduler (bench/schedule.py) picks which run comes next (grid order, or under a time budget the
+    longest expected first, never one expected not to finish). A run is then handed out only once this grid
+    has claimed it (bench/claims.py) and only while no ok record exists for it, so two grids on one results
+    folder share the runs between them: each run is trained once, by whichever grid claims it first. Runs
+    another grid holds are left to it and reported.
     """
 
-    def __init__(self, todo: dict[str, RunSpec], results_dir: Path, claims: Claims) -> None:
-        self.pending = list(todo.items())
+    def __init__(self, scheduler: Scheduler, results_dir: Path, claims: Claims) -> None:
+        self.scheduler = scheduler
         self.results_dir = results_dir
         self.claims = claims
         self.claimed_elsewhere: list[tuple[RunSpec, str]] = []
         self.done_elsewhere = 0
-        self.ids: dict[int, str] = {}  # id(spec) -> run id, to release a claim when the run's record is in
 
     def take(self) -> RunSpec | None:
-        while self.pending:
-            rid, spec = self.pending.pop(0)
+        """The next run to start now, claimed; None when nothing (more) can start now."""
+        while (spec := self.scheduler.next_run()) is not None:
+            rid = train.run_identity(spec)[0]
             if not self.claims.try_claim(rid):
                 self.claimed_elsewhere.append((spec, self.claims.holder_of(rid)))
+                self.scheduler.dropped(spec)
                 continue
             if self._done(rid, spec):  # finished by another grid after this one started
                 self.claims.release(rid)
                 self.done_elsewhere += 1
+                self.scheduler.dropped(spec)
                 continue
-            self.ids[id(spec)] = rid
             return spec
         return None
 
@@ -189,6 +202,7 @@ class WorkQueue:
         return record is not None and record.get("status") == "ok"
 
     def finished(self, record: dict) -> None:
+        self.scheduler.finished(record)
         self.claims.release(record["run_id"])
 
 
@@ -210,11 +224,15 @@ def run_grid(
     cpus_per_run: float | None = None,
     gpus_per_run: float | None = None,
     progress: bool = True,
+    time_budget: float | None = None,
 ) -> GridSummary:
     """Run the specs not yet done under `results_dir`, writing each record as its run finishes.
 
     `address`, `cpus_per_run` and `gpus_per_run` apply to the Ray executor only. A spec's device `cpu`
     means no GPU per run; `cuda` means one unless `gpus_per_run` packs several runs on a GPU.
+    `time_budget` (seconds) time-boxes the grid (bench/schedule.py): longest expected runs first, none
+    started that is not expected to finish, runs in flight at the budget recorded interrupted and
+    checkpointed under `<results>/checkpoints/` so that the next invocation resumes them.
     """
     from bench import data
 
@@ -226,6 +244,11 @@ def run_grid(
     devices = {s.device for s in specs}
     if "cpu" in devices and gpus_per_run:
         raise BenchError("--device cpu contradicts --gpus-per-run > 0")
+    # ---- campaign hook (bench/schedule.py): the budget and the packing are checked before any work
+    if time_budget is not None and not (math.isfinite(time_budget) and time_budget > 0):
+        raise BenchError(f"--time-budget must be more than 0, got {time_budget:g} s")
+    deadline = None if time_budget is None else time.time() + time_budget
+    check_packing(gpus_per_run, torch.cuda.device_count(), remote=bool(address or os.environ.get("RAY_ADDRESS")))
     start = time.perf_counter()
     # Absolute: the driver writes the records, but a relative path must not depend on anyone's cwd later.
     summary = GridSummary(results_dir=Path(results_dir).expanduser().resolve())
@@ -240,31 +263,46 @@ def run_grid(
         specs = [replace(s, device="cuda" if gpus_per_run > 0 else "cpu") for s in specs]
     else:
         specs = [replace(s, device=device_kind("auto")) if s.device == "auto" else s for s in specs]
+    if deadline is not None:  # a run stopped at the budget must be resumable: checkpoint it
+        default_dir = str(summary.results_dir / "checkpoints")
+        specs = [s if s.checkpoint_dir else replace(s, checkpoint_dir=default_dir) for s in specs]
     by_id: dict[str, RunSpec] = {}
     for spec in specs:  # resolving every config here turns a bad config into an error before any work
         by_id.setdefault(train.run_identity(spec)[0], spec)
     done = records.completed_run_ids(summary.results_dir)
     todo = {rid: spec for rid, spec in by_id.items() if rid not in done}
     summary.skipped = len(by_id) - len(todo)
+    scheduler = make_scheduler(todo, summary.results_dir, deadline, estimate_folders=[DEFAULT_RESULTS])
     if progress:
         print(
             f"grid: {len(by_id)} runs, {summary.skipped} already done (skipped), {len(todo)} to run",
             flush=True,
         )
+        if deadline is not None:
+            print(f"grid: time budget {format_duration(time_budget)}; expected (upper bound, max epochs):", flush=True)
+            for run in scheduler.order():
+                expected = scheduler.expected(run)
+                what = "probe (no earlier record)" if expected is None else format_duration(expected)
+                resumed = f", resumes at epoch {run.epochs_done}" if run.epochs_done else ""
+                print(f"  {run.spec.method:<8} {run.spec.dataset:<20} seed {run.spec.seed:<3} {what}{resumed}", flush=True)
     # Once, here: concurrent workers must not download (and verify) the same file at the same time.
     for name in _unique([spec.dataset for spec in todo.values()]):
         data.download(name)
 
     bar = _Progress(len(todo), summary.skipped, progress and bool(todo))
     claims = Claims(summary.results_dir)
-    queue = WorkQueue(todo, summary.results_dir, claims)
+    queue = WorkQueue(scheduler, summary.results_dir, claims)
 
     def on_done(record: dict) -> None:
         path = records.save(summary.results_dir, record)
-        queue.finished(record)  # the record is in: the claim can go
+        queue.finished(record)  # the record is in: the scheduler learns from it, the claim can go
         summary.paths.append(path)
         if record["status"] == "ok":
             summary.ok += 1
+        elif record["status"] == "interrupted":
+            summary.interrupted.append(
+                {k: record.get(k) for k in ("method", "dataset", "seed")} | (record.get("interrupted") or {})
+            )
         else:
             summary.failed.append(
                 {k: record.get(k) for k in ("method", "dataset", "seed", "error")} | {"path": path}
@@ -285,9 +323,11 @@ def run_grid(
                     gpus_per_run=gpus_per_run,
                     on_done=on_done,
                     on_start=bar.started,
+                    deadline=deadline,
                 )
     finally:
         bar.close()
+    summary.not_started = scheduler.refusal_lines()
     summary.done_elsewhere = queue.done_elsewhere
     summary.claimed_elsewhere = [
         {"method": s.method, "dataset": s.dataset, "seed": s.seed, "holder": holder} for s, holder in queue.claimed_elsewhere

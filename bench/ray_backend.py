@@ -55,13 +55,12 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _run_one(spec, cpus_per_run: float, gpus_per_run: float, slots: int) -> dict:
+def _run_one(spec, cpus_per_run: float, gpus_per_run: float, slots: int, device: str | None = None) -> dict:
     """Body of a task: one run, its record returned whatever happens."""
     from bench import train
 
-    spec = replace(
-        spec, num_threads=max(1, int(cpus_per_run)), device="cuda" if gpus_per_run > 0 else "cpu", concurrency=slots
-    )
+    device = device or ("cuda" if gpus_per_run > 0 else "cpu")
+    spec = replace(spec, num_threads=max(1, int(cpus_per_run)), device=device, concurrency=slots)
     try:
         return train.run(spec, progress=False)
     except Exception as exc:  # reported in the record: the grid goes on
@@ -142,15 +141,26 @@ def run_specs_on_ray(
     gpus_per_run: float | None,
     on_done: Callable[[dict], None],
     on_start: Callable[[int], None] | None = None,
+    deadline: float | None = None,
+    task_device: str | None = None,
 ) -> None:
-    """Run specs as Ray tasks, pulling the next one from `take()` (None: no more) whenever a slot is free,
-    and call `on_done(record)` in the driver as each finishes.
+    """Run specs as Ray tasks, pulling the next one from `take()` whenever a slot is free, and call
+    `on_done(record)` in the driver as each finishes.
 
-    Pulling rather than submitting everything at once lets the grid claim a run only when it can start it
-    (bench/claims.py), so that two grids on one results folder share the work. `on_start(slots)`, if given,
-    is called once Ray is up with the number of runs that fit at once. A local Ray started here is shut down
-    at the end; a cluster (address or RAY_ADDRESS) is left running.
+    `take()` returns None when nothing (more) can start now; the loop then waits for a running task and asks
+    again, and ends when nothing runs and nothing can start. Pulling rather than submitting everything at
+    once lets the grid's scheduler pick each run when a slot frees (bench/schedule.py) and claim it only
+    then (bench/claims.py). After `deadline` (epoch seconds) plus `GRACE_S`, tasks still running are
+    cancelled and recorded interrupted; runs stop by themselves at the deadline after their current epoch.
+    `on_start(slots)`, if given, is called once Ray is up with the number of runs that fit at once.
+    `task_device` forces the device of every task (tests: "cpu" under logical GPUs). A local Ray started
+    here is shut down at the end; a cluster (address or RAY_ADDRESS) is left running.
     """
+    import time
+
+    from bench.schedule import GRACE_S
+    from bench.train import failure_record, interrupted_record
+
     started_here = _connect(address)
     pending: dict = {}
     try:
@@ -163,25 +173,24 @@ def run_specs_on_ray(
         if on_start is not None:
             on_start(slots)
         task = _run_task.options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
-        exhausted = False
         while True:
-            while not exhausted and len(pending) < slots:
-                spec = take()
-                if spec is None:
-                    exhausted = True
-                    break
-                pending[task.remote(spec, cpus_per_run, gpus_per_run, slots)] = spec
+            while len(pending) < slots and (spec := take()) is not None:
+                pending[task.remote(spec, cpus_per_run, gpus_per_run, slots, task_device)] = spec
             if not pending:
-                break
-            ready, _ = ray.wait(list(pending), num_returns=1)
+                return
+            timeout = None if deadline is None else max(0.0, deadline + GRACE_S - time.time())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+            if not ready:  # past the deadline and its grace: stop what is left, record it interrupted
+                for ref, spec in list(pending.items()):
+                    ray.cancel(ref, force=True)
+                    pending.pop(ref)
+                    on_done(interrupted_record(spec, f"cancelled {GRACE_S:.0f} s after the time budget"))
+                return
             ref = ready[0]
             spec = pending.pop(ref)
             try:
                 record = ray.get(ref)
-            except Exception as exc:
-                # Tasks never raise, so this is the worker dying (killed for memory, node lost).
-                from bench.train import failure_record
-
+            except Exception as exc:  # tasks never raise: the worker died (killed for memory, node lost)
                 record = failure_record(spec, exc)
             on_done(record)
     finally:

@@ -55,6 +55,11 @@ class RunSpec:
     num_threads: int | None = None
     save_checkpoint: str | None = None
     concurrency: int = 1  # runs in flight on the machine while this one runs (the grid knows it)
+    # Campaigns (bench/checkpoints.py, bench/schedule.py): how to run, not what, so not in the run's identity.
+    checkpoint_every: int | None = None  # save a mid-run checkpoint every this many epochs
+    checkpoint_dir: str | None = None  # where mid-run checkpoints live (<dir>/<run_id>/last.pt); None: none
+    deadline: float | None = None  # time.time() by which the run stops after an epoch, recorded "interrupted"
+    probe: bool = False  # no earlier record to estimate from: after its first epoch, stop unless it can finish
 
     def identity(self) -> dict:
         keys = ("method", "dataset", "seed", "profile", "epochs", "patience", "max_users", "protocol")
@@ -129,6 +134,8 @@ def make_spec(
     num_threads: int | None = None,
     save_checkpoint: str | None = None,
     concurrency: int = 1,
+    checkpoint_every: int | None = None,
+    checkpoint_dir: str | None = None,
 ) -> RunSpec:
     """A validated spec: the profile's budget with the given parts replaced, every name and value checked.
 
@@ -141,6 +148,7 @@ def make_spec(
     for option, value in (("--epochs", epochs), ("--patience", patience), ("--max-users", max_users)):
         check_positive(option, value)
     check_positive("--threads", num_threads)
+    check_positive("--checkpoint-every", checkpoint_every)
     epochs = prof.epochs if epochs is None else epochs
     patience = prof.patience if patience is None else patience
     max_users = prof.max_users if max_users is None else max_users
@@ -171,4 +179,6 @@ def make_spec(
         num_threads=num_threads,
         save_checkpoint=save_checkpoint,
         concurrency=concurrency,
+        checkpoint_every=checkpoint_every,
+        checkpoint_dir=checkpoint_dir,
     )

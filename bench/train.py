@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
-from bench import context, records
+from bench import checkpoints, context, records
 from bench.configs import build_config, method_class, paper_values, resolve_config
 from bench.costs import PHASES, PeakMemory, PhaseTimer
 from bench.data import SequenceData
@@ -108,6 +108,26 @@ def failure_record(spec: RunSpec, exc: BaseException) -> dict:
     return records.finalise(base, rid)
 
 
+def interrupted_record(spec: RunSpec, reason: str) -> dict:
+    """The record of a run stopped from outside (a Ray task cancelled after the budget's grace period): not
+    done, kept out of every table, with the epochs its checkpoint holds (none without a checkpoint)."""
+    record = failure_record(spec, RuntimeError(reason))
+    record.pop("traceback", None)
+    record.update(status="interrupted", error=None, device=device_kind(spec.device))
+    ckpt = checkpoints.checkpoint_path(spec.checkpoint_dir, record["run_id"]) if spec.checkpoint_dir else None
+    try:
+        resume = checkpoints.load(ckpt, record["run_id"]) if ckpt else None
+    except BenchError:
+        resume = None
+    fit = resume.fit if resume is not None else {}
+    record.update(
+        epochs=fit.get("epochs", []), best_epoch=fit.get("best_epoch", -1), best_valid=fit.get("best_valid"), test=None,
+        interrupted={"reason": reason, "epochs_done": len(fit.get("epochs", [])), "max_epochs": spec.epochs,
+                     "checkpoint": str(ckpt) if resume is not None else None},
+    )
+    return record
+
+
 def spec_fields(spec: RunSpec) -> dict:
     return {k: v for k, v in asdict(spec).items() if k != "overrides"}
 
@@ -185,6 +205,7 @@ def run(
     epoch_callback: Callable[[int, dict], None] | None = None,
     data: SequenceData | None = None,
     evaluate_test: bool = True,
+    stop_when: Callable[[int, float], str | None] | None = None,
 ) -> dict:
     """Train and evaluate one run; returns its finalised record (status ok).
 
@@ -192,6 +213,11 @@ def run(
     and prunes from it. `evaluate_test=False` (tuning trials) stops after the last epoch, before the test
     split is touched: the record then has `test` None. User errors raise BenchError; a diverging loss
     raises NonFiniteLoss at the step where it happens.
+
+    Campaign hooks (bench/checkpoints.py, bench/schedule.py): with `spec.checkpoint_dir` the run continues
+    from its mid-run checkpoint if one exists and saves one every `spec.checkpoint_every` epochs and when it
+    stops early. `stop_when(epochs_done, last_epoch_s)` (default: the spec's deadline, `deadline_stop`) is
+    asked after every epoch; a reason returned ends the run there with status "interrupted" (no test).
     """
     check_choice("evaluation protocol", spec.protocol, PROTOCOLS)
     check_positive("epochs", spec.epochs)
@@ -206,15 +232,29 @@ def run(
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     run_context = context.start(spec, device)  # execution context (bench/context.py)
+    previous_faiss_threads = _set_faiss_threads(spec.num_threads)  # k-means: concurrent runs share the cores
     try:
         if data is None:
             data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
         config, source_label = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
         rid = identity_of(spec, config)  # the id and the trained config come from one resolution
         method = build_method(spec, config, data, device)
-        fit = fit_epochs(spec, method, data, memory, wall_start, epoch_callback, progress)
+        # ---- campaign hook: resume from a mid-run checkpoint, stop at the deadline (bench/checkpoints.py)
+        ckpt_path = checkpoints.checkpoint_path(spec.checkpoint_dir, rid) if spec.checkpoint_dir else None
+        resume = checkpoints.load(ckpt_path, rid) if ckpt_path else None
+        if resume is not None:
+            wall_start -= resume.elapsed_s  # wall and time-to-best continue from the first invocation
+        stop_when = stop_when if stop_when is not None else deadline_stop(spec)
+        fit = fit_epochs(
+            spec, method, data, memory, wall_start, epoch_callback, progress,
+            resume=resume, stop_when=stop_when, checkpoint=(ckpt_path, rid),
+        )
         method.load_state_dict(fit.best_state)
         test, test_ranks, test_eval_s = None, None, 0.0
+        if fit.interrupted is None and ckpt_path is not None:
+            checkpoints.remove(ckpt_path)  # finished: the record is what is kept
+        if fit.interrupted is not None:
+            evaluate_test = False  # an interrupted run is not done: it never touches the test split
         if evaluate_test:
             test_start = time.perf_counter()
             test, test_ranks = evaluate(method, data, "test", spec.protocol, return_ranks=True)
@@ -233,7 +273,7 @@ def run(
             "config": config.to_dict(),
             "variant": variant_of(spec, config.to_dict()),
             "spec": spec_fields(spec),
-            "status": "ok",
+            "status": "ok" if fit.interrupted is None else "interrupted",
             "error": None,
             "device": device.type,
             "env": {**environment(device), **method.run_info()},
@@ -255,11 +295,34 @@ def run(
             "ranks": records.encode_ranks({"test": test_ranks}) if test_ranks is not None else None,
             "context": context.finish(run_context),
         }
+        if fit.interrupted is not None:
+            record["interrupted"] = {
+                "reason": fit.interrupted,
+                "epochs_done": len(fit.epochs),
+                "max_epochs": spec.epochs,
+                "checkpoint": str(ckpt_path) if ckpt_path else None,
+            }
+        if resume is not None:
+            record["resumed_from_epoch"] = resume.next_epoch
         return records.finalise(record, rid)
     finally:  # process-wide settings go back to what the caller had (tuning runs trials in-process)
         torch.set_float32_matmul_precision(previous_matmul_precision)
         torch.set_num_threads(previous_threads)
+        _set_faiss_threads(previous_faiss_threads)
         memory.stop()  # idempotent; also ends the sampling thread of a run stopped by an exception
+
+
+def _set_faiss_threads(threads: int | None) -> int | None:
+    """Set faiss's OpenMP threads (k-means) when `threads` is given; returns the previous count."""
+    if not threads:
+        return None
+    try:
+        import faiss
+    except ImportError:
+        return None
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    return previous
 
 
 @dataclass
@@ -272,6 +335,11 @@ class Fit:
     best_valid: dict | None = None
     best_state: dict | None = None
     best_elapsed: float = 0.0
+    interrupted: str | None = None  # why the run stopped before its budget (deadline), else None
+
+    def state(self) -> dict:
+        """What a mid-run checkpoint keeps of it."""
+        return {k: getattr(self, k) for k in ("epochs", "best_score", "best_epoch", "best_valid", "best_state", "best_elapsed")}
 
     def totals(self) -> dict:
         totals = {f"{p}_s": round(sum(e[f"{p}_s"] for e in self.epochs), 6) for p in PHASES}
@@ -284,8 +352,15 @@ class Fit:
 FINITE_CHECK_EVERY = {"cpu": 1, "cuda": 50}
 
 
-def fit_epochs(spec, method, data, memory, wall_start, epoch_callback, progress) -> Fit:
-    """The epochs: E-step, training steps and validation each timed; early stopping on valid NDCG@20."""
+def fit_epochs(
+    spec, method, data, memory, wall_start, epoch_callback, progress,
+    *, resume: checkpoints.Resume | None = None, stop_when: Callable | None = None, checkpoint: tuple = (None, None),
+) -> Fit:
+    """The epochs: E-step, training steps and validation each timed; early stopping on valid NDCG@20.
+
+    `resume` continues a checkpointed run; `checkpoint` is (path or None, run id) of the run's checkpoint;
+    `stop_when(epochs_done, last_epoch_s)` may end the run after any epoch (Fit.interrupted says why).
+    """
     device = data.device
     training_step = step_function(method, spec, device)
     optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr, weight_decay=method.config.weight_decay)
@@ -295,7 +370,21 @@ def fit_epochs(spec, method, data, memory, wall_start, epoch_callback, progress)
     steps_per_epoch = math.ceil(data.num_users / batch_size)
     check_every = FINITE_CHECK_EVERY.get(device.type, 50)
     fit = Fit()
-    bar = tqdm(range(spec.epochs), desc=f"{spec.method}/{spec.dataset}", disable=not progress, leave=False)
+    first_epoch = 0
+    if resume is not None:  # campaign hook: the state of the epoch boundary the checkpoint was taken at
+        method.load_state_dict({k: v.to(device) for k, v in resume.model.items()})
+        optimizer.load_state_dict(resume.optimizer)
+        checkpoints.restore_streams(resume, generator)
+        fit = Fit(**{**resume.fit, "best_state": {k: v.to(device) for k, v in resume.fit["best_state"].items()}})
+        first_epoch = resume.next_epoch
+    ckpt_path, rid = checkpoint
+
+    def save_checkpoint_now(next_epoch: int) -> None:
+        checkpoints.save(
+            ckpt_path, rid, next_epoch, method, optimizer, generator, fit.state(), time.perf_counter() - wall_start
+        )
+
+    bar = tqdm(range(first_epoch, spec.epochs), desc=f"{spec.method}/{spec.dataset}", disable=not progress, leave=False)
     for epoch in bar:
         method.train()
         with timer.phase("estep"):
@@ -337,8 +426,42 @@ def fit_epochs(spec, method, data, memory, wall_start, epoch_callback, progress)
             epoch_callback(epoch, row)
         if epoch - fit.best_epoch >= spec.patience:
             break
+        saved = False
+        if ckpt_path is not None and spec.checkpoint_every and (epoch + 1) % spec.checkpoint_every == 0:
+            save_checkpoint_now(epoch + 1)
+            saved = True
+        reason = stop_when(len(fit.epochs), row["estep_s"] + row["train_s"] + row["eval_s"]) if stop_when else None
+        if reason is not None and epoch + 1 < spec.epochs:
+            fit.interrupted = reason
+            if ckpt_path is not None and not saved:
+                save_checkpoint_now(epoch + 1)
+            break
     bar.close()
     return fit
+
+
+def deadline_stop(spec: RunSpec) -> Callable[[int, float], str | None] | None:
+    """The stop rule of a run with a deadline (a time-boxed grid): after an epoch, stop when the next one
+    would not end before the deadline; a probe (no earlier record of its kind) also stops after its first
+    epoch (its second when compiled: the first one compiles) when even the expected rest of the run (that
+    epoch's time x the epochs left) does not fit."""
+    if spec.deadline is None:
+        return None
+    started_here = [0]
+    probe_at = 1 if spec.compile == "off" else 2
+
+    def stop(epochs_done: int, last_epoch_s: float) -> str | None:
+        started_here[0] += 1
+        left = spec.deadline - time.time()
+        if spec.probe and started_here[0] == probe_at:
+            expected = last_epoch_s * (spec.epochs - epochs_done)
+            if expected > left:
+                return f"probe: expected {expected:.0f} s for {spec.epochs - epochs_done} more epochs > {max(left, 0):.0f} s left"
+        if last_epoch_s > left:
+            return f"time budget: {max(left, 0):.0f} s left, an epoch takes {last_epoch_s:.0f} s"
+        return None
+
+    return stop
 
 
 def _raise_if_diverged(first_bad: torch.Tensor, epoch: int, terms: dict) -> None:

@@ -1,0 +1,166 @@
+"""Mid-run checkpoints: everything a run needs to continue exactly where it stopped.
+
+A run with a checkpoint folder (`--checkpoint-every E`, or any grid under `--time-budget`) keeps one file,
+`<folder>/<run_id>/last.pt` (default folder `<results>/checkpoints/`, outside git). It is written
+atomically (torch.save to a temporary file in the same folder, then os.replace) every E epochs and when the
+run is interrupted, and holds:
+
+- the run id it belongs to (a checkpoint of another spec is refused with one line),
+- the next epoch to run,
+- the model's and the optimiser's state,
+- the random streams: the batch generator (order, negatives, augmentations), torch's global CPU stream
+  (dropout on the CPU) and the CUDA stream of the run's device (dropout on a GPU), Python's and numpy's,
+- the early-stopping state so far (`train.Fit`: every epoch's row, best score, epoch, valid metrics,
+  parameters and the time it took to reach them) and the wall time spent before the checkpoint.
+
+ICLRec's k-means (the E-step) is seeded by the run's seed at every epoch (methods/clustering.py), and
+ELCRec's cluster centres are parameters, so neither needs more. Running the same spec again with the same
+folder continues from the file; the valid curve is then bit-identical to an uninterrupted run's on the CPU
+(tests/test_campaign.py). A run that finishes removes its checkpoint: its record is what is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.errors import BenchError
+
+CHECKPOINT_NAME = "last.pt"
+FORMAT = 1
+
+
+def checkpoint_path(folder: str | Path, run_id: str) -> Path:
+    """Where the checkpoint of run `run_id` lives under `folder`."""
+    return Path(folder).expanduser().resolve() / run_id / CHECKPOINT_NAME
+
+
+@dataclass
+class Resume:
+    """What a checkpoint restores: the loop goes on at `next_epoch`."""
+
+    next_epoch: int
+    model: dict
+    optimizer: dict
+    generator: torch.Tensor
+    cpu_rng: torch.Tensor
+    cuda_rng: torch.Tensor | None
+    python_rng: tuple
+    numpy_rng: dict
+    fit: dict
+    elapsed_s: float
+
+
+def _cpu(value):
+    """Tensors moved to the CPU at any depth (optimiser states hold nested dicts of device tensors)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cpu(v) for v in value)
+    return value
+
+
+def save(
+    path: Path,
+    run_id: str,
+    next_epoch: int,
+    method: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    fit_state: dict,
+    elapsed_s: float,
+) -> Path:
+    """Write the checkpoint of `run_id` to `path`, atomically: readers see the previous file or this one."""
+    device = generator.device
+    state = {
+        "format": FORMAT,
+        "run_id": run_id,
+        "next_epoch": next_epoch,
+        "model": _cpu(method.state_dict()),
+        "optimizer": _cpu(optimizer.state_dict()),
+        "generator": generator.get_state().cpu(),
+        "cpu_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "python_rng": random.getstate(),
+        "numpy_rng": np.random.get_state(legacy=False),
+        "fit": _cpu(fit_state),
+        "elapsed_s": float(elapsed_s),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: Path, run_id: str) -> Resume | None:
+    """The checkpoint at `path` for run `run_id`; None when there is none. Refuses (BenchError, one line) a
+    file that cannot be read or that belongs to another run."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged file
+        lines = str(exc).strip().splitlines()
+        raise BenchError(f"cannot read checkpoint {path}: {(lines[0] if lines else type(exc).__name__)[:200]}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise BenchError(f"checkpoint {path} is not a mid-run checkpoint of this version of intent-bench")
+    if state.get("run_id") != run_id:
+        raise BenchError(
+            f"checkpoint {path} belongs to run {state.get('run_id')}, not to this spec's run {run_id}: "
+            "remove it or point --checkpoint-dir elsewhere"
+        )
+    return Resume(
+        next_epoch=int(state["next_epoch"]),
+        model=state["model"],
+        optimizer=state["optimizer"],
+        generator=state["generator"],
+        cpu_rng=state["cpu_rng"],
+        cuda_rng=state["cuda_rng"],
+        python_rng=state["python_rng"],
+        numpy_rng=state["numpy_rng"],
+        fit=state["fit"],
+        elapsed_s=float(state["elapsed_s"]),
+    )
+
+
+def restore_streams(resume: Resume, generator: torch.Generator) -> None:
+    """Put every random stream back where the checkpoint left it (after the model and optimiser are built)."""
+    generator.set_state(resume.generator.to(generator.get_state().device))
+    torch.set_rng_state(resume.cpu_rng)
+    if resume.cuda_rng is not None and generator.device.type == "cuda":
+        torch.cuda.set_rng_state(resume.cuda_rng, generator.device)
+    random.setstate(resume.python_rng)
+    np.random.set_state(resume.numpy_rng)
+
+
+def epochs_done(folder: str | Path, run_id: str) -> int | None:
+    """Epochs a run's checkpoint holds (for `bench status`), or None when it has none or it is unreadable."""
+    try:
+        resume = load(checkpoint_path(folder, run_id), run_id)
+    except BenchError:
+        return None
+    return None if resume is None else resume.next_epoch
+
+
+def remove(path: Path) -> None:
+    """Delete a finished run's checkpoint (and its folder when empty)."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass

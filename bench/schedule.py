@@ -1,0 +1,271 @@
+"""The time-boxed grid (`run --all --time-budget 25m`): expected run times, the order runs start in, the
+runs refused, and the projection of the GPU time a whole protocol needs (`bench status`).
+
+Expected time of a run. From earlier records (ok or interrupted) of the same method, dataset, device, data
+size (`max_users`) and compile mode: the median seconds of an epoch (E-step + train + valid, first epochs
+left out when later ones exist, since they carry compiling and warm-up) times the epochs the run has left
+(the profile's maximum minus those its checkpoint holds), plus the records' mean overhead (wall time not
+spent in epochs: data loading, the first epoch's extra, the test). That is an upper bound: early stopping
+(patience) usually ends a run before its maximum. Without such a record the run is a *probe*: it starts,
+and after its first epoch (its second when compiled) it stops (interrupted, checkpointed, so nothing is
+lost) unless that epoch's time times the epochs left fits in the time left.
+
+Order and refusals. Probes start first (one per kind at a time: its record then estimates its siblings),
+then the longest expected runs; a run whose expectation exceeds the time left when a slot frees is not
+started ("not started: expected X > Y left"). At the budget every run stops after its current epoch when
+the next one would not end in time, and is recorded `interrupted` (kept out of every table, retried and
+resumed from its checkpoint by the next invocation); the Ray executor cancels what is still running a
+grace period after the deadline.
+
+Nothing here trains or imports Ray: the grid (bench/grid.py) and the executors ask a `Scheduler`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from bench import records
+from bench.errors import BenchError
+from bench.spec import RunSpec, device_kind
+
+GRACE_S = 120.0  # after the deadline, in-flight Ray tasks get this long to finish their epoch, then are cancelled
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str, option: str = "--time-budget") -> float:
+    """Seconds of a duration such as 90s, 25m, 1h, 1.5h (one line, BenchError, for anything else or <= 0)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh])\s*", str(text).lower())
+    if not match:
+        raise BenchError(f"{option} {text!r}: give a positive duration with a unit, such as 90s, 25m, 1h or 1.5h")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise BenchError(f"{option} {text!r}: the budget must be more than 0")
+    return seconds
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = max(0.0, seconds)
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s"
+
+
+def check_packing(gpus_per_run: float | None, gpus_here: int, remote: bool) -> None:
+    """A GPU request that cannot be packed: one line. Ray takes fractions below 1 or whole GPUs; a local
+    machine cannot give a run more GPUs than it has (a cluster's are checked once Ray is up)."""
+    if gpus_per_run is None or gpus_per_run == 0:
+        return
+    if not math.isfinite(gpus_per_run) or gpus_per_run < 0:
+        raise BenchError(f"--gpus-per-run must be >= 0, got {gpus_per_run:g}")
+    if gpus_per_run > 1 and gpus_per_run != int(gpus_per_run):
+        raise BenchError(f"--gpus-per-run {gpus_per_run:g}: above 1 GPU a run takes whole GPUs (Ray's rule)")
+    if not remote and gpus_per_run > gpus_here:
+        raise BenchError(
+            f"--gpus-per-run {gpus_per_run:g} but this machine has {gpus_here} GPU(s): "
+            f"use at most {max(gpus_here, 0)} (or a fraction such as 0.25 to pack runs on one GPU)"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- estimates
+def kind_of(spec: RunSpec) -> tuple:
+    """Runs of one kind cost the same per epoch: method, dataset, device, data size and execution options
+    (compile mode, precision, view encoding)."""
+    view_encoding = str(spec.overrides.get("view_encoding", "separate"))
+    return (spec.method, spec.dataset, device_kind(spec.device), spec.max_users, spec.compile, spec.precision,
+            view_encoding)
+
+
+def _record_kind(record: dict) -> tuple:
+    spec = record.get("spec") or {}
+    variant = record.get("variant") or {}
+    return (
+        record.get("method"), record.get("dataset"), record.get("device") or device_kind(spec.get("device", "cpu")),
+        spec.get("max_users"), variant.get("compile", spec.get("compile", "off")),
+        variant.get("precision", spec.get("precision", "fp32")), variant.get("view_encoding", "separate"),
+    )
+
+
+@dataclass
+class Estimate:
+    """Seconds of one epoch of a kind of run, and the seconds a run spends outside its epochs."""
+
+    epoch_s: float
+    overhead_s: float
+    runs: int  # records it is computed from
+    source: str  # the results folder they are in
+
+    def expected(self, epochs_left: int) -> float:
+        return self.overhead_s + self.epoch_s * max(epochs_left, 0)
+
+
+def _epoch_seconds(row: dict) -> float:
+    return sum(float(row.get(k) or 0.0) for k in ("estep_s", "train_s", "eval_s"))
+
+
+def estimate_from(recs: list[dict], source: str) -> Estimate | None:
+    """The estimate from records of one kind (None without a record that has an epoch)."""
+    epoch_times, overheads = [], []
+    for record in recs:
+        rows = record.get("epochs") or []
+        if not rows:
+            continue
+        times = [_epoch_seconds(r) for r in rows]
+        epoch_times.extend(times[1:] if len(times) > 1 else times)
+        wall = (record.get("totals") or {}).get("wall_s")
+        if wall is not None:
+            overheads.append(float(wall) - statistics.median(times[1:] if len(times) > 1 else times) * len(times))
+    if not epoch_times:
+        return None
+    overhead = max(0.0, statistics.fmean(overheads)) if overheads else 0.0
+    return Estimate(statistics.median(epoch_times), overhead, len(recs), source)
+
+
+def load_estimates(*folders: Path | str) -> dict[tuple, Estimate]:
+    """Estimates per kind of run from the ok and interrupted records of `folders`; the first folder that has
+    records of a kind wins (the campaign's own results before the repository's committed ones)."""
+    estimates: dict[tuple, Estimate] = {}
+    for folder in folders:
+        by_kind: dict[tuple, list[dict]] = {}
+        for path in sorted((Path(folder) / "runs").glob("*.json")):
+            record = records.read_record(path)
+            if record is not None and record.get("status") in ("ok", "interrupted"):
+                by_kind.setdefault(_record_kind(record), []).append(record)
+        for kind, recs in by_kind.items():
+            if kind not in estimates:
+                estimate = estimate_from(recs, str(folder))
+                if estimate is not None:
+                    estimates[kind] = estimate
+    return estimates
+
+
+# ---------------------------------------------------------------------------------------------- scheduler
+@dataclass
+class Planned:
+    spec: RunSpec
+    run_id: str
+    epochs_done: int = 0  # held by its checkpoint
+
+    @property
+    def epochs_left(self) -> int:
+        return self.spec.epochs - self.epochs_done
+
+
+@dataclass
+class Scheduler:
+    """Which run starts next under a deadline (see the module doc); `deadline` None: every run, in order.
+
+    `clock` is time.time by default (tests give their own). The executors call `next_run()` whenever a slot
+    is free, and `finished(record)` as each record arrives, which updates the estimate of its kind.
+    """
+
+    planned: list[Planned]
+    estimates: dict[tuple, Estimate]
+    deadline: float | None = None
+    clock: Callable[[], float] = time.time
+    not_started: list[tuple[Planned, float, float]] = field(default_factory=list)  # (run, expected, left)
+    probing: dict[tuple, int] = field(default_factory=dict)  # kind -> probes in flight
+
+    def expected(self, run: Planned) -> float | None:
+        estimate = self.estimates.get(kind_of(run.spec))
+        return None if estimate is None else estimate.expected(run.epochs_left)
+
+    def order(self) -> list[Planned]:
+        """Probes first, then the longest expected runs (ties: the grid's order)."""
+        keyed = [(self.expected(r) is not None, -(self.expected(r) or 0.0), i) for i, r in enumerate(self.planned)]
+        return [self.planned[i] for *_, i in sorted(keyed)]
+
+    def left(self) -> float:
+        return math.inf if self.deadline is None else self.deadline - self.clock()
+
+    def next_run(self) -> RunSpec | None:
+        """The spec to start now (with its deadline and probe flag), or None: nothing can start now."""
+        if self.deadline is None:
+            return self.planned.pop(0).spec if self.planned else None
+        left = self.left()
+        for run in self.order():
+            expected = self.expected(run)
+            if expected is None:
+                kind = kind_of(run.spec)
+                if self.probing.get(kind):
+                    continue  # its sibling's probe will tell what it costs
+                if left <= 0:
+                    self._refuse(run, math.inf, left)
+                    continue
+                self.probing[kind] = self.probing.get(kind, 0) + 1
+                self.planned.remove(run)
+                return replace(run.spec, deadline=self.deadline, probe=True)
+            if expected > left:
+                self._refuse(run, expected, left)
+                continue
+            self.planned.remove(run)
+            return replace(run.spec, deadline=self.deadline)
+        return None
+
+    def _refuse(self, run: Planned, expected: float, left: float) -> None:
+        self.planned.remove(run)
+        self.not_started.append((run, expected, left))
+
+    def finished(self, record: dict) -> None:
+        """A record arrived: its kind's probe (if it was one) is over, and its epochs refine the estimate."""
+        kind = _record_kind(record)
+        if self.probing.get(kind):
+            self.probing[kind] -= 1
+        if record.get("status") in ("ok", "interrupted") and kind not in self.estimates:
+            estimate = estimate_from([record], "this grid")
+            if estimate is not None:
+                self.estimates[kind] = estimate
+
+    def dropped(self, spec: RunSpec) -> None:
+        """A run handed out by `next_run` will not run here after all (another grid holds or finished it)."""
+        kind = kind_of(spec)
+        if spec.probe and self.probing.get(kind):
+            self.probing[kind] -= 1
+
+    def refusal_lines(self) -> list[str]:
+        return [
+            f"not started: {r.spec.method} {r.spec.dataset} seed {r.spec.seed}: expected "
+            f"{format_duration(expected) if math.isfinite(expected) else 'unknown'} > {format_duration(left)} left"
+            for r, expected, left in self.not_started
+        ]
+
+
+def make_scheduler(
+    specs_by_id: dict[str, RunSpec], results_dir: Path, deadline: float | None, estimate_folders: Iterable[Path] = ()
+) -> Scheduler:
+    """A scheduler over the runs not yet done, with the epochs their checkpoints hold and the estimates of
+    `results_dir` (then `estimate_folders`)."""
+    from bench import checkpoints
+
+    planned = []
+    for rid, spec in specs_by_id.items():
+        done = checkpoints.epochs_done(spec.checkpoint_dir, rid) if spec.checkpoint_dir else None
+        planned.append(Planned(spec, rid, done or 0))
+    # without a deadline nothing is refused or reordered: no estimate is needed
+    estimates = load_estimates(results_dir, *estimate_folders) if deadline is not None else {}
+    return Scheduler(planned, estimates, deadline)
+
+
+# ------------------------------------------------------------------------------------------- projection
+def projected_seconds(
+    specs: Iterable[RunSpec], estimates: dict[tuple, Estimate], epochs: int | None = None
+) -> tuple[float, list[RunSpec]]:
+    """Seconds the specs need one after the other at `epochs` each (default each spec's maximum, the upper
+    bound), and the specs without an estimate (not counted)."""
+    total, unknown = 0.0, []
+    for spec in specs:
+        estimate = estimates.get(kind_of(spec))
+        if estimate is None:
+            unknown.append(spec)
+            continue
+        total += estimate.expected(spec.epochs if epochs is None else min(epochs, spec.epochs))
+    return total, unknown

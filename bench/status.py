@@ -1,0 +1,154 @@
+"""`python -m bench status`: where a protocol stands, run by run, and the GPU time it still needs.
+
+Every run of the protocol (method x dataset x seed of the profile, on the device and compile mode asked,
+default the paper profile on CUDA: a campaign's runs) is one of
+
+- done: a record with status ok (best epoch, test NDCG@20),
+- interrupted: an interrupted record or a mid-run checkpoint (epoch e of max; the next grid resumes it),
+- failed: a failed record (its one-line error; the next grid retries it),
+- pending: nothing yet.
+
+The time left is the scheduler's estimate (bench/schedule.py) summed over the runs not done, one run after
+the other at their maximum epochs: an upper bound, since early stopping ends most runs sooner, and one
+that packing several runs on a GPU divides by its measured speed-up (`bench packing`). Estimates come from
+the results folder's records of the same kind, else the repository's committed ones (results/runs:
+quick-profile runs on an H100, 10 epochs each, one run at a time, eager fp32, faiss-cpu k-means).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from bench import checkpoints, records
+from bench.schedule import format_duration, kind_of, load_estimates, projected_seconds
+from bench.spec import DEFAULT_RESULTS
+from bench.train import SELECTION_METRIC, run_identity
+
+
+def _latest_records(results_dir: Path) -> dict[str, dict]:
+    """The newest record of each run id under `<results_dir>/runs/`."""
+    latest: dict[str, dict] = {}
+    for path in sorted((Path(results_dir) / "runs").glob("*.json")):
+        record = records.read_record(path)
+        if record is None or not record.get("run_id"):
+            continue
+        old = latest.get(record["run_id"])
+        if old is None or str(record.get("finished_at") or "") >= str(old.get("finished_at") or ""):
+            latest[record["run_id"]] = record
+    return latest
+
+
+def protocol_status(
+    results_dir: Path | str,
+    *,
+    profile: str | None = None,
+    epochs: int | None = None,
+    patience: int | None = None,
+    max_users: int | None = None,
+    methods: list[str] | None = None,
+    datasets: list[str] | None = None,
+    seeds: list[int] | None = None,
+    device: str = "cuda",
+    compile: str = "off",
+    checkpoint_dir: Path | str | None = None,
+) -> dict:
+    """Rows (one per run of the protocol) and totals, as plain data (`bench status --json` prints it)."""
+    from bench.grid import grid_specs
+    from bench.spec import check_device
+
+    check_device(device)
+    results_dir = Path(results_dir).expanduser().resolve()
+    folder = Path(checkpoint_dir).expanduser().resolve() if checkpoint_dir else results_dir / "checkpoints"
+    specs = grid_specs(methods, datasets, seeds, profile=profile, device=device, compile=compile, epochs=epochs,
+                       patience=patience, max_users=max_users)
+    latest = _latest_records(results_dir)
+    estimates = load_estimates(results_dir, DEFAULT_RESULTS)
+    rows, left_s, unknown = [], 0.0, 0
+    for spec in specs:
+        rid = run_identity(spec)[0]
+        record = latest.get(rid)
+        status = (record or {}).get("status", "pending")
+        in_checkpoint = checkpoints.epochs_done(folder, rid)
+        row = {"method": spec.method, "dataset": spec.dataset, "seed": spec.seed, "run_id": rid, "status": status,
+               "max_epochs": spec.epochs, "epochs_done": None, "best_epoch": None, f"test_{SELECTION_METRIC}": None,
+               "error": None, "expected_left_s": None}
+        if status == "ok":
+            row["best_epoch"] = record.get("best_epoch")
+            row[f"test_{SELECTION_METRIC}"] = (record.get("test") or {}).get(SELECTION_METRIC)
+            row["epochs_done"] = len(record.get("epochs") or [])
+        else:
+            if status == "failed":
+                row["error"] = record.get("error")
+            if in_checkpoint is not None and status == "pending":
+                row["status"] = "interrupted"  # the grid died with it in flight: its checkpoint remains
+            if row["status"] == "interrupted":
+                row["epochs_done"] = in_checkpoint if in_checkpoint is not None else len(record.get("epochs") or [])
+                row["resumable"] = in_checkpoint is not None  # without a checkpoint it starts over
+            estimate = estimates.get(kind_of(spec))
+            if estimate is None:
+                unknown += 1
+            else:
+                row["expected_left_s"] = estimate.expected(spec.epochs - (in_checkpoint or 0))
+                left_s += row["expected_left_s"]
+        rows.append(row)
+    whole, whole_unknown = projected_seconds(specs, estimates)
+    per_100 = sum(100 * estimates[kind_of(s)].epoch_s for s in specs if kind_of(s) in estimates)
+    sources = sorted({estimates[kind_of(s)].source for s in specs if kind_of(s) in estimates})
+    counts = {k: sum(r["status"] == k for r in rows) for k in ("ok", "interrupted", "failed", "pending")}
+    return {
+        "results": str(results_dir),
+        "profile": specs[0].profile if specs else profile,
+        "device": device,
+        "compile": compile,
+        "rows": rows,
+        "counts": counts,
+        "expected_left_s": left_s,
+        "runs_without_estimate": unknown,
+        "protocol_upper_bound_s": whole,
+        "protocol_per_100_epochs_s": per_100,
+        "protocol_runs_without_estimate": len(whole_unknown),
+        "estimates_from": sources,
+    }
+
+
+def _cell(row: dict) -> str:
+    status = row["status"]
+    if status == "ok":
+        score = row[f"test_{SELECTION_METRIC}"]
+        return f"done: best epoch {row['best_epoch']}, test {SELECTION_METRIC} {score:.4f}" if score is not None else "done"
+    if status == "interrupted":
+        done = row["epochs_done"]
+        again = "" if row.get("resumable") else " (no checkpoint: starts over)"
+        return f"interrupted: epoch {done if done is not None else '?'} of {row['max_epochs']}{again}"
+    if status == "failed":
+        return f"failed: {(row['error'] or '')[:60]}"
+    return "pending"
+
+
+def print_status(status: dict) -> None:
+    """The table (method x dataset x seed) and the totals, in plain text."""
+    rows = status["rows"]
+    print(f"{status['profile']} protocol on {status['device']} (compile {status['compile']}), records in {status['results']}")
+    width = max([len(_cell(r)) for r in rows] + [10])
+    print(f"{'method':<8} {'dataset':<20} {'seed':>4}  {'state':<{width}}  {'expected left':>13}")
+    for r in rows:
+        left = "" if r["status"] == "ok" else format_duration(r["expected_left_s"])
+        print(f"{r['method']:<8} {r['dataset']:<20} {r['seed']:>4}  {_cell(r):<{width}}  {left:>13}")
+    c = status["counts"]
+    print(f"{c['ok']} done, {c['interrupted']} interrupted, {c['failed']} failed, {c['pending']} pending")
+    unknown = status["runs_without_estimate"]
+    print(
+        f"expected {status['device']} time left: {format_duration(status['expected_left_s'])} "
+        "(one run at a time, every run to its maximum epochs: an upper bound)"
+        + (f"; {unknown} run(s) without an estimate not counted" if unknown else "")
+    )
+    whole = status["protocol_upper_bound_s"]
+    if whole and math.isfinite(whole):
+        print(
+            f"whole protocol: {format_duration(whole)} at the maximum epochs, "
+            f"{format_duration(status['protocol_per_100_epochs_s'])} per 100 epochs of every run "
+            f"(estimates from {', '.join(status['estimates_from'])})"
+            + (f"; {status['protocol_runs_without_estimate']} run(s) without an estimate not counted"
+               if status["protocol_runs_without_estimate"] else "")
+        )

@@ -1,0 +1,312 @@
+"""Campaigns on a GPU block (issue 15), checked on the CPU in seconds: mid-run checkpoints and resume parity,
+the interrupted state, the time-boxed scheduler's order and refusals, the budget stop, `bench status`, and
+fractional-GPU packing through Ray with logical GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+import torch
+
+from bench import checkpoints, train
+from bench.data import SequenceData
+from bench.errors import BenchError
+from tests.conftest import synthetic_sequences
+
+MAX_LEN = 20
+TINY = {"num_layers": 1, "hidden_size": 32, "batch_size": 64, "max_len": MAX_LEN}
+METHODS = ("sasrec", "cl4srec", "iclrec", "elcrec")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_data() -> SequenceData:
+    seqs = synthetic_sequences(num_users=300)
+    return SequenceData("synthetic", seqs, item_size=int(seqs.items.max()) + 2, max_len=MAX_LEN)
+
+
+def tiny_spec(method: str, epochs: int = 4, **kwargs) -> train.RunSpec:
+    intents = {"num_intents": 16} if method in ("iclrec", "elcrec") else {}
+    return train.RunSpec(method=method, dataset="synthetic", epochs=epochs, patience=epochs, device="cpu",
+                         overrides={**TINY, **intents}, **kwargs)
+
+
+def stop_after(n: int):
+    return lambda epochs_done, _seconds: f"stopped after {n}" if epochs_done == n else None
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+@pytest.mark.parametrize("method", METHODS)
+def test_two_epochs_resume_two_epochs_gives_the_uninterrupted_curve(method, tiny_data, tmp_path):
+    whole = train.run(tiny_spec(method), data=tiny_data, progress=False)
+    spec = tiny_spec(method, checkpoint_every=2, checkpoint_dir=str(tmp_path))
+    first = train.run(spec, data=tiny_data, progress=False, stop_when=stop_after(2))
+    assert first["status"] == "interrupted" and first["test"] is None
+    assert first["interrupted"]["epochs_done"] == 2 and first["interrupted"]["max_epochs"] == 4
+    path = checkpoints.checkpoint_path(tmp_path, first["run_id"])
+    assert path.is_file() and checkpoints.epochs_done(tmp_path, first["run_id"]) == 2
+    torch.manual_seed(12345)  # whatever happened in between, the checkpoint restores every stream
+    second = train.run(spec, data=tiny_data, progress=False)
+    assert second["status"] == "ok" and second["resumed_from_epoch"] == 2
+    assert second["run_id"] == whole["run_id"] == first["run_id"]
+    # to the bit: valid metrics and mean losses of every epoch, the best epoch and its test metrics
+    assert [e["valid"] for e in second["epochs"]] == [e["valid"] for e in whole["epochs"]]
+    assert [e["losses"] for e in second["epochs"]] == [e["losses"] for e in whole["epochs"]]
+    assert (second["best_epoch"], second["test"]) == (whole["best_epoch"], whole["test"])
+    assert not path.exists()  # a finished run keeps its record, not its checkpoint
+
+
+def test_a_checkpoint_of_another_spec_is_refused(tiny_data, tmp_path):
+    a = tiny_spec("sasrec", epochs=2, checkpoint_dir=str(tmp_path))
+    rec = train.run(a, data=tiny_data, progress=False, stop_when=stop_after(1))
+    b = tiny_spec("sasrec", epochs=3, checkpoint_dir=str(tmp_path))
+    other_id = train.run_identity(b)[0]
+    target = checkpoints.checkpoint_path(tmp_path, other_id)
+    target.parent.mkdir(parents=True)
+    shutil.copy(checkpoints.checkpoint_path(tmp_path, rec["run_id"]), target)
+    with pytest.raises(BenchError, match=f"belongs to run {rec['run_id']}, not to this spec's run {other_id}"):
+        train.run(b, data=tiny_data, progress=False)
+    target.write_bytes(b"garbage")
+    with pytest.raises(BenchError, match="cannot read checkpoint"):
+        train.run(b, data=tiny_data, progress=False)
+
+
+# --------------------------------------------------------------------------------------- the scheduler
+def test_durations_are_parsed_and_bad_ones_refused():
+    from bench.schedule import parse_duration
+
+    assert [parse_duration(t) for t in ("90s", "25m", "1h", "1.5h", " 2M ")] == [90, 1500, 3600, 5400, 120]
+    for bad in ("0", "0m", "25", "soon", "-5m", "1h30m", ""):
+        with pytest.raises(BenchError, match="--time-budget"):
+            parse_duration(bad)
+
+
+def test_packing_that_the_machine_cannot_hold_is_refused():
+    from bench.schedule import check_packing
+
+    check_packing(0.25, 1, remote=False)
+    check_packing(2, 0, remote=True)  # a cluster's GPUs are checked once Ray is up
+    with pytest.raises(BenchError, match="this machine has 1 GPU"):
+        check_packing(2, 1, remote=False)
+    with pytest.raises(BenchError, match="whole GPUs"):
+        check_packing(1.5, 4, remote=False)
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def planned_grid(epochs: int = 10):
+    from bench.schedule import Planned
+
+    runs = []
+    for method in ("sasrec", "iclrec", "elcrec"):
+        for seed in (1, 2):
+            spec = tiny_spec(method, epochs=epochs)
+            spec = train.RunSpec(**{**spec.__dict__, "seed": seed})
+            runs.append(Planned(spec, f"{method}-{seed}"))
+    return runs
+
+
+def test_longest_first_probes_first_and_refusals():
+    from bench.schedule import Estimate, Scheduler, kind_of
+
+    runs = planned_grid()
+    by_method = {r.spec.method: r for r in runs}
+    estimates = {
+        kind_of(by_method["sasrec"].spec): Estimate(epoch_s=1.0, overhead_s=2.0, runs=1, source="test"),  # 12 s
+        kind_of(by_method["iclrec"].spec): Estimate(epoch_s=5.0, overhead_s=0.0, runs=1, source="test"),  # 50 s
+    }
+    runs[2].epochs_done = 6  # iclrec seed 1 resumes from its checkpoint: 4 epochs left, 20 s
+    clock = Clock()
+    sched = Scheduler(list(runs), dict(estimates), deadline=clock.now + 55, clock=clock)
+    order = [(r.spec.method, r.spec.seed) for r in sched.order()]
+    assert order == [("elcrec", 1), ("elcrec", 2), ("iclrec", 2), ("iclrec", 1), ("sasrec", 1), ("sasrec", 2)]
+    first = sched.next_run()  # elcrec has no record: one probe of its kind, with the deadline
+    assert (first.method, first.seed, first.probe, first.deadline) == ("elcrec", 1, True, 1055)
+    second = sched.next_run()  # elcrec seed 2 waits for its sibling's probe; iclrec seed 2 (50 s) fits in 55 s
+    assert (second.method, second.seed, second.probe) == ("iclrec", 2, False)
+    clock.now += 40  # 15 s left
+    third = sched.next_run()  # iclrec seed 1 (20 s) is refused; sasrec (12 s) starts
+    assert (third.method, third.seed) == ("sasrec", 1)
+    assert sched.refusal_lines() == ["not started: iclrec synthetic seed 1: expected 20 s > 15 s left"]
+    # the probe's record arrives (interrupted after its first epoch): its kind now has an estimate of 30 s
+    sched.finished({"method": "elcrec", "dataset": "synthetic", "device": "cpu", "status": "interrupted",
+                    "spec": {"max_users": None, "compile": "off"},
+                    "epochs": [{"estep_s": 1.0, "train_s": 1.0, "eval_s": 1.0}], "totals": {"wall_s": 3.0}})
+    clock.now += 1  # 14 s left: elcrec seed 2 (30 s) refused; sasrec seed 2 (12 s) starts
+    fourth = sched.next_run()
+    assert (fourth.method, fourth.seed) == ("sasrec", 2)
+    assert sched.next_run() is None and not sched.planned
+    assert sched.refusal_lines()[-1] == "not started: elcrec synthetic seed 2: expected 30 s > 14 s left"
+
+
+def test_without_a_deadline_every_run_starts_in_the_grids_order():
+    from bench.schedule import Scheduler
+
+    runs = planned_grid()
+    sched = Scheduler(list(runs), {}, deadline=None)
+    started = [sched.next_run() for _ in runs]
+    assert [s.method for s in started] == [r.spec.method for r in runs]
+    assert all(s.deadline is None and not s.probe for s in started) and sched.next_run() is None
+
+
+def test_a_run_stops_after_the_epoch_that_reaches_its_deadline(tiny_data, tmp_path):
+
+    spec = tiny_spec("sasrec", epochs=50, checkpoint_dir=str(tmp_path), deadline=time.time() + 0.01)
+    record = train.run(spec, data=tiny_data, progress=False)
+    assert record["status"] == "interrupted" and record["test"] is None and len(record["epochs"]) == 1
+    assert record["interrupted"]["reason"].startswith("time budget:")
+    assert checkpoints.epochs_done(tmp_path, record["run_id"]) == 1
+
+
+# ---------------------------------------------------------------------- the grid, status, leaderboard
+SMOKE = ["--executor", "local", "--methods", "sasrec", "--datasets", "Beauty", "--seeds", "1",
+         "--max-users", "150", "--epochs", "300", "--patience", "3", "--threads", "1"]
+
+
+def bench(*args: str, timeout: float = 300):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path):
+    from bench import leaderboard
+    from bench.records import completed_run_ids, load_records
+
+    results = str(tmp_path)
+    status_args = ["status", "--results", results, "--device", "cpu", "--methods", "sasrec", "--datasets", "Beauty",
+                   "--seeds", "1", "--max-users", "150", "--epochs", "300", "--patience", "3"]
+    # No earlier record: the run is a probe; after its first epoch, 299 more cannot fit in 8 s.
+    first = bench("run", "--all", *SMOKE, "--time-budget", "8s", "--results", results)
+    assert first.returncode == 0, first.stderr
+    assert "probe (no earlier record)" in first.stdout
+    assert "grid: 0 ok, 0 failed, 0 skipped, 1 interrupted, 0 not started" in first.stdout
+    assert "interrupted: sasrec Beauty seed 1 at epoch 1 of 300 (probe: expected" in first.stdout
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert record["status"] == "interrupted" and len(record["epochs"]) == 1 and record["test"] is None
+    assert (tmp_path / "checkpoints" / record["run_id"] / "last.pt").is_file()
+    # interrupted is not done, and no table shows it
+    assert completed_run_ids(tmp_path) == set()
+    assert leaderboard._completed_runs(load_records(tmp_path)).empty
+    with pytest.raises(BenchError, match="no completed run records"):
+        leaderboard.write_leaderboard(tmp_path, tmp_path / "tables")
+    report = bench(*status_args)
+    assert report.returncode == 0, report.stderr
+    assert "interrupted: epoch 1 of 300" in report.stdout
+    assert "0 done, 1 interrupted, 0 failed, 0 pending" in report.stdout
+    # the next invocation resumes it from its checkpoint (its record now gives the estimate) and finishes it
+    second = bench("run", "--all", *SMOKE, "--time-budget", "10m", "--results", results)
+    assert second.returncode == 0, second.stderr
+    assert "resumes at epoch 1" in second.stdout and "grid: 1 ok, 0 failed, 0 skipped, 0 interrupted" in second.stdout
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert record["status"] == "ok" and record["resumed_from_epoch"] == 1 and record["test"] is not None
+    assert not (tmp_path / "checkpoints" / record["run_id"]).exists()
+    assert len(leaderboard._completed_runs(load_records(tmp_path))) == 1
+    report = bench(*status_args)
+    assert f"done: best epoch {record['best_epoch']}, test NDCG@20 {record['test']['NDCG@20']:.4f}" in report.stdout
+    assert "1 done, 0 interrupted, 0 failed, 0 pending" in report.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--time-budget", "0"], "error: --time-budget '0': give a positive duration with a unit"),
+        (["--time-budget", "0s"], "error: --time-budget '0s': the budget must be more than 0"),
+        (["--time-budget", "soon"], "error: --time-budget 'soon'"),
+        (["--gpus-per-run", "2"], "error: --gpus-per-run 2 but this machine has 0 GPU(s)"),
+    ],
+)
+def test_bad_campaign_options_get_one_line(tmp_path, args, message):
+    proc = bench("run", "--all", "--methods", "sasrec", "--datasets", "Beauty", "--profile", "smoke", *args,
+                 "--results", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(message)
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------- Ray, logical GPUs
+def test_fractional_gpus_pack_four_runs_on_two_logical_gpus(monkeypatch):
+    import ray
+
+    from bench import ray_backend
+    from bench.grid import grid_specs
+    from bench.schedule import Planned, Scheduler
+
+    specs = grid_specs(["sasrec"], ["Beauty"], [1, 2, 3, 4], profile="smoke", epochs=1, max_users=150, device="cpu")
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": ray_backend._worker_env()})
+    try:
+        with pytest.raises(BenchError, match="--gpus-per-run 3 but the Ray cluster has 2 GPUs"):
+            ray_backend.run_specs_on_ray(iter(specs).__next__, address=None, cpus_per_run=1, gpus_per_run=3,
+                                         on_done=print)
+        got, slots = [], []
+        sched = Scheduler([Planned(s, str(i)) for i, s in enumerate(specs)], {}, deadline=None)
+        # the tasks reserve half a (logical) GPU each but train on the CPU: no CUDA is touched
+        ray_backend.run_specs_on_ray(sched.next_run, address=None, cpus_per_run=1, gpus_per_run=0.5,
+                                     on_done=got.append, on_start=slots.append, task_device="cpu")
+        # past the deadline and its grace period, the driver cancels what still runs and records it interrupted
+        monkeypatch.setattr("bench.schedule.GRACE_S", 0.0)
+        late = Scheduler([Planned(specs[0], "late")], {}, deadline=time.time() + 0.5)
+        cancelled = []
+        ray_backend.run_specs_on_ray(late.next_run, address=None, cpus_per_run=1, gpus_per_run=0.5,
+                                     on_done=cancelled.append, deadline=late.deadline, task_device="cpu")
+    finally:
+        ray.shutdown()
+    [stopped] = cancelled
+    assert stopped["status"] == "interrupted" and stopped["interrupted"]["reason"] == "cancelled 0 s after the time budget"
+    assert stopped["epochs"] == [] and stopped["test"] is None
+    assert slots == [4]
+    assert len(got) == 4 and all(r["status"] == "ok" and r["device"] == "cpu" for r in got)
+    assert sorted(r["seed"] for r in got) == [1, 2, 3, 4]
+    assert all(r["spec"]["concurrency"] == 4 and r["spec"]["num_threads"] == 1 for r in got)
+
+
+def test_status_shows_every_state_and_the_time_left(tmp_path, capsys):
+    from bench import records
+    from bench.grid import grid_specs
+    from bench.status import print_status, protocol_status
+
+    specs = grid_specs(["sasrec"], ["Beauty"], [1, 2, 3, 4], profile="smoke", device="cpu")
+    ids = [train.run_identity(s)[0] for s in specs]
+    epochs = [{"epoch": i, "valid": {"NDCG@20": 0.01}, "estep_s": 0.0, "train_s": 2.0, "eval_s": 1.0} for i in range(3)]
+    base = {"method": "sasrec", "dataset": "Beauty", "profile": "smoke", "device": "cpu",
+            "spec": {"max_users": 2000, "compile": "off"}, "variant": {"compile": "off", "precision": "fp32"}}
+    records.save(tmp_path, {"schema": 1, "run_id": ids[0], **base, "seed": 1, "status": "ok", "best_epoch": 2,
+                            "test": {"NDCG@20": 0.0123}, "epochs": epochs, "totals": {"wall_s": 10.0}})
+    records.save(tmp_path, {"schema": 1, "run_id": ids[1], **base, "seed": 2, "status": "failed", "error": "boom"})
+    records.save(tmp_path, {"schema": 1, "run_id": ids[2], **base, "seed": 3, "status": "interrupted",
+                            "epochs": epochs[:1], "totals": {"wall_s": 4.0}})
+    status = protocol_status(tmp_path, profile="smoke", methods=["sasrec"], datasets=["Beauty"], seeds=[1, 2, 3, 4],
+                             device="cpu")
+    assert [r["status"] for r in status["rows"]] == ["ok", "failed", "interrupted", "pending"]
+    assert status["counts"] == {"ok": 1, "interrupted": 1, "failed": 1, "pending": 1}
+    # 3 s per epoch and 1 s of overhead, from the ok record and the interrupted one: 3 runs x 3 epochs left
+    assert status["expected_left_s"] == pytest.approx(3 * (1.0 + 3 * 3.0))
+    print_status(status)
+    out = capsys.readouterr().out
+    for line in ("done: best epoch 2, test NDCG@20 0.0123", "failed: boom", "interrupted: epoch 1 of 3 (no checkpoint: starts over)", "pending",
+                 "1 done, 1 interrupted, 1 failed, 1 pending", "expected cpu time left: 30 s"):
+        assert line in out
