@@ -387,11 +387,13 @@ def cmd_tune(args) -> int:
 # ------------------------------------------------------------------------------------ leaderboard, profile
 def cmd_leaderboard(args) -> int:
     from bench.leaderboard import write_leaderboard
-    from bench.records import check_writable
+    from bench.records import check_writable, find_corrupt
 
     if not (args.results / "runs").is_dir():
         raise BenchError(f"no run records under {args.results / 'runs'}: run `python -m bench run` first")
     check_writable(args.out or args.results, "leaderboard output folder")
+    for path in find_corrupt(args.results):  # skipped by the tables; said here too, not only inside them
+        print(f"warning: skipped unreadable record {path}", file=sys.stderr)
     for path in write_leaderboard(args.results, args.out):
         print(path)
     return 0

@@ -22,6 +22,7 @@ import pandas as pd
 from bench import context as run_context
 
 RECORD_SCHEMA = 1
+STATUSES = ("ok", "failed", "interrupted")
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
 # Temp files get this suffix so that the `runs/*.json` glob never picks up a half-written record.
@@ -122,7 +123,31 @@ def read_record(path: Path) -> dict | None:
         return None
     if not isinstance(record, dict) or any(k not in record for k in _REQUIRED_KEYS):
         return None
-    return record
+    return record if record_problem(record) is None else None
+
+
+def record_problem(record: dict) -> str | None:
+    """Why a parsed JSON object cannot be used as a run record, or None when it can.
+
+    A record of another schema, or whose metrics are not numbers, would put wrong values in a table: such a
+    file counts as unreadable (listed by `find_corrupt`, reported on the terminal), never half-used.
+    """
+    if record.get("schema", RECORD_SCHEMA) != RECORD_SCHEMA:
+        return f"unknown record schema {record.get('schema')!r} (this harness reads {RECORD_SCHEMA})"
+    if record.get("status") not in STATUSES:
+        return f"unknown status {record.get('status')!r}"
+    for key in ("test", "best_valid", "totals"):
+        section = record.get(key)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            return f"{key} is not a mapping"
+        bad = [k for k, v in section.items() if v is not None and (isinstance(v, bool) or not isinstance(v, int | float))]
+        if bad:
+            return f"{key} has non-numeric values ({', '.join(sorted(bad)[:3])})"
+    if not isinstance(record.get("epochs", []), list):
+        return "epochs is not a list"
+    return None
 
 
 def run_id(

@@ -211,3 +211,29 @@ def test_downloaded_files_are_readable_by_others(monkeypatch, tmp_path):
     monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path))
     path = data.download("Beauty", force=True)
     assert path.stat().st_mode & 0o044 == 0o044  # group and others may read a shared data folder
+
+
+def test_damaged_records_are_skipped_and_named_on_the_terminal(tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    good = sorted((REPO / "results" / "runs").glob("sasrec-Beauty-s1-smoke-*.json"))[0]
+    shutil.copy(good, runs / good.name)
+    base = json.loads(good.read_text())
+    damaged = {
+        "test-not-a-mapping": {**base, "test": [0.1, 0.2]},
+        "string-metrics": {**base, "test": {**base["test"], "HR@5": "0.9"}},
+        "future-schema": {**base, "schema": 99},
+        "odd-status": {**base, "status": "done?"},
+    }
+    for name, record in damaged.items():
+        (runs / f"sasrec-Beauty-s1-smoke-{name}.json").write_text(json.dumps(record))
+    proc = bench("leaderboard", "--results", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("warning: skipped unreadable record")]
+    assert len(warned) == len(damaged)
+    from bench.records import load_records
+
+    assert len(load_records(tmp_path)) == 1  # only the intact record enters the tables
+    assert "4 unreadable file(s)" in (tmp_path / "out" / "leaderboard.md").read_text()
