@@ -279,16 +279,16 @@ def tune(
     name = check_study_name(study or default_study_name(method, dataset, profile.name))
     results = Path(results).resolve()
     store = storage or str(journal_path(results, name))
-    # Every place this command writes, proved writable before a trial is spent: the final run's record,
-    # the reports, the journal (checked with its folder when the storage is opened, before anything else).
-    records.check_writable(results / "runs", "results folder")
-    records.check_writable(studies_dir(results) / name, "study reports folder")
     # --trials 0 reports on a study; on a new one it would only leave an empty study behind.
     if trials == 0 and not ((is_url(store) or Path(store).is_file()) and study_exists(open_storage(store), name)):
         raise BenchError(
             f"study {name} does not exist in {public_storage(store)}; --trials 0 only reports on an existing "
             "study (give --trials N to start it)"
         )
+    # Every place this command writes, proved writable before a trial is spent: the final run's record,
+    # the reports, the journal (checked with its folder when the storage is opened, before anything else).
+    records.check_writable(results / "runs", "results folder")
+    records.check_writable(studies_dir(results) / name, "study reports folder")
     storage_obj = open_storage(store)
     from bench.data import download
 

@@ -1,0 +1,296 @@
+"""Reliability of studies (`bench tune`): every case of docs/reliability.md, "Studies (bench tune)".
+
+Each test goes through the public entry points (`cli.main`, `tune.tune`, or a `tune` in a subprocess that
+is killed with SIGKILL) and inspects the study with plain Optuna, so that it says the same thing about any
+version of the harness. Trials are tiny (200 Beauty users, 1-2 epochs of SASRec).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from bench import cli, tune
+from bench.errors import BenchError
+from bench.profiles import Profile, get_profile
+
+REPO = Path(__file__).resolve().parent.parent
+ONE_EPOCH = Profile("rel1", max_users=200, epochs=1, patience=1, seeds=(1,))
+TWO_EPOCHS = Profile("rel2", max_users=200, epochs=2, patience=2, seeds=(1,))
+
+
+def _journal(results: Path, study: str) -> Path:
+    return Path(results).resolve() / "studies" / f"{study}.journal"
+
+
+def _read_trials(journal: Path, study: str) -> list[optuna.trial.FrozenTrial]:
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+
+
+def _make_journal_study(journal: Path, study: str, profile: Profile) -> None:
+    """A study as `tune` makes it (identity in its user attrs), written by plain Optuna, without trials."""
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    made = optuna.create_study(study_name=study, storage=storage, direction="maximize")
+    setup = tune.StudySetup("sasrec", "Beauty", profile, study, str(journal), str(journal.parent.parent))
+    for key, value in setup.identity().items():
+        made.set_user_attr(key, value)
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str]:
+    code = cli.main(["tune", *argv])
+    return code, capsys.readouterr().err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), err
+    assert "Traceback" not in err, err
+    return lines[-1]
+
+
+# ------------------------------------------------------------------------- outputs checked before work
+def test_results_folder_that_is_a_file_is_one_line(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.write_text("not a folder\n")
+    code, err = _cli(capsys, "--method", "sasrec", "--dataset", "Beauty", "--profile", "smoke", "--trials", "1",
+                     "--results", str(results))
+    assert code == 2
+    assert "results folder" in _one_error_line(err) and str(results) in err
+    assert results.read_text() == "not a folder\n"
+
+
+@pytest.mark.parametrize("blocked, what", [("runs", "results folder"), ("studies/blk", "study reports folder")])
+def test_unwritable_output_is_refused_before_any_trial(tmp_path, blocked, what):
+    # The final run's records (<results>/runs) and the reports (<results>/studies/<study>) are written after
+    # the trials: a path that cannot take them must stop the study before a trial is spent, not after.
+    (tmp_path / blocked).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / blocked).write_text("in the way\n")
+    with pytest.raises(BenchError, match=what):
+        tune.tune("sasrec", "Beauty", profile=ONE_EPOCH, trials=1, results=tmp_path, study="blk")
+    assert not _journal(tmp_path, "blk").exists()
+
+
+def test_export_to_an_unwritable_tuned_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    _make_journal_study(_journal(tmp_path, "exp"), "exp", ONE_EPOCH)
+    blocked = tmp_path / "tuned"
+    blocked.write_text("in the way\n")
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(blocked))
+    code, err = _cli(capsys, "--export", "--results", str(tmp_path))
+    assert code == 2 and "tuned configs folder" in _one_error_line(err)
+
+
+def test_trials_zero_on_a_new_study_creates_nothing(tmp_path, capsys):
+    code, err = _cli(capsys, "--method", "sasrec", "--dataset", "Beauty", "--profile", "smoke", "--trials", "0",
+                     "--results", str(tmp_path))
+    assert code == 2 and "does not exist" in _one_error_line(err)
+    assert not (tmp_path / "studies").exists()
+
+
+# ------------------------------------------------------------------------------------ damaged journal
+def test_garbage_line_in_the_journal_is_refused_and_never_appended_to(tmp_path, capsys):
+    journal = _journal(tmp_path, "sasrec-Beauty-smoke")
+    _make_journal_study(journal, "sasrec-Beauty-smoke", get_profile("smoke"))
+    lines = journal.read_bytes().splitlines(keepends=True)
+    damaged = b"".join([lines[0], b"this is not json\n", *lines[1:]])
+    journal.write_bytes(damaged)
+    code, err = _cli(capsys, "--method", "sasrec", "--dataset", "Beauty", "--profile", "smoke", "--trials", "1",
+                     "--results", str(tmp_path))
+    assert code == 2
+    line = _one_error_line(err)
+    assert str(journal) in line and "line 2" in line and "corrupt" in line
+    assert journal.read_bytes() == damaged
+    # export reads journals too: the same refusal, not a traceback
+    code, err = _cli(capsys, "--export", "--results", str(tmp_path))
+    assert code == 2 and "line 2" in _one_error_line(err)
+    assert journal.read_bytes() == damaged
+
+
+def test_torn_last_line_is_cut_off_after_a_backup_and_the_study_goes_on(tmp_path, capfd):
+    # A writer killed in the middle of an append leaves a last line without newline. Optuna skips it when
+    # reading, but its next append would glue onto it: the journal would be unreadable from then on.
+    journal = _journal(tmp_path, "torn")
+    _make_journal_study(journal, "torn", ONE_EPOCH)
+    intact = journal.read_bytes()
+    journal.write_bytes(intact + b'{"op_code": 4, "worker_id": "x", "study_id": 0, "datetime_st')
+    original = journal.read_bytes()
+
+    tune.tune("sasrec", "Beauty", profile=ONE_EPOCH, trials=1, results=tmp_path, study="torn", run_final=False)
+    err = capfd.readouterr().err
+    assert "torn line" in err
+    (backup,) = journal.parent.glob("torn.journal.torn-*")
+    assert backup.read_bytes() == original and str(backup) in err
+    assert journal.read_bytes().startswith(intact)
+    trials = _read_trials(journal, "torn")  # readable again, by plain Optuna
+    assert [t.state for t in trials] == [TrialState.COMPLETE]
+
+
+# ------------------------------------------------------------------------------ killed driver, zombies
+DRIVER = """
+import sys
+from bench import tune
+from bench.profiles import Profile
+tune.tune("sasrec", "Beauty", profile=Profile("rel2", max_users=200, epochs=2, patience=2, seeds=(1,)),
+          trials=int(sys.argv[2]), parallel=int(sys.argv[3]), executor="local", results=sys.argv[1],
+          study=sys.argv[4], run_final=False)
+"""
+
+
+def _driver(results: Path, trials: int, parallel: int, study: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    with open(log, "wb") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-c", DRIVER, str(results), str(trials), str(parallel), study],
+            cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def _running(journal: Path) -> list[optuna.trial.FrozenTrial]:
+    if not journal.is_file() or journal.stat().st_size == 0:
+        return []
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    studies = storage.get_all_studies()
+    if not studies:
+        return []
+    return storage.get_all_trials(studies[0]._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def test_kill_9_of_a_parallel_study_leaves_no_orphan_and_its_trials_are_failed_and_rerun(tmp_path, capfd):
+    import psutil
+
+    journal = _journal(tmp_path, "killed")
+    log = tmp_path / "driver.log"
+    proc = _driver(tmp_path, trials=4, parallel=2, study="killed", log=log)
+    workers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 150
+        while len(_running(journal)) < 2:  # both workers inside a trial
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no two trials running in time:\n" + log.read_text()
+            time.sleep(0.3)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers must follow it
+        proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, f"orphan workers outlived the killed driver: {[p.pid for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for p in workers:
+            if p.is_running():
+                p.kill()
+
+    zombies = {t.number: t.params for t in _running(journal)}
+    assert zombies, "the kill left no running trial to check"
+    capfd.readouterr()
+    # Reopening the study fails the zombies at once (their owners are dead on this machine) and runs their
+    # parameters again before anything new.
+    tune.tune("sasrec", "Beauty", profile=TWO_EPOCHS, trials=len(zombies), results=tmp_path, study="killed",
+              run_final=False)
+    assert capfd.readouterr().err.count("queued to run again") == len(zombies)
+    trials = {t.number: t for t in _read_trials(journal, "killed")}
+    assert not [t for t in trials.values() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for number, params in zombies.items():
+        assert trials[number].state == TrialState.FAIL
+        (rerun,) = [t for t in trials.values() if t.user_attrs.get("rerun_of") == number]
+        assert rerun.params == params and rerun.state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def test_two_drivers_on_one_journal_lose_nothing_and_fail_nothing(tmp_path):
+    # Two `tune` processes at once on one study: every trial arrives, numbered once, and neither takes the
+    # other's running trials for those of a dead worker.
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [_driver(tmp_path, trials=2, parallel=1, study="both", log=log) for log in logs]
+    try:
+        for proc, log in zip(procs, logs):
+            assert proc.wait(timeout=240) == 0, log.read_text()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    trials = _read_trials(_journal(tmp_path, "both"), "both")
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
+# ------------------------------------------------------------------------------------------ PostgreSQL
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's `postgresql` package), or a skip saying why."""
+    pytest.importorskip("psycopg", reason="psycopg (PostgreSQL driver) not installed: pip install 'psycopg[binary]'")
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+    root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: the cluster belongs to the postgres user
+        runuser = shutil.which("runuser")
+        if runuser is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as its own user")
+        import pwd
+
+        try:
+            pg = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to own the test cluster")
+        os.chown(root, pg.pw_uid, pg.pw_gid)
+        as_user = [runuser, "-u", "postgres", "--"]
+    os.chmod(root, 0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+
+    def pg(*cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=timeout, cwd=root)
+
+    started = False
+    try:
+        done = pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "bench", "--no-sync")
+        if done.returncode != 0:
+            pytest.skip(f"initdb failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+        options = f"-p {port} -k {root} -h 127.0.0.1 -F"
+        done = pg(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
+        if done.returncode != 0:
+            pytest.skip(f"PostgreSQL did not start: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+        started = True
+        done = pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "optuna")
+        assert done.returncode == 0, done.stderr
+        yield f"postgresql+psycopg://bench@127.0.0.1:{port}/optuna"
+    finally:
+        if started:
+            pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgres_study_with_two_workers_loses_no_trial(tmp_path, postgres_url):
+    tune.tune("sasrec", "Beauty", profile=ONE_EPOCH, trials=4, parallel=2, executor="local", storage=postgres_url,
+              results=tmp_path, study="pg", run_final=False)
+    trials = optuna.load_study(study_name="pg", storage=postgres_url).get_trials(deepcopy=False)
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    # the worker of each trial was recorded, so a dead one can be told apart from a slow one
+    assert all("bench:owner" in t.system_attrs for t in trials)
