@@ -193,10 +193,21 @@ def _scan_journal(path: Path, data: bytes) -> int | None:
     return None
 
 
+def check_output_folder(directory: Path, what: str) -> Path:
+    """`records.check_writable`, with a plain reason when a file stands where a folder must be."""
+    directory = Path(directory)
+    for place in (directory, *directory.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise BenchError(f"{what} {directory} cannot be made: {place} is a file, not a folder")
+            break
+    return records.check_writable(directory, what)
+
+
 def check_journal_writable(path: Path) -> None:
     """One line naming the journal (or its folder) if trials could not be recorded there."""
     path = Path(path)
-    records.check_writable(path.parent, "studies folder")
+    check_output_folder(path.parent, "studies folder")
     if path.exists():
         if not path.is_file():
             raise BenchError(f"study journal {path} is not a file")
@@ -215,31 +226,45 @@ def _boot_id() -> str:
         return ""
 
 
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks after boot, from /proc), "" if unknown, None if it is dead."""
+    if not Path("/proc/self/stat").exists():  # no /proc (macOS): alive or not, start unknown
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return ""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (name) ": state is field 3, starttime 22
+    if fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent
+        return None
+    return fields[19]
+
+
 def current_owner() -> dict:
     """Who runs a trial: enough to tell later, on the same machine, whether that process still lives."""
-    import psutil
-
-    return {
-        "host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(),
-        "started": round(psutil.Process().create_time(), 2),
-    }
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(), "started": _process_start(os.getpid())}
 
 
 def owner_is_dead(owner: Any) -> bool:
     """True only when `owner` ran on this machine (same host and boot) and that process is gone."""
-    import psutil
-
     if not isinstance(owner, dict) or owner.get("host") != socket.gethostname() or owner.get("boot") != _boot_id():
         return False  # another machine's process: only its heartbeat can tell
     try:
-        proc = psutil.Process(int(owner["pid"]))
-        if abs(proc.create_time() - float(owner["started"])) > 1.0:
-            return True  # the pid now belongs to another process
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-    except (KeyError, TypeError, ValueError, psutil.Error):
+        started = _process_start(int(owner["pid"]))
+    except (KeyError, TypeError, ValueError):
         return False
+    if started is None:
+        return True
+    # The pid is alive: it is the owner unless it started at another time (the pid was reused).
+    return bool(started and owner.get("started") and started != owner["started"])
 
 
 class _DeadOwnerCheck:
@@ -354,8 +379,8 @@ def open_storage(storage: str, *, create: bool = True) -> BaseStorage:
         except Exception as exc:  # driver missing, bad URL, server down: all the user's to fix
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             hint = ""
-            if isinstance(exc, ModuleNotFoundError) and "psycopg" in first:
-                hint = " (pip install 'psycopg[binary]' and use postgresql+psycopg://...)"
+            if storage.startswith("postgresql") and (isinstance(exc, ImportError) or "import" in first.lower()):
+                hint = " (for PostgreSQL: pip install 'psycopg[binary]' and use postgresql+psycopg://...)"
             raise BenchError(f"cannot open Optuna storage {public_storage(storage)}: {first}{hint}") from None
     path = Path(storage)
     if not create and not path.is_file():
@@ -402,19 +427,24 @@ def open_study(
     )
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise BenchError(f"study {setup.study} in {public_storage(setup.storage)} minimises; use another --study")
+    # The identity is written one attr at a time, and another process may be writing it right now (two
+    # `tune` started together on a new study): compare what is there, fill in what is missing, then check
+    # the whole once more, so that of two processes with different budgets at least one is refused.
     wanted = setup.identity()
-    stored = study.user_attrs
-    if stored:
-        diff = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
+    for _ in range(2):
+        stored = study.user_attrs
+        diff = {k: (stored[k], v) for k, v in wanted.items() if k in stored and stored[k] != v}
         if diff:
             described = ", ".join(f"{k} {old!r} (now {new!r})" for k, (old, new) in diff.items())
             raise BenchError(
                 f"study {setup.study} in {public_storage(setup.storage)} was made for other runs: {described}; "
                 "choose another --study"
             )
-    else:
-        for key, value in copy.deepcopy(wanted).items():
-            study.set_user_attr(key, value)
+        missing = [k for k in wanted if k not in stored]
+        if not missing:
+            break
+        for key in missing:
+            study.set_user_attr(key, copy.deepcopy(wanted[key]))
     return study
 
 

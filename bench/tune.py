@@ -47,6 +47,7 @@ from bench.studies import (
     PRUNER_STARTUP_TRIALS,
     PRUNER_WARMUP_STEPS,
     StudySetup,
+    check_output_folder,
     check_study_name,
     default_study_name,
     fail_stale_trials,
@@ -287,8 +288,8 @@ def tune(
         )
     # Every place this command writes, proved writable before a trial is spent: the final run's record,
     # the reports, the journal (checked with its folder when the storage is opened, before anything else).
-    records.check_writable(results / "runs", "results folder")
-    records.check_writable(studies_dir(results) / name, "study reports folder")
+    check_output_folder(results / "runs", "results folder")
+    check_output_folder(studies_dir(results) / name, "study reports folder")
     storage_obj = open_storage(store)
     from bench.data import download
 

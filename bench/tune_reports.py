@@ -22,7 +22,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench import configs, records, search_space
 from bench.errors import BenchError
-from bench.studies import METRIC, check_study_name, journal_path, open_storage, public_storage, studies_dir
+from bench.studies import (
+    METRIC,
+    check_output_folder,
+    check_study_name,
+    journal_path,
+    open_storage,
+    public_storage,
+    studies_dir,
+)
 
 # When several studies tuned the same (method, dataset), export prefers the one with the larger budget.
 _PROFILE_RANK = {"paper": 3, "quick": 2, "smoke": 1}
@@ -161,7 +169,7 @@ def export(
     import tomli_w
 
     target = Path(tuned_dir) if tuned_dir is not None else configs.tuned_dir()
-    records.check_writable(target, "tuned configs folder")  # before reading any study
+    check_output_folder(target, "tuned configs folder")  # before reading any study
     if storage:
         sources = [storage]
     elif study:

@@ -169,31 +169,59 @@ def _running(journal: Path) -> list[optuna.trial.FrozenTrial]:
     return storage.get_all_trials(studies[0]._study_id, deepcopy=False, states=(TrialState.RUNNING,))
 
 
-def test_kill_9_of_a_parallel_study_leaves_no_orphan_and_its_trials_are_failed_and_rerun(tmp_path, capfd):
-    import psutil
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (Linux)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(text[text.rindex(")") + 2 :].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
+
+def _alive(pid: int) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2 :].split()[0] not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the driver's workers through /proc (Linux)")
+def test_kill_9_of_a_parallel_study_leaves_no_orphan_and_its_trials_are_failed_and_rerun(tmp_path, capfd):
     journal = _journal(tmp_path, "killed")
     log = tmp_path / "driver.log"
     proc = _driver(tmp_path, trials=4, parallel=2, study="killed", log=log)
-    workers: list[psutil.Process] = []
+    workers: list[int] = []
     try:
         deadline = time.monotonic() + 150
         while len(_running(journal)) < 2:  # both workers inside a trial
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "no two trials running in time:\n" + log.read_text()
             time.sleep(0.3)
-        workers = psutil.Process(proc.pid).children(recursive=True)
+        workers = _descendants(proc.pid)
         assert workers
         os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers must follow it
         proc.wait(timeout=10)
-        _, alive = psutil.wait_procs(workers, timeout=20)
-        assert not alive, f"orphan workers outlived the killed driver: {[p.pid for p in alive]}"
+        # Each worker is inside a trial with another to follow: only dying with the driver ends it this soon.
+        until = time.monotonic() + 5
+        while any(_alive(w) for w in workers) and time.monotonic() < until:
+            time.sleep(0.1)
+        orphans = [w for w in workers if _alive(w)]
+        assert not orphans, f"orphan workers outlived the killed driver: {orphans}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        for p in workers:
-            if p.is_running():
-                p.kill()
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
 
     zombies = {t.number: t.params for t in _running(journal)}
     assert zombies, "the kill left no running trial to check"
@@ -226,6 +254,27 @@ def test_two_drivers_on_one_journal_lose_nothing_and_fail_nothing(tmp_path):
     trials = _read_trials(_journal(tmp_path, "both"), "both")
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
+def test_heartbeat_decides_for_workers_of_other_machines(tmp_path):
+    # A trial owned by another machine cannot be checked by pid: it is stale only once its heartbeat is
+    # older than the grace period. A trial of a live process here is never stale while it beats.
+    from bench import studies
+
+    storage = studies.open_storage(str(tmp_path / "hb.journal"))
+    study = optuna.create_study(study_name="hb", storage=storage, direction="maximize")
+    now = time.time()
+    cases = {
+        "silent elsewhere": ({"host": "elsewhere", "boot": "b", "pid": 1, "started": 0.0}, now - 10_000),
+        "beating elsewhere": ({"host": "elsewhere", "boot": "b", "pid": 1, "started": 0.0}, now),
+        "alive here": (studies.current_owner(), now),
+    }
+    ids = {}
+    for name, (owner, beat) in cases.items():
+        ids[name] = storage.create_new_trial(study._study_id)
+        storage.set_trial_system_attr(ids[name], studies.OWNER_KEY, owner)
+        storage.set_trial_system_attr(ids[name], studies.HEARTBEAT_KEY, beat)
+    assert storage._get_stale_trial_ids(study._study_id) == [ids["silent elsewhere"]]
 
 
 # ------------------------------------------------------------------------------------------ PostgreSQL

@@ -99,7 +99,7 @@ def test_export_is_used_by_run_configs_tuned(study_dir, tmp_path, monkeypatch, c
     capsys.readouterr()
 
     argv = ["run", "--method", "sasrec", "--dataset", "Beauty", "--configs", "tuned", "--epochs", "1",
-            "--max-users", "300", "--json"]
+            "--max-users", "300", "--json", "--results", str(tmp_path / "results")]
     assert cli.main(argv) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["config_source"] == "tuned"
