@@ -41,14 +41,17 @@ def _read_trials(journal: Path, study: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
 
 
-def _make_journal_study(journal: Path, study: str, profile: Profile) -> None:
-    """A study as `tune` makes it (identity in its user attrs), written by plain Optuna, without trials."""
+def _make_journal_study(journal: Path, study: str, profile: Profile, complete: bool = False) -> None:
+    """A study as `tune` makes it (identity in its user attrs), written by plain Optuna; one complete trial."""
     journal.parent.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(journal)))
     made = optuna.create_study(study_name=study, storage=storage, direction="maximize")
     setup = tune.StudySetup("sasrec", "Beauty", profile, study, str(journal), str(journal.parent.parent))
     for key, value in setup.identity().items():
         made.set_user_attr(key, value)
+    if complete:
+        lr = optuna.distributions.FloatDistribution(1e-4, 5e-3, log=True)
+        made.add_trial(optuna.trial.create_trial(params={"lr": 0.001}, distributions={"lr": lr}, value=0.01))
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str]:
@@ -86,7 +89,7 @@ def test_unwritable_output_is_refused_before_any_trial(tmp_path, blocked, what):
 
 
 def test_export_to_an_unwritable_tuned_folder_is_one_line(tmp_path, capsys, monkeypatch):
-    _make_journal_study(_journal(tmp_path, "exp"), "exp", ONE_EPOCH)
+    _make_journal_study(_journal(tmp_path, "exp"), "exp", ONE_EPOCH, complete=True)
     blocked = tmp_path / "tuned"
     blocked.write_text("in the way\n")
     monkeypatch.setenv("BENCH_TUNED_DIR", str(blocked))
