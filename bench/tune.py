@@ -307,8 +307,10 @@ def tune(
     if len(shares) > 1 and executor == "ray" and not ray_available():
         print("note: Ray is not installed; running the workers as local processes (--executor local)", file=sys.stderr)
         executor = "local"
+    queued = len(the_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    so_far = f"{before - queued} trials so far" + (f" and {queued} queued to run again" if queued else "")
     print(
-        f"study {name} in {public_storage(store)}: {before} trials so far, adding {trials} "
+        f"study {name} in {public_storage(store)}: {so_far}, adding {trials} "
         f"({len(shares)} worker{'s' if len(shares) != 1 else ''}, {executor if len(shares) > 1 else 'in process'}); "
         f"searching {', '.join(space)}",
         file=sys.stderr,
