@@ -146,22 +146,28 @@ def check_journal(path: Path) -> None:
         return
     # The last line has no newline. A live writer may be in the middle of appending it: take the lock every
     # writer takes, then look again; only a tail that is still incomplete under the lock is really torn.
-    lock = JournalFileSymlinkLock(str(path))
-    lock.acquire()
     try:
-        data = path.read_bytes()
-        torn = _scan_journal(path, data)
-        if torn is None:
-            return
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        backup = path.with_name(f"{path.name}.torn-{stamp}")
-        shutil.copy2(path, backup)
-        with open(path, "r+b") as fh:
-            fh.truncate(torn)
-            fh.flush()
-            os.fsync(fh.fileno())
-    finally:
-        lock.release()
+        lock = JournalFileSymlinkLock(str(path))
+        lock.acquire()
+        try:
+            data = path.read_bytes()
+            torn = _scan_journal(path, data)
+            if torn is None:
+                return
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            backup = path.with_name(f"{path.name}.torn-{stamp}")
+            shutil.copy2(path, backup)
+            with open(path, "r+b") as fh:
+                fh.truncate(torn)
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            lock.release()
+    except OSError as exc:  # a read-only folder or file: the journal is left as it was
+        raise BenchError(
+            f"study journal {path} ends in a torn line (a writer killed while appending) and cannot be "
+            f"repaired here: {exc.strerror or exc}"
+        ) from None
     print(
         f"note: study journal {path} ended in a torn line ({len(data) - torn} bytes, a writer killed while "
         f"appending; Optuna never read it): cut off, the original file is kept as {backup}",

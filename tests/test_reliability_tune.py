@@ -346,3 +346,26 @@ def test_postgres_study_with_two_workers_loses_no_trial(tmp_path, postgres_url):
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     # the worker of each trial was recorded, so a dead one can be told apart from a slow one
     assert all("bench:owner" in t.system_attrs for t in trials)
+
+
+def test_postgres_trial_of_a_dead_worker_is_failed_and_rerun(tmp_path, postgres_url):
+    # The same dead-worker check as for a journal, on a database: a RUNNING trial whose owner process is
+    # gone from this machine fails at once (not after the 180 s grace) and its parameters run again.
+    from bench import studies
+
+    tune.tune("sasrec", "Beauty", profile=ONE_EPOCH, trials=1, storage=postgres_url, results=tmp_path,
+              study="pgz", run_final=False)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    storage = studies.open_storage(postgres_url)
+    study = optuna.load_study(study_name="pgz", storage=storage)
+    lr = optuna.distributions.FloatDistribution(1e-4, 5e-3, log=True)
+    zombie = storage.create_new_trial(study._study_id)
+    storage.set_trial_param(zombie, "lr", lr.to_internal_repr(0.0021), lr)
+    storage.set_trial_system_attr(zombie, studies.OWNER_KEY, {**studies.current_owner(), "pid": gone.pid})
+
+    tune.tune("sasrec", "Beauty", profile=ONE_EPOCH, trials=1, storage=postgres_url, results=tmp_path,
+              study="pgz", run_final=False)
+    trials = optuna.load_study(study_name="pgz", storage=postgres_url).get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[2].user_attrs["rerun_of"] == 1 and trials[2].params["lr"] == pytest.approx(0.0021)
