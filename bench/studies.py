@@ -66,6 +66,7 @@ MAX_RERUNS = 2
 OWNER_KEY = "bench:owner"
 HEARTBEAT_KEY = "bench:heartbeat"
 RERUN_KEY = "bench:rerun_of"
+INTERRUPTED = "interrupted"  # user attr of a trial stopped by Ctrl-C (Optuna records it FAIL)
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -343,14 +344,26 @@ def rerun_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """Heartbeat callback: a trial lost with its worker is queued (WAITING, same params) to run again."""
     owner = trial.system_attrs.get(OWNER_KEY) or {}
     who = f"worker pid {owner['pid']} on {owner['host']}" if "pid" in owner else "a worker without heartbeat"
+    _queue_again(study, trial, f"lost its worker ({who})")
+
+
+def requeue_interrupted(study: optuna.Study) -> None:
+    """Queue again the trials that Ctrl-C stopped (FAIL, marked `interrupted`) and nobody re-ran yet."""
+    trials = study.get_trials(deepcopy=False)
+    queued = {n for t in trials for n in t.system_attrs.get(RERUN_KEY, [])}
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED) and t.number not in queued:
+            _queue_again(study, t, "was interrupted")
+
+
+def _queue_again(study: optuna.Study, trial: FrozenTrial, what: str) -> None:
     history = [*trial.system_attrs.get(RERUN_KEY, []), trial.number]
     if len(history) > MAX_RERUNS:
-        print(f"warning: trial #{trial.number} lost its worker ({who}) {len(history)} times; marked FAIL, "
-              "not run again", file=sys.stderr)
+        print(f"warning: trial #{trial.number} {what}, {len(history)} times in a row; marked FAIL, not run again",
+              file=sys.stderr)
         return
     if not trial.distributions:
-        print(f"note: trial #{trial.number} lost its worker ({who}) before drawing parameters; marked FAIL",
-              file=sys.stderr)
+        print(f"note: trial #{trial.number} {what} before drawing parameters; marked FAIL", file=sys.stderr)
         return
     study.add_trial(
         optuna.trial.create_trial(
@@ -361,8 +374,7 @@ def rerun_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
             system_attrs={RERUN_KEY: history},  # owner and heartbeat are left behind: they were the dead one's
         )
     )
-    print(f"note: trial #{trial.number} lost its worker ({who}); marked FAIL and queued to run again",
-          file=sys.stderr)
+    print(f"note: trial #{trial.number} {what}; marked FAIL and queued to run again", file=sys.stderr)
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

@@ -43,6 +43,7 @@ from bench.profiles import Profile
 from bench.spec import make_spec
 from bench.studies import (
     DEFAULT_SEED,
+    INTERRUPTED,
     METRIC,
     PRUNER_STARTUP_TRIALS,
     PRUNER_WARMUP_STEPS,
@@ -57,6 +58,7 @@ from bench.studies import (
     open_storage,
     open_study,
     public_storage,
+    requeue_interrupted,
     studies_dir,
     study_exists,
 )
@@ -116,6 +118,10 @@ def objective(trial: optuna.Trial, setup: StudySetup, space: search_space.Search
         train.run(spec, progress=False, epoch_callback=reporter, data=data, evaluate_test=False)
     except TRIAL_ERRORS as exc:
         trial.set_user_attr("error", str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+        raise
+    except KeyboardInterrupt:
+        # Optuna records the trial FAIL; marked so, it is run again when the study is next opened.
+        trial.set_user_attr(INTERRUPTED, True)
         raise
     finally:
         trial.set_user_attr("best_epoch", reporter.best_epoch)
@@ -298,6 +304,7 @@ def tune(
 
     the_study = open_study(setup, storage=storage_obj)
     fail_stale_trials(the_study)  # trials of workers that died with an earlier session: FAIL, and queued again
+    requeue_interrupted(the_study)  # trials stopped by Ctrl-C: run again
     before = len(the_study.get_trials(deepcopy=False))
     the_study.sampler = make_sampler(seed, 0, before)  # seeded by the study's size, as every worker's
     shares = split_trials(trials, parallel)

@@ -198,10 +198,11 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the driver's workers through /proc (Linux)")
-def test_kill_9_of_a_parallel_study_leaves_no_orphan_and_its_trials_are_failed_and_rerun(tmp_path, capfd):
-    journal = _journal(tmp_path, "killed")
+@pytest.mark.parametrize("stop", ["kill -9 of the driver", "ctrl-c"])
+def test_a_stopped_parallel_study_leaves_no_orphan_and_its_trials_run_again(tmp_path, capfd, stop):
+    journal = _journal(tmp_path, "stopped")
     log = tmp_path / "driver.log"
-    proc = _driver(tmp_path, trials=4, parallel=2, study="killed", log=log)
+    proc = _driver(tmp_path, trials=4, parallel=2, study="stopped", log=log)
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 150
@@ -211,14 +212,19 @@ def test_kill_9_of_a_parallel_study_leaves_no_orphan_and_its_trials_are_failed_a
             time.sleep(0.3)
         workers = _descendants(proc.pid)
         assert workers
-        os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers must follow it
-        proc.wait(timeout=10)
+        if stop == "ctrl-c":
+            in_flight = {t.number for t in _running(journal)}
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
+            proc.wait(timeout=60)
+        else:
+            os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers must follow it
+            proc.wait(timeout=10)
         # Each worker is inside a trial with another to follow: only dying with the driver ends it this soon.
         until = time.monotonic() + 5
         while any(_alive(w) for w in workers) and time.monotonic() < until:
             time.sleep(0.1)
         orphans = [w for w in workers if _alive(w)]
-        assert not orphans, f"orphan workers outlived the killed driver: {orphans}"
+        assert not orphans, f"orphan workers outlived the stopped driver: {orphans}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -226,17 +232,22 @@ def test_kill_9_of_a_parallel_study_leaves_no_orphan_and_its_trials_are_failed_a
             if _alive(w):
                 os.kill(w, signal.SIGKILL)
 
-    zombies = {t.number: t.params for t in _running(journal)}
-    assert zombies, "the kill left no running trial to check"
+    if stop == "ctrl-c":  # Optuna records an interrupted trial FAIL at once; nothing is left RUNNING
+        assert not _running(journal)
+        lost = {t.number: t.params for t in _read_trials(journal, "stopped")
+                if t.number in in_flight and t.state == TrialState.FAIL and t.user_attrs.get("interrupted")}
+    else:  # a killed worker's trial stays RUNNING until the study is opened again
+        lost = {t.number: t.params for t in _running(journal)}
+    assert lost, f"the {stop} left no lost trial to check"
     capfd.readouterr()
-    # Reopening the study fails the zombies at once (their owners are dead on this machine) and runs their
-    # parameters again before anything new.
-    tune.tune("sasrec", "Beauty", profile=TWO_EPOCHS, trials=len(zombies), results=tmp_path, study="killed",
+    # Reopening the study fails the zombies at once (their owners are dead on this machine) and queues the
+    # lost trials' parameters, which run before anything new.
+    tune.tune("sasrec", "Beauty", profile=TWO_EPOCHS, trials=len(lost), results=tmp_path, study="stopped",
               run_final=False)
-    assert capfd.readouterr().err.count("queued to run again") == len(zombies)
-    trials = {t.number: t for t in _read_trials(journal, "killed")}
+    assert capfd.readouterr().err.count("marked FAIL and queued to run again") == len(lost)
+    trials = {t.number: t for t in _read_trials(journal, "stopped")}
     assert not [t for t in trials.values() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    for number, params in zombies.items():
+    for number, params in lost.items():
         assert trials[number].state == TrialState.FAIL
         (rerun,) = [t for t in trials.values() if t.user_attrs.get("rerun_of") == number]
         assert rerun.params == params and rerun.state in (TrialState.COMPLETE, TrialState.PRUNED)
