@@ -176,6 +176,8 @@ def _local_worker(setup: StudySetup, n_trials: int, worker: int, trials_before: 
     except BenchError as exc:
         print(f"error: worker {worker}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C: its trial is recorded (interrupted); the driver says the one line
+        raise SystemExit(130) from None
 
 
 def split_trials(trials: int, parallel: int) -> list[int]:
