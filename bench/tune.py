@@ -1,187 +1,72 @@
-"""`python -m bench tune`: Optuna studies over a method's search space, persisted in a real database.
+"""`python -m bench tune`: Optuna studies over a method's search space, run by one or K worker processes.
 
     python -m bench tune --method sasrec --dataset Beauty --profile quick --trials 20 --parallel 4
     python -m bench tune --export            # best params of every study -> methods/configs/tuned/
 
-Design: Optuna drives the trials and K worker processes run `study.optimize` against one shared storage;
-Ray (when used) only places those K processes on a cluster. The alternative, Ray Tune's `OptunaSearch`,
-was rejected because:
-  * pruning: Optuna's pruner needs `trial.report` / `trial.should_prune` inside the trial, which a worker
-    running `study.optimize` has directly; through Ray Tune the Optuna trial lives in the driver and
-    pruning becomes Tune's scheduler, a second pruning policy to explain;
-  * persistence and resuming: every worker writes each trial to the storage as it happens (a journal file,
-    which is safe with several processes, or an RDB such as PostgreSQL), so a killed study keeps its
-    trials and `tune` again with the same study adds N more, with no Tune experiment directory to restore;
-  * the GPU machine of this project has no Ray: `--executor local` runs the same K workers as local
-    processes, so both executors share one code path and one storage format.
+This module runs a study: it checks every place it will write, opens the study (bench/studies.py), starts
+the workers (in this process, as local processes, or as Ray tasks), each of which calls Optuna's
+`study.optimize` against the shared storage, and at the end trains the best configuration once on test and
+writes the reports (bench/tune_reports.py).
 
-Model selection uses the valid split only. A trial stops itself (see `EpochReporter`) before the training
-loop would evaluate on test; the only test evaluation of a study is the one final run of the best
-configuration, whose record is saved like any other run.
+Why Optuna's own loop in K workers rather than Ray Tune (with `OptunaSearch`), in short (README, Tuning):
+a trial is pruned inside the worker, where `trial.report` and `trial.should_prune` are at hand, instead of
+by a second policy in Tune's scheduler; every trial is persisted by Optuna's storage as it happens, so a
+study resumes from its journal or database with no Tune experiment folder to restore; and the project's
+GPU machine has no Ray, so `--executor local` must run the very same workers without it.
+
+Model selection uses the valid split only: a trial trains with `evaluate_test=False`, so the training loop
+ends before it would touch test, and `EpochReporter` reports each epoch's valid NDCG@20 and prunes. The only
+test evaluation of a study is the final run of its best configuration, saved like any other run record.
+
+Local workers die with the driver (Linux: PR_SET_PDEATHSIG; elsewhere a thread watching the parent), so a
+killed `tune` leaves no orphan training for nobody; the trials they held are failed and re-run the next time
+the study is opened (bench/studies.py).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import io
-import json
 import math
 import multiprocessing
 import os
-import re
 import sys
+import threading
 import time
-import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
-from optuna.trial import FrozenTrial, TrialState
 
 from bench import configs, records, search_space, train
 from bench.errors import BenchError
 from bench.profiles import Profile
 from bench.spec import make_spec
+from bench.studies import (
+    DEFAULT_SEED,
+    INTERRUPTED,
+    METRIC,
+    PRUNER_STARTUP_TRIALS,
+    PRUNER_WARMUP_STEPS,
+    StudySetup,
+    check_output_folder,
+    check_study_name,
+    default_study_name,
+    fail_stale_trials,
+    is_url,
+    journal_path,
+    make_sampler,
+    open_storage,
+    open_study,
+    public_storage,
+    requeue_interrupted,
+    studies_dir,
+    study_exists,
+)
+from bench.tune_reports import complete_trials, counts, export, fmt, space_entry, write_reports
 
-METRIC = train.SELECTION_METRIC  # valid NDCG@20, as the training loop's model selection
 EXECUTORS = ("ray", "local")
-DEFAULT_SEED = 0
-# Median pruning: a trial is stopped when its valid NDCG@20 at an epoch is below the median of earlier
-# trials at the same epoch. Two finished trials make a median worth trusting, and epoch 0 is never
-# judged because the first epoch's ranking says little about where a learning rate ends up.
-PRUNER_STARTUP_TRIALS = 2
-PRUNER_WARMUP_STEPS = 1
 # Errors that fail one trial (an unlucky combination, a diverging loss) without stopping the study.
 TRIAL_ERRORS = (BenchError, RuntimeError, ValueError, FloatingPointError)
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# When several studies tuned the same (method, dataset), export prefers the one with the larger budget.
-_PROFILE_RANK = {"paper": 3, "quick": 2, "smoke": 1}
-
-
-@dataclass(frozen=True)
-class StudySetup:
-    """What every worker needs to open the study and run trials; picklable for spawn and Ray."""
-
-    method: str
-    dataset: str
-    profile: Profile
-    study: str
-    storage: str  # an RDB URL, or the path of a journal file
-    results: str
-    device: str = "auto"
-    seed: int = DEFAULT_SEED
-    protocol: str = "reference"
-    threads: int | None = None
-
-    def identity(self) -> dict:
-        """Stored in the study's user attrs: trials of different budgets must never share a study."""
-        p = self.profile
-        return {
-            "method": self.method, "dataset": self.dataset, "profile": p.name, "max_users": p.max_users,
-            "epochs": p.epochs, "patience": p.patience, "seed": p.seeds[0], "protocol": self.protocol,
-            "metric": f"valid {METRIC}",
-        }
-
-
-# ------------------------------------------------------------------------------------------- storage
-def default_study_name(method: str, dataset: str, profile: str) -> str:
-    return f"{method}-{dataset}-{profile}"
-
-
-def check_study_name(name: str) -> str:
-    # The name becomes file names (<study>.journal, <study>/best.json): no separators, no surprises.
-    if not _STUDY_NAME.match(name):
-        raise BenchError(f"study name {name!r} may only contain letters, digits, '.', '_' and '-'")
-    return name
-
-
-def studies_dir(results: Path) -> Path:
-    return Path(results).resolve() / "studies"
-
-
-def journal_path(results: Path, study: str) -> Path:
-    return studies_dir(results) / f"{study}.journal"
-
-
-def is_url(storage: str) -> bool:
-    return "://" in storage
-
-
-def public_storage(storage: str) -> str:
-    """The storage as printed and written to reports: never the password of a database URL."""
-    if not is_url(storage):
-        return storage
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(storage).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL fails properly in open_storage; here it only must not leak
-        return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", storage)
-
-
-def open_storage(storage: str, *, create: bool = True) -> BaseStorage:
-    """An RDB storage for a URL (postgresql://, mysql://, sqlite:///), else a journal file at that path."""
-    if is_url(storage):
-        try:
-            # Heartbeats let a study mark the trials of a crashed worker FAIL instead of RUNNING forever.
-            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9; the warning is noise
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180)
-        except Exception as exc:  # driver missing, bad URL, server down: all the user's to fix
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise BenchError(f"cannot open Optuna storage {public_storage(storage)}: {first}") from None
-    path = Path(storage)
-    if not create and not path.is_file():
-        raise BenchError(f"no study journal at {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    # JournalFileBackend appends each operation under a lock file, so several processes may share it.
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
-def make_sampler(seed: int, worker: int, trials_before: int) -> optuna.samplers.TPESampler:
-    # One stream per (seed, worker, study size): parallel workers must not propose the same points, and a
-    # resumed study must not replay the random start-up points of the first session.
-    digest = hashlib.sha256(f"{seed}:{worker}:{trials_before}".encode()).digest()
-    # constant_liar: running trials count as bad points, so parallel workers spread out.
-    return optuna.samplers.TPESampler(seed=int.from_bytes(digest[:4], "little"), constant_liar=True)
-
-
-def make_pruner() -> optuna.pruners.MedianPruner:
-    return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_STEPS)
-
-
-def open_study(setup: StudySetup, worker: int = 0, trials_before: int = 0) -> optuna.Study:
-    """Create the study or load it, checking that an existing one was made for the same runs."""
-    storage = open_storage(setup.storage)
-    study = optuna.create_study(
-        study_name=setup.study,
-        storage=storage,
-        sampler=make_sampler(setup.seed, worker, trials_before),
-        pruner=make_pruner(),
-        direction="maximize",
-        load_if_exists=True,
-    )
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise BenchError(f"study {setup.study} in {public_storage(setup.storage)} minimises; use another --study")
-    wanted = setup.identity()
-    stored = study.user_attrs
-    if stored:
-        diff = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
-        if diff:
-            described = ", ".join(f"{k} {old!r} (now {new!r})" for k, (old, new) in diff.items())
-            raise BenchError(
-                f"study {setup.study} in {public_storage(setup.storage)} was made for other runs: {described}; "
-                "choose another --study"
-            )
-    else:
-        for key, value in wanted.items():
-            study.set_user_attr(key, value)
-    return study
 
 
 # -------------------------------------------------------------------------------------------- trials
@@ -234,6 +119,10 @@ def objective(trial: optuna.Trial, setup: StudySetup, space: search_space.Search
     except TRIAL_ERRORS as exc:
         trial.set_user_attr("error", str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
         raise
+    except KeyboardInterrupt:
+        # Optuna records the trial FAIL; marked so, it is run again when the study is next opened.
+        trial.set_user_attr(INTERRUPTED, True)
+        raise
     finally:
         trial.set_user_attr("best_epoch", reporter.best_epoch)
         trial.set_user_attr("epochs_run", reporter.epochs_run)
@@ -256,13 +145,39 @@ def optimize(
     )
 
 
-def _local_worker(setup: StudySetup, n_trials: int, worker: int, trials_before: int) -> None:
+def _die_with(parent: int) -> None:
+    """Make this process end when `parent` does, so that a killed driver leaves no orphan worker."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            pr_set_pdeathsig = 1
+            if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent:  # the driver died before the prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _local_worker(setup: StudySetup, n_trials: int, worker: int, trials_before: int, parent: int) -> None:
     # Entry point of a spawned process: a user error is one line, as on the command line.
+    _die_with(parent)
     try:
         optimize(setup, n_trials, worker, trials_before)
     except BenchError as exc:
         print(f"error: worker {worker}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C: its trial is recorded (interrupted); the driver says the one line
+        raise SystemExit(130) from None
 
 
 def split_trials(trials: int, parallel: int) -> list[int]:
@@ -277,7 +192,7 @@ def run_local(setup: StudySetup, shares: list[int], trials_before: int) -> list[
     # which a forked child inherits in a broken state.
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_local_worker, args=(setup, n, i, trials_before), name=f"tune-worker-{i}")
+        ctx.Process(target=_local_worker, args=(setup, n, i, trials_before, os.getpid()), name=f"tune-worker-{i}")
         for i, n in enumerate(shares)
     ]
     for p in procs:
@@ -289,7 +204,7 @@ def run_local(setup: StudySetup, shares: list[int], trials_before: int) -> list[
         for p in procs:  # the children got the same SIGINT; give them a moment to record their trial
             p.join(timeout=10)
             if p.is_alive():
-                p.terminate()
+                p.terminate()  # its trial stays RUNNING until the study is next opened: then FAIL and re-run
         raise
     return [f"worker {i} exited with code {p.exitcode}" for i, p in enumerate(procs) if p.exitcode != 0]
 
@@ -315,78 +230,6 @@ def ray_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("ray") is not None
-
-
-# ------------------------------------------------------------------------------------------- reports
-def counts(study: optuna.Study) -> dict[str, int]:
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    out = {name.lower(): states.count(state) for name, state in TrialState.__members__.items()}
-    return {"complete": out["complete"], "pruned": out["pruned"], "failed": out["fail"],
-            "running": out["running"], "waiting": out["waiting"], "total": len(states)}
-
-
-def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-
-
-def importances(study: optuna.Study) -> dict[str, float]:
-    """Parameter importances, or {} when they mean nothing (fewer than 2 results, or all equal)."""
-    done = complete_trials(study)
-    if len(done) < 2 or len({t.value for t in done}) < 2:
-        return {}
-    try:
-        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
-    except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. every searched value identical
-        return {}
-
-
-def plot_history(study: optuna.Study, title: str) -> bytes:
-    """PNG of the optimisation history: each finished trial's value and the best so far."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    done = sorted(complete_trials(study), key=lambda t: t.number)
-    pruned = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)) if t.intermediate_values]
-    if done:
-        xs = [t.number for t in done]
-        ys = [t.value for t in done]
-        best, running = [], -math.inf
-        for y in ys:
-            running = max(running, y)
-            best.append(running)
-        ax.scatter(xs, ys, s=18, color="tab:blue", label="complete", zorder=3)
-        # Carry the best to the last trial, pruned or not, so the line spans the whole study.
-        last = max(t.number for t in study.get_trials(deepcopy=False))
-        ax.step([*xs, last], [*best, best[-1]], where="post", color="tab:red", label="best so far")
-    if pruned:
-        ax.scatter(
-            [t.number for t in pruned], [max(t.intermediate_values.values()) for t in pruned],
-            s=18, marker="x", color="tab:gray", label="pruned (best before pruning)", zorder=2,
-        )
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"valid {METRIC}")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if done or pruned:
-        ax.legend(loc="best")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def write_reports(study: optuna.Study, out: Path, summary: dict) -> None:
-    attrs = ("number", "value", "state", "datetime_start", "datetime_complete", "duration", "params", "user_attrs")
-    frame = study.trials_dataframe(attrs=attrs)
-    records.write_text_atomic(out / "trials.csv", frame.to_csv(index=False))
-    rows = ["param,importance"] + [f"{k},{v:.6f}" for k, v in importances(study).items()]
-    records.write_text_atomic(out / "importances.csv", "\n".join(rows) + "\n")
-    records.write_bytes_atomic(out / "history.png", plot_history(study, summary["study"]))
-    records.write_text_atomic(out / "best.json", json.dumps(summary, indent=1) + "\n")
 
 
 def final_run(setup: StudySetup, params: dict) -> dict:
@@ -442,15 +285,28 @@ def tune(
     if executor not in EXECUTORS:
         raise BenchError(f"unknown executor {executor!r}; choose {' or '.join(EXECUTORS)}")
     train.resolve_device(device)
-    from bench.data import download
-
-    download(dataset)  # once, here: K workers must not race to fetch the same file
     name = check_study_name(study or default_study_name(method, dataset, profile.name))
     results = Path(results).resolve()
     store = storage or str(journal_path(results, name))
+    # --trials 0 reports on a study; on a new one it would only leave an empty study behind.
+    if trials == 0 and not ((is_url(store) or Path(store).is_file()) and study_exists(open_storage(store), name)):
+        raise BenchError(
+            f"study {name} does not exist in {public_storage(store)}; --trials 0 only reports on an existing "
+            "study (give --trials N to start it)"
+        )
+    # Every place this command writes, proved writable before a trial is spent: the final run's record,
+    # the reports, the journal (checked with its folder when the storage is opened, before anything else).
+    check_output_folder(results / "runs", "results folder")
+    check_output_folder(studies_dir(results) / name, "study reports folder")
+    storage_obj = open_storage(store)
+    from bench.data import download
+
+    download(dataset)  # once, here: K workers must not race to fetch the same file
     setup = StudySetup(method, dataset, profile, name, store, str(results), device, seed)
 
-    the_study = open_study(setup)
+    the_study = open_study(setup, storage=storage_obj)
+    fail_stale_trials(the_study)  # trials of workers that died with an earlier session: FAIL, and queued again
+    requeue_interrupted(the_study)  # trials stopped by Ctrl-C: run again
     before = len(the_study.get_trials(deepcopy=False))
     the_study.sampler = make_sampler(seed, 0, before)  # seeded by the study's size, as every worker's
     shares = split_trials(trials, parallel)
@@ -460,8 +316,10 @@ def tune(
     if len(shares) > 1 and executor == "ray" and not ray_available():
         print("note: Ray is not installed; running the workers as local processes (--executor local)", file=sys.stderr)
         executor = "local"
+    queued = len(the_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    so_far = f"{before - queued} trials so far" + (f" and {queued} queued to run again" if queued else "")
     print(
-        f"study {name} in {public_storage(store)}: {before} trials so far, adding {trials} "
+        f"study {name} in {public_storage(store)}: {so_far}, adding {trials} "
         f"({len(shares)} worker{'s' if len(shares) != 1 else ''}, {executor if len(shares) > 1 else 'in process'}); "
         f"searching {', '.join(space)}",
         file=sys.stderr,
@@ -479,13 +337,20 @@ def tune(
         print(f"warning: {line}; its remaining trials were not run", file=sys.stderr)
 
     the_study = optuna.load_study(study_name=name, storage=open_storage(store))
+    fail_stale_trials(the_study)  # a worker that crashed (killed, out of memory) leaves its trial RUNNING
     n = counts(the_study)
+    if n["waiting"]:
+        print(
+            f"note: {n['waiting']} trial(s) of study {name} are queued to run again (their workers died); "
+            "the next `tune` of this study runs them first",
+            file=sys.stderr,
+        )
     summary: dict[str, Any] = {
         "study": name, "storage": public_storage(store), "method": method, "dataset": dataset,
         "profile": asdict(profile), "metric": f"valid {METRIC}", "direction": "maximize",
         "sampler": f"TPESampler(seed derived from {seed}, constant_liar=True)",
         "pruner": f"MedianPruner(n_startup_trials={PRUNER_STARTUP_TRIALS}, n_warmup_steps={PRUNER_WARMUP_STEPS})",
-        "search_space": {k: _space_entry(d) for k, d in space.items()},
+        "search_space": {k: space_entry(d) for k, d in space.items()},
         "counts": n, "added_trials": trials, "parallel": len(shares), "executor": executor, "wall_s": round(wall, 3),
         "best_trial": None, "final_run": None,
     }
@@ -502,7 +367,7 @@ def tune(
         "number": best.number, "value": best.value, "params": best.params,
         "best_epoch": best.user_attrs.get("best_epoch"), "epochs_run": best.user_attrs.get("epochs_run"),
     }
-    params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+    params = ", ".join(f"{k}={fmt(v)}" for k, v in best.params.items())
     print(f"best trial #{best.number}: valid {METRIC} {best.value:.4f} with {params}")
     if run_final:
         done = final_run(setup, best.params)
@@ -519,112 +384,4 @@ def tune(
     return summary
 
 
-def _space_entry(dim: search_space.Dimension) -> dict:
-    entry = {"type": dim.kind}
-    if dim.kind == "categorical":
-        return {**entry, "choices": list(dim.choices)}
-    entry.update(low=dim.low, high=dim.high, log=dim.log)
-    return entry if dim.step is None else {**entry, "step": dim.step}
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-# ------------------------------------------------------------------------------------------- export
-@dataclass
-class _Candidate:
-    storage: str
-    study: str
-    attrs: dict
-    trial: FrozenTrial
-
-
-def _candidates(storage: str, study: str | None, method: str | None, dataset: str | None) -> list[_Candidate]:
-    store = open_storage(storage, create=False)
-    found = []
-    for frozen in store.get_all_studies():
-        attrs = frozen.user_attrs
-        if study and frozen.study_name != study:
-            continue
-        if "method" not in attrs or "dataset" not in attrs:
-            print(f"skipping study {frozen.study_name}: not made by bench tune", file=sys.stderr)
-            continue
-        if (method and attrs["method"] != method) or (dataset and attrs["dataset"] != dataset):
-            continue
-        loaded = optuna.load_study(study_name=frozen.study_name, storage=store)
-        done = complete_trials(loaded)
-        if not done:
-            print(f"skipping study {frozen.study_name}: no complete trial", file=sys.stderr)
-            continue
-        best = max(done, key=lambda t: t.value)
-        found.append(_Candidate(storage, frozen.study_name, dict(attrs), best))
-    return found
-
-
-def export(
-    results: Path,
-    *,
-    storage: str | None = None,
-    study: str | None = None,
-    method: str | None = None,
-    dataset: str | None = None,
-    tuned_dir: Path | None = None,
-) -> list[Path]:
-    """Write the best params of each (method, dataset) to `<tuned_dir>/<method>.toml`; returns the files.
-
-    Sources: the given storage, else the study's journal, else every journal under `<results>/studies/`.
-    When several studies tuned the same pair, the one with the larger budget wins (paper > quick > smoke >
-    custom), then the better value: a high score on 2,000 users says less than a lower one on all of them.
-    """
-    import tomli_w
-
-    if storage:
-        sources = [storage]
-    elif study:
-        sources = [str(journal_path(results, check_study_name(study)))]
-    else:
-        sources = [str(p) for p in sorted(studies_dir(results).glob("*.journal"))]
-    found: list[_Candidate] = []
-    for source in sources:
-        found += _candidates(source, study, method, dataset)
-    if not found:
-        where = ", ".join(public_storage(s) for s in sources) or f"{studies_dir(results)} (no *.journal)"
-        raise BenchError(f"no study with a complete trial to export in {where}")
-
-    chosen: dict[tuple[str, str], _Candidate] = {}
-    for c in found:
-        key = (c.attrs["method"], c.attrs["dataset"])
-        rank = (_PROFILE_RANK.get(c.attrs.get("profile"), 0), c.trial.value)
-        if key not in chosen or rank > (_PROFILE_RANK.get(chosen[key].attrs.get("profile"), 0), chosen[key].trial.value):
-            chosen[key] = c
-
-    target = Path(tuned_dir) if tuned_dir is not None else configs.tuned_dir()
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    written = []
-    for m in sorted({k[0] for k in chosen}):
-        path = target / f"{m}.toml"
-        doc = configs.read_toml(path)
-        datasets = doc.setdefault("datasets", {})
-        for (method_name, ds), c in sorted(chosen.items()):
-            if method_name != m:
-                continue
-            cls = configs.method_class(m).Config
-            values = configs.check_values(cls, dict(c.trial.params), f"study {c.study} trial {c.trial.number}")
-            provenance = {
-                "study": c.study, "storage": public_storage(c.storage), "trial": c.trial.number,
-                "value": c.trial.value, "metric": c.attrs.get("metric", f"valid {METRIC}"),
-                "profile": c.attrs.get("profile"), "max_users": c.attrs.get("max_users"),
-                "epochs": c.attrs.get("epochs"), "patience": c.attrs.get("patience"), "date": now,
-            }
-            # TOML has no null: a budget without a user cap simply has no max_users.
-            datasets[ds] = {**values, "provenance": {k: v for k, v in provenance.items() if v is not None}}
-            print(f"{m}/{ds}: study {c.study} trial #{c.trial.number} (valid {METRIC} {c.trial.value:.4f}) -> {path}")
-        header = "# Tuned configurations, written by `python -m bench tune --export`; used by `run --configs tuned`.\n"
-        records.write_text_atomic(path, header + tomli_w.dumps(doc))
-        written.append(path)
-    return written
-
-
-# ---------------------------------------------------------------------------------------------- CLI
 __all__ = ["EpochReporter", "StudySetup", "export", "tune"]

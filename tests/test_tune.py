@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from bench import cli, search_space, tune
+from bench import cli, search_space, studies, tune
 from bench.errors import BenchError
 from bench.profiles import Profile
 from methods import REGISTRY
@@ -20,7 +20,7 @@ TINIER = Profile("tinier", max_users=300, epochs=2, patience=2, seeds=(1,))
 
 
 def _trials(results: Path, study: str) -> list[optuna.trial.FrozenTrial]:
-    storage = tune.open_storage(str(tune.journal_path(results, study)), create=False)
+    storage = studies.open_storage(str(studies.journal_path(results, study)), create=False)
     return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
 
 
@@ -36,7 +36,7 @@ def study_dir(tmp_path_factory) -> tuple[Path, dict]:
 def test_study_persists_reports_and_resumes(study_dir):
     results, summary = study_dir
     name = "sasrec-Beauty-tiny"
-    assert tune.journal_path(results, name).is_file()
+    assert studies.journal_path(results, name).is_file()
     first = _trials(results, name)
     assert len(first) == 4
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in first)
@@ -51,7 +51,7 @@ def test_study_persists_reports_and_resumes(study_dir):
     n = best["counts"]
     assert n["complete"] + n["pruned"] + n["failed"] == n["total"] == 4
     assert best["best_trial"]["value"] == pytest.approx(max(t.value for t in first if t.value is not None))
-    assert best["storage"] == str(tune.journal_path(results, name))
+    assert best["storage"] == str(studies.journal_path(results, name))
     assert (out / "trials.csv").read_text().count("\n") == 5  # header + 4 trials
     assert (out / "importances.csv").read_text().startswith("param,importance")
     assert (out / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -91,7 +91,7 @@ def test_export_is_used_by_run_configs_tuned(study_dir, tmp_path, monkeypatch, c
     entry = doc["datasets"]["Beauty"]
     prov = entry.pop("provenance")
     study = optuna.load_study(
-        study_name="sasrec-Beauty-tiny", storage=tune.open_storage(str(tune.journal_path(results, "sasrec-Beauty-tiny")))
+        study_name="sasrec-Beauty-tiny", storage=studies.open_storage(str(studies.journal_path(results, "sasrec-Beauty-tiny")))
     )
     assert entry == pytest.approx(study.best_params)
     assert prov["study"] == "sasrec-Beauty-tiny" and prov["trial"] == study.best_trial.number
@@ -99,7 +99,7 @@ def test_export_is_used_by_run_configs_tuned(study_dir, tmp_path, monkeypatch, c
     capsys.readouterr()
 
     argv = ["run", "--method", "sasrec", "--dataset", "Beauty", "--configs", "tuned", "--epochs", "1",
-            "--max-users", "300", "--json"]
+            "--max-users", "300", "--json", "--results", str(tmp_path / "results")]
     assert cli.main(argv) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["config_source"] == "tuned"
@@ -169,7 +169,7 @@ def test_objective_is_pruned_by_the_study_pruner(tmp_path):
     from bench.data import SequenceData
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.0))
-    setup = tune.StudySetup("sasrec", "Beauty", TINY, "p", "unused", str(tmp_path), device="cpu")
+    setup = studies.StudySetup("sasrec", "Beauty", TINY, "p", "unused", str(tmp_path), device="cpu")
     space = search_space.load("sasrec")
     data = SequenceData.load("Beauty", max_users=TINY.max_users)
     study.optimize(lambda t: tune.objective(t, setup, space, data), n_trials=1)
@@ -227,10 +227,10 @@ def test_missing_search_space_is_an_error(tmp_path):
 
 # ------------------------------------------------------------------------------------------ helpers
 def test_study_names_and_storage_urls():
-    assert tune.check_study_name("sasrec-Beauty-quick") == "sasrec-Beauty-quick"
+    assert studies.check_study_name("sasrec-Beauty-quick") == "sasrec-Beauty-quick"
     with pytest.raises(BenchError):
-        tune.check_study_name("../evil")
-    shown = tune.public_storage("postgresql://bench:s3cret@db.example:5432/optuna")
+        studies.check_study_name("../evil")
+    shown = studies.public_storage("postgresql://bench:s3cret@db.example:5432/optuna")
     assert "s3cret" not in shown and "db.example" in shown
     with pytest.raises(BenchError, match="cannot open Optuna storage"):
-        tune.open_storage("nosuchdialect://host/db")
+        studies.open_storage("nosuchdialect://host/db")
