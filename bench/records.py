@@ -92,6 +92,11 @@ def check_writable(directory: Path, what: str = "results folder") -> Path:
     from bench.errors import BenchError
 
     directory = Path(directory)
+    for place in (directory, *directory.parents):  # a file where a folder must be: say which
+        if place.exists():
+            if not place.is_dir():
+                raise BenchError(f"{what} {directory} cannot be made: {place} is a file, not a folder")
+            break
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe.", suffix=TMP_SUFFIX)

@@ -200,21 +200,10 @@ def _scan_journal(path: Path, data: bytes) -> int | None:
     return None
 
 
-def check_output_folder(directory: Path, what: str) -> Path:
-    """`records.check_writable`, with a plain reason when a file stands where a folder must be."""
-    directory = Path(directory)
-    for place in (directory, *directory.parents):
-        if place.exists():
-            if not place.is_dir():
-                raise BenchError(f"{what} {directory} cannot be made: {place} is a file, not a folder")
-            break
-    return records.check_writable(directory, what)
-
-
 def check_journal_writable(path: Path) -> None:
     """One line naming the journal (or its folder) if trials could not be recorded there."""
     path = Path(path)
-    check_output_folder(path.parent, "studies folder")
+    records.check_writable(path.parent, "studies folder")
     if path.exists():
         if not path.is_file():
             raise BenchError(f"study journal {path} is not a file")

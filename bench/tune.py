@@ -48,7 +48,6 @@ from bench.studies import (
     PRUNER_STARTUP_TRIALS,
     PRUNER_WARMUP_STEPS,
     StudySetup,
-    check_output_folder,
     check_study_name,
     default_study_name,
     fail_stale_trials,
@@ -296,8 +295,8 @@ def tune(
         )
     # Every place this command writes, proved writable before a trial is spent: the final run's record,
     # the reports, the journal (checked with its folder when the storage is opened, before anything else).
-    check_output_folder(results / "runs", "results folder")
-    check_output_folder(studies_dir(results) / name, "study reports folder")
+    records.check_writable(results / "runs", "results folder")
+    records.check_writable(studies_dir(results) / name, "study reports folder")
     storage_obj = open_storage(store)
     from bench.data import download
 

@@ -24,7 +24,6 @@ from bench import configs, records, search_space
 from bench.errors import BenchError
 from bench.studies import (
     METRIC,
-    check_output_folder,
     check_study_name,
     journal_path,
     open_storage,
@@ -169,7 +168,7 @@ def export(
     import tomli_w
 
     target = Path(tuned_dir) if tuned_dir is not None else configs.tuned_dir()
-    check_output_folder(target, "tuned configs folder")  # before reading any study
+    records.check_writable(target, "tuned configs folder")  # before reading any study
     if storage:
         sources = [storage]
     elif study:

@@ -45,8 +45,7 @@ def test_results_that_is_a_file_fails_before_any_training(tmp_path):
                  ["run", "--all", "--executor", "local", "--methods", "sasrec", "--datasets", "Beauty", *TINY]):
         start = time.perf_counter()
         proc = bench(*argv, "--results", str(target))
-        one_line_error(proc, "is not writable")
-        assert str(target) in proc.stderr and time.perf_counter() - start < 60
+        one_line_error(proc, f"cannot be made: {target} is a file, not a folder") and time.perf_counter() - start < 60
 
 
 def test_checkpoint_path_that_is_a_folder_fails_before_training(tmp_path):
@@ -60,7 +59,7 @@ def test_leaderboard_out_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "runs").mkdir()
     out = tmp_path / "out-file"
     out.write_text("x")
-    one_line_error(bench("leaderboard", "--results", str(tmp_path), "--out", str(out)), "is not writable")
+    one_line_error(bench("leaderboard", "--results", str(tmp_path), "--out", str(out)), "is a file, not a folder")
 
 
 # --------------------------------------------------------------------------------- divergence
