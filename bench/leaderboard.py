@@ -705,7 +705,7 @@ def write_leaderboard(results_dir: Path, out_dir: Path | None = None) -> list[Pa
             files[name] = png
             plots[key][kind] = name
     files["index.html"] = report.index_html(
-        header, ACCURACY_INTRO, COST_INTRO, groups, acc_blocks, cost_blocks, plots, files, _group_title
+        header, ACCURACY_INTRO, COST_INTRO, groups, acc_blocks, cost_blocks, plots, files, _group_title, PLOT_KINDS
     )
     # Plots of groups that no longer exist (records removed, grouping changed) would be stale: remove them.
     for old in out_dir.glob("plot_*.png"):

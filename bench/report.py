@@ -69,10 +69,10 @@ def _img(name: str, png: bytes, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" title="{html.escape(name)}">'
 
 
-def index_html(header, accuracy_intro, cost_intro, groups, acc_blocks, cost_blocks, plots, files, title_of) -> str:
-    """The page: header, contents, then per group its banner, tables and plots."""
-    from bench.leaderboard import PLOT_KINDS
-
+def index_html(
+    header, accuracy_intro, cost_intro, groups, acc_blocks, cost_blocks, plots, files, title_of, plot_titles
+) -> str:
+    """The page: header, contents, then per group its banner, tables and plots (`plot_titles`: kind -> title)."""
     anchors = {key: f"g{i}" for i, key in enumerate(groups)}
     nav = "".join(f'<li><a href="#{anchors[k]}">{inline(title_of(k))}</a></li>' for k in groups)
     body = [
@@ -93,8 +93,8 @@ def index_html(header, accuracy_intro, cost_intro, groups, acc_blocks, cost_bloc
         body.append(render_blocks(cost))
         body.append('<div class="plots">')
         for kind, name in plots[key].items():
-            body.append(f"<h3>{inline(PLOT_KINDS[kind])}</h3>")
-            body.append(_img(name, files[name], f"{PLOT_KINDS[kind]}: {title_of(key)}"))
+            body.append(f"<h3>{inline(plot_titles[kind])}</h3>")
+            body.append(_img(name, files[name], f"{plot_titles[kind]}: {title_of(key)}"))
         body.append("</div>")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -1,0 +1,56 @@
+"""The layout rules a newcomer relies on, checked on the source: no import cycle between the harness's
+modules, the harness uses methods only through the `methods` package (its public names), and argparse
+lives in bench/cli.py alone."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _module_imports() -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in sorted([*REPO.glob("bench/*.py"), *REPO.glob("methods/*.py")]):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):  # function-level imports count too
+            if isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                deps.add(node.module)
+                deps.update(f"{node.module}.{alias.name}" for alias in node.names)
+        found[name] = deps
+    return found
+
+
+def test_no_import_cycle():
+    imports = _module_imports()
+    graph = {m: {d for d in deps if d in imports and d != m} for m, deps in imports.items()}
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for dep in sorted(graph[node]):
+            assert state.get(dep) != "open", f"import cycle: {' -> '.join([*path, dep])}"
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_the_harness_uses_methods_only_through_the_package():
+    for module, deps in _module_imports().items():
+        if module.startswith("bench"):
+            inner = sorted(d for d in deps if d.startswith("methods.") and d.count(".") >= 1
+                           and d.split(".")[1] not in ("REGISTRY", "Method", "MethodConfig", "DatasetInfo"))
+            assert not inner, f"{module} reaches into methods/ internals: {inner}"
+
+
+def test_only_the_cli_sees_argparse():
+    users = sorted(m for m, deps in _module_imports().items() if "argparse" in deps)
+    assert users == ["bench.cli"], users
