@@ -54,3 +54,22 @@ def test_the_harness_uses_methods_only_through_the_package():
 def test_only_the_cli_sees_argparse():
     users = sorted(m for m, deps in _module_imports().items() if "argparse" in deps)
     assert users == ["bench.cli"], users
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    from bench.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, where: str) -> None:
+        for action in parser._actions:  # argparse keeps no public list of a parser's options
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{where} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{where} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "bench")
+    assert not missing, missing
