@@ -41,3 +41,11 @@ def beauty():
     from bench.data import SequenceData
 
     return SequenceData.load("Beauty")
+
+
+@pytest.fixture(scope="session")
+def beauty_sample():
+    """4,000 Beauty users (the item table of the whole file): real sequences where the full data adds nothing."""
+    from bench.data import SequenceData
+
+    return SequenceData.load("Beauty", max_users=4000)

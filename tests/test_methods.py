@@ -67,7 +67,14 @@ def test_iclrec_estep_every_epoch_with_unit_prototypes(small_data, monkeypatch):
     real = clustering.kmeans
     monkeypatch.setattr(clustering, "kmeans", lambda *a, **k: calls.append(1) or real(*a, **k))
     method = build("iclrec", small_data)
-    train_epochs(method, small_data, 3)
+    optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(3):  # as the loop calls it: before every epoch, with training steps in between
+        method.on_epoch_start(epoch, small_data)
+        batch = next(small_data.train_batches(64, g, method.view_maker))
+        optimizer.zero_grad()
+        method.training_step(batch)["loss"].backward()
+        optimizer.step()
     assert len(calls) == 3
     norms = method.prototypes.norm(dim=1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
