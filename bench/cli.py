@@ -6,6 +6,7 @@
     tune                  Optuna hyperparameter study, trials in parallel through Ray Tune
     leaderboard           tables and plots in results/ from the run records
     profile               seconds per phase and the training step's top operators
+    scaling               ICLRec's E-step against ELCRec's clustering terms as the user count grows
 
 User errors (BenchError) print one line `error: ...` on stderr and exit 2, without a traceback.
 """
@@ -112,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--steps", type=int, default=10, help="training steps under the torch profiler")
     pr.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE")
     _add_execution_options(pr)
+
+    sc = sub.add_parser("scaling", help="where alternating k-means stops scaling: ICLRec vs ELCRec cost against N")
+    sc.add_argument("--dataset", default="Beauty", help="dataset whose sequences are resampled (default Beauty)")
+    sc.add_argument("--users", nargs="+", type=float, metavar="N", help="population sizes (default 1e4 3e4 1e5 3e5 1e6 3e6)")
+    sc.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    sc.add_argument("--kmeans", nargs="+", default=["faiss", "torch"], metavar="BACKEND", help="faiss and/or torch (default both)")
+    sc.add_argument("--repeats", type=int, default=3, help="repeats per N below 1e6 (default 3)")
+    sc.add_argument("--repeats-large", type=int, default=1, help="repeats per N from 1e6 on (default 1)")
+    sc.add_argument("--steps", type=int, default=8, help="training steps timed per method and repeat (default 8)")
+    sc.add_argument("--threads", type=int, help="torch CPU threads")
+    sc.add_argument("--results", type=Path, default=DEFAULT_RESULTS / "scaling", help="output directory (default results/scaling)")
+    sc.add_argument("--from-csv", action="store_true", help="only regenerate the table and plots from the CSV")
     return parser
 
 
@@ -242,6 +255,29 @@ def cmd_profile(args) -> int:
     return profile_from_args(args)
 
 
+def cmd_scaling(args) -> int:
+    from bench import scaling
+
+    if args.from_csv:
+        paths = scaling.write_outputs(args.results)
+    else:
+        spec = scaling.ScalingSpec(
+            dataset=args.dataset,
+            users=tuple(args.users) if args.users else scaling.DEFAULT_USERS,
+            device=args.device,
+            backends=tuple(args.kmeans),
+            repeats=args.repeats,
+            repeats_large=args.repeats_large,
+            step_sample=args.steps,
+            threads=args.threads,
+            results=args.results,
+        )
+        paths = scaling.run_study(spec, progress=True)
+    for path in paths:
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -251,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": cmd_evaluate,
         "leaderboard": cmd_leaderboard,
         "profile": cmd_profile,
+        "scaling": cmd_scaling,
     }
     try:
         if args.command == "tune":
