@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--repeats", type=int, default=3, help="repeats per N below 1e6 (default 3)")
     sc.add_argument("--repeats-large", type=int, default=1, help="repeats per N from 1e6 on (default 1)")
     sc.add_argument("--steps", type=int, default=8, help="training steps timed per method and repeat (default 8)")
+    sc.add_argument("--validate", type=int, default=2, help="real full epochs at this many of the smallest N (default 2)")
     sc.add_argument("--threads", type=int, help="torch CPU threads")
     sc.add_argument("--results", type=Path, default=DEFAULT_RESULTS / "scaling", help="output directory (default results/scaling)")
     sc.add_argument("--from-csv", action="store_true", help="only regenerate the table and plots from the CSV")
@@ -269,6 +270,7 @@ def cmd_scaling(args) -> int:
             repeats=args.repeats,
             repeats_large=args.repeats_large,
             step_sample=args.steps,
+            validate_smallest=args.validate,
             threads=args.threads,
             results=args.results,
         )

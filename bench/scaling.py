@@ -466,6 +466,12 @@ def run_study(spec: ScalingSpec, progress: bool = True, sequences=None) -> list[
     previous_threads = torch.get_num_threads()
     if spec.threads:
         torch.set_num_threads(spec.threads)
+        try:  # faiss's k-means runs on OpenMP threads of its own
+            import faiss
+
+            faiss.omp_set_num_threads(spec.threads)
+        except ImportError:
+            pass
     try:
         if sequences is None:
             sequences = parse_sequences(dataset_path(spec.dataset))
@@ -505,6 +511,7 @@ def run_study(spec: ScalingSpec, progress: bool = True, sequences=None) -> list[
         plan = [(n, rep) for n in users for rep in range(spec.repeats if n < spec.large_from else spec.repeats_large)]
         bar = tqdm(plan, desc="scaling", disable=not progress, unit="run")
         samples: dict[int, dict[str, list]] = {}
+        all_steps: dict[str, list[float]] = {name: [] for name in METHODS}
         for n, rep in bar:
             bar.set_postfix_str(f"N={n:,} repeat {rep + 1}")
             s = samples.setdefault(n, {})
@@ -533,23 +540,38 @@ def run_study(spec: ScalingSpec, progress: bool = True, sequences=None) -> list[
             del pooled, host, inputs
             # Training steps, interleaved: the order of the two methods alternates between repeats.
             bar.set_postfix_str(f"N={n:,} repeat {rep + 1} steps")
+            # Step by step, alternating, so that both methods see the same load on a shared machine.
             order = METHODS if (rep + users.index(n)) % 2 == 0 else METHODS[::-1]
-            for name in order:
-                with _Peak(device) as step_peak:
-                    sec = runners[name].timed_steps(spec.step_sample, device)
-                s.setdefault(f"step_{name}", []).append((sec, step_peak.extra))
+            step_s = {name: 0.0 for name in METHODS}
+            step_mem = dict.fromkeys(METHODS, 0)
+            for i in range(spec.step_sample):
+                for name in order if i % 2 == 0 else order[::-1]:
+                    with _Peak(device) as step_peak:
+                        one = runners[name].timed_steps(1, device)
+                    step_s[name] += one
+                    all_steps[name].append(one)
+                    step_mem[name] = max(step_mem[name], step_peak.extra)
+            for name in METHODS:
+                s.setdefault(f"step_{name}", []).append((step_s[name] / spec.step_sample, step_mem[name]))
             batch = runners["elcrec"].next_batch()
             s.setdefault("cluster_terms", []).append((cluster_terms_seconds(methods["elcrec"], batch, device), 0))
+            # The raw samples so far (seconds, bytes), kept beside the results: a sweep cut short loses nothing.
+            raw = {"device": device.type, "samples": {str(k_): v for k_, v in samples.items()}, "steps": all_steps}
+            write_text_atomic(Path(spec.results) / f"samples_{spec.dataset}_{device.type}.json", json.dumps(raw) + "\n")
 
-        # Real full epochs at the smallest N, to check the estimate (steps x mean step time).
+        # A step's cost does not depend on N: every step timed at every N and repeat is one sample of it.
+        # Its median is robust to the load spikes of a shared machine; the spread is that of the per-run means.
+        run_means = {m: [x[0] for n_ in users for x in samples[n_][f"step_{m}"]] for m in METHODS}
+        step_estimate = {m: (float(np.median(all_steps[m])), min(run_means[m]), max(run_means[m])) for m in METHODS}
+        ratios = [e / i for i, e in zip(all_steps["iclrec"], all_steps["elcrec"])]
+        # Real full epochs at the smallest N, to check the estimate (steps x median step time).
         validation = []
         for n in users[: spec.validate_smallest]:
             bar.set_postfix_str(f"N={n:,} real epochs")
             data = SequenceData(spec.dataset, build_population(sequences, n, spec.seed), item_size, max_len=icl.max_len, device=str(device))
             for name in METHODS:
                 seconds, steps = runners[name].real_epoch(data, device)
-                step_s = _spread([x[0] for x in samples[n][f"step_{name}"]])[0]
-                estimate = step_s * steps
+                estimate = step_estimate[name][0] * steps
                 validation.append({
                     "N": n, "method": name, "real_s": seconds, "estimated_s": estimate, "steps": steps,
                     "error_pct": 100.0 * (estimate - seconds) / seconds,
@@ -559,6 +581,11 @@ def run_study(spec: ScalingSpec, progress: bool = True, sequences=None) -> list[
         ctx["load_average_end"] = list(os.getloadavg())
         ctx["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         ctx["validation"] = validation
+        ctx["step_samples"] = {m: len(v) for m, v in all_steps.items()}
+        ctx["step_median_s"] = {m: v[0] for m, v in step_estimate.items()}
+        ctx["step_ratio_elcrec_over_iclrec"] = {  # paired: consecutive steps of the two methods
+            "median": float(np.median(ratios)), "q25": float(np.quantile(ratios, 0.25)), "q75": float(np.quantile(ratios, 0.75)),
+        }
 
         base = {"dataset": spec.dataset, "device": device.type}
         for n in users:
@@ -577,7 +604,7 @@ def run_study(spec: ScalingSpec, progress: bool = True, sequences=None) -> list[
                     cp, cp_mem = (0.0, 0.0, 0.0), 0
                 km = _spread([x[0] for x in s[f"kmeans_{backend}"]])
                 km_mem = int(np.median([x[1] for x in s[f"kmeans_{backend}"]]))
-                st = {m: _spread([x[0] for x in s[f"step_{m}"]]) for m in METHODS}
+                st = step_estimate
                 # On a CPU a step's working set is read in a fresh process (see step_memory_fresh); on a GPU,
                 # torch's allocator statistics are exact in this one.
                 st_mem = {m: max(first_step_mem[m], int(np.median([x[1] for x in s[f"step_{m}"]]))) for m in METHODS}
@@ -588,11 +615,11 @@ def run_study(spec: ScalingSpec, progress: bool = True, sequences=None) -> list[
                     "estep_encode": ((enc_s, enc_lo, enc_hi), enc_mem, "measured", ""),
                     "estep_copy": (cp, cp_mem, "measured", "faiss needs host data" if backend == "faiss" else "none: torch k-means runs on the device"),
                     "estep_kmeans": (km, km_mem, "measured", km_note + "; peak includes the [N, H] matrix"),
-                    "train": (tuple(v * steps for v in st["iclrec"]), st_mem["iclrec"], "estimated", f"{steps:,} steps x mean step"),
+                    "train": (tuple(v * steps for v in st["iclrec"]), st_mem["iclrec"], "estimated", f"{steps:,} steps x median step"),
                 }
                 other = tuple(max(v - cl[0], 0.0) * steps for v in st["elcrec"])
                 elcrec_phases = {
-                    "train_other": (other, st_mem["elcrec"], "estimated", f"{steps:,} steps x (mean step - clustering terms)"),
+                    "train_other": (other, st_mem["elcrec"], "estimated", f"{steps:,} steps x (median step - clustering terms)"),
                     "cluster_terms": (tuple(v * steps for v in cl), 0, "estimated", f"{steps:,} steps x clustering terms of a step"),
                 }
                 for method, phases in (("iclrec", iclrec_phases), ("elcrec", elcrec_phases)):
@@ -816,7 +843,7 @@ def markdown(frame: pd.DataFrame, contexts: dict) -> str:
         "",
         "Generated by `python -m bench scaling` from `scaling.csv`; do not edit by hand. Seconds are per",
         "epoch, medians over repeats (range in brackets). ICLRec's E-step is measured; training-step seconds",
-        "are **estimated** (mean step on a sample of steps x ceil(N / batch)); rows at 1e8 and 1.3e8 users are",
+        "are **estimated** (median of all timed steps x ceil(N / batch)); rows at 1e8 and 1.3e8 users are",
         "**extrapolated** from fits on the measured points. k-means runs as published: faiss-style, 20",
         "iterations, 5 restarts, at most 4,096 points per centroid, so its input is a sample of at most",
         "K x 4,096 = 1,048,576 users at K = 256: its cost stops growing there.",
