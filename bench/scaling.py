@@ -893,6 +893,20 @@ def markdown(frame: pd.DataFrame, contexts: dict) -> str:
                      "" if math.isnan(r.peak_bytes_max_err_pct) else f"{r.peak_bytes_max_err_pct:.1f}%"])
     out += [_md_table(["device", "k-means", "method", "phase", "model", "a (s)", "b (s per user)", "max error (s)",
                        "bytes per user", "max error (bytes)"], rows), ""]
+    for (dataset, device, backend), g in fit[fit["method"] == "iclrec"].groupby(["dataset", "device", "kmeans"], sort=False):
+        by = g.set_index("phase")
+        h = _hidden(contexts, dataset, device)
+        def per_million(phase, by=by):
+            return by.loc[phase, "seconds_b"] * 1e6 if phase in by.index else float("nan")
+        out.append(
+            f"- {dataset}, {device}, k-means {backend}: grows with N: encoding ({per_million('estep_encode'):.1f} s per million "
+            f"users), the copy ({per_million('estep_copy'):.2g} s per million), the E-step's memory "
+            f"({by.loc['estep_kmeans', 'peak_bytes_b']:.0f} bytes per user, the [N, {h}] float32 matrix is "
+            f"{4 * h} of them) and the training steps ({per_million('train'):.0f} s per million); does "
+            f"not grow past {by.loc['estep_kmeans', 'seconds_cap']:,.0f} users: k-means "
+            f"(at most {by.loc['estep_kmeans', 'seconds_a'] + by.loc['estep_kmeans', 'seconds_b'] * by.loc['estep_kmeans', 'seconds_cap']:.0f} s)."
+        )
+    out.append("")
     val = frame[frame["phase"] == "train_real_epoch"].drop_duplicates(["dataset", "device", "N", "method"])
     if len(val):
         out += ["## The step estimate against real full epochs", "",
@@ -907,6 +921,11 @@ def markdown(frame: pd.DataFrame, contexts: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _hidden(contexts: dict, dataset: str, device: str) -> int:
+    """H of the run's ICLRec config (from the context sidecar; 64 in the paper configs)."""
+    return int(contexts.get(f"{dataset}/{device}", {}).get("configs", {}).get("iclrec", {}).get("hidden_size", 64))
+
+
 def _png(fig) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -916,64 +935,84 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _measured_and_extrapolated(g: pd.DataFrame):
+    """(measured rows, extrapolated rows joined to the last measured one), sorted by N."""
+    meas = g[g["kind"] != "extrapolated"].sort_values("N")
+    ext = pd.concat([meas.tail(1), g[g["kind"] == "extrapolated"].sort_values("N")])
+    return meas, ext
+
+
 def plot_time(summ: pd.DataFrame, title: str) -> bytes:
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    fig = Figure(figsize=(7.5, 5))
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(12, 5))
+    ax, share = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
     colours = {"faiss": "tab:blue", "torch": "tab:orange"}
+    first = summ["kmeans"].iloc[0]
     for backend, g in summ.groupby("kmeans", sort=False):
-        for kind, style in (("measured", "-"), ("extrapolated", ":")):
-            sub = g[(g["kind"] != "extrapolated") if kind == "measured" else (g["kind"] == "extrapolated")].sort_values("N")
-            if kind == "extrapolated":  # join the last measured point to the extrapolated ones
-                sub = pd.concat([g[g["kind"] != "extrapolated"].sort_values("N").tail(1), sub])
-            lab = "" if kind == "measured" else " (extrapolated)"
-            c = colours.get(backend, "tab:gray")
-            ax.plot(sub["N"], sub["iclrec_total_s"], style, marker="o", color=c, label=f"ICLRec total, k-means {backend}{lab}")
-            estep = sub["iclrec_encode_s"] + sub["iclrec_copy_s"] + sub["iclrec_kmeans_s"]
-            ax.plot(sub["N"], estep, style, marker="s", color=c, alpha=0.55, label=f"ICLRec E-step, k-means {backend}{lab}")
-            if backend == summ["kmeans"].iloc[0]:
-                ax.plot(sub["N"], sub["elcrec_total_s"], style, marker="^", color="tab:green", label=f"ELCRec total{lab}")
-                ax.plot(sub["N"], sub["elcrec_cluster_s"], style, marker="v", color="tab:green", alpha=0.5,
-                        label=f"ELCRec clustering terms{lab}")
-    ax.set_xscale("log")
+        c = colours.get(backend, "tab:gray")
+        for part, style in zip(_measured_and_extrapolated(g), ("-", ":")):
+            lab = (lambda text: text) if style == "-" else (lambda text: None)
+            estep = part["iclrec_encode_s"] + part["iclrec_copy_s"] + part["iclrec_kmeans_s"]
+            ax.plot(part["N"], part["iclrec_total_s"], style, marker="o", color=c, label=lab(f"ICLRec epoch, k-means {backend}"))
+            ax.plot(part["N"], estep, style, marker="s", color=c, alpha=0.5, label=lab(f"ICLRec E-step, k-means {backend}"))
+            share.plot(part["N"], part["time_diff_pct"], style, marker="o", color=c,
+                       label=lab(f"ELCRec vs ICLRec epoch time, k-means {backend}"))
+            share.plot(part["N"], part["estep_share_pct"], style, marker="s", color=c, alpha=0.5,
+                       label=lab(f"E-step share of ICLRec's epoch, k-means {backend}"))
+            if backend == first:
+                ax.plot(part["N"], part["elcrec_total_s"], style, marker="^", color="tab:green", label=lab("ELCRec epoch"))
+                ax.plot(part["N"], part["elcrec_cluster_s"], style, marker="v", color="tab:green", alpha=0.5,
+                        label=lab("ELCRec clustering terms"))
+    for a in (ax, share):
+        a.set_xscale("log")
+        a.set_xlabel("users N")
+        a.grid(True, which="major", alpha=0.3)
+    dotted = Line2D([], [], linestyle=":", color="0.3", label="dotted: extrapolated from fits")
     ax.set_yscale("log")
-    ax.set_xlabel("users N")
     ax.set_ylabel("seconds per epoch")
-    ax.set_title(title, fontsize="medium")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize="x-small", loc="upper left")
+    ax.set_title("seconds per epoch (measured E-step, estimated steps)", fontsize="medium")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend([*handles, dotted], [*labels, dotted.get_label()], fontsize="x-small", loc="upper left")
+    share.axhline(0, color="0.2", linewidth=0.8)
+    share.set_ylabel("%")
+    share.set_title("ELCRec vs ICLRec (below 0: ELCRec faster); E-step share", fontsize="medium")
+    handles, labels = share.get_legend_handles_labels()
+    share.legend([*handles, dotted], [*labels, dotted.get_label()], fontsize="x-small", loc="best")
+    fig.suptitle(title)
     fig.tight_layout()
     return _png(fig)
 
 
 def plot_memory(summ: pd.DataFrame, title: str) -> bytes:
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     fig = Figure(figsize=(7.5, 5))
     ax = fig.add_subplot()
     colours = {"faiss": "tab:blue", "torch": "tab:orange"}
+    first = summ["kmeans"].iloc[0]
     for backend, g in summ.groupby("kmeans", sort=False):
-        for kind, style in (("measured", "-"), ("extrapolated", ":")):
-            sub = g[(g["kind"] != "extrapolated") if kind == "measured" else (g["kind"] == "extrapolated")].sort_values("N")
-            if kind == "extrapolated":
-                sub = pd.concat([g[g["kind"] != "extrapolated"].sort_values("N").tail(1), sub])
-            lab = "" if kind == "measured" else " (extrapolated)"
-            c = colours.get(backend, "tab:gray")
-            ax.plot(sub["N"], sub["iclrec_working_bytes"] / 2**30, style, marker="o", color=c,
-                    label=f"ICLRec working set (E-step), k-means {backend}{lab}")
-            if backend == summ["kmeans"].iloc[0]:
-                ax.plot(sub["N"], sub["elcrec_working_bytes"] / 2**30, style, marker="^", color="tab:green",
-                        label=f"ELCRec working set (training step){lab}")
-                ax.plot(sub["N"], sub["data_bytes"] / 2**30, style, marker="x", color="0.4",
-                        label=f"harness data tensors, both methods (computed){lab}")
+        c = colours.get(backend, "tab:gray")
+        for part, style in zip(_measured_and_extrapolated(g), ("-", ":")):
+            lab = (lambda text: text) if style == "-" else (lambda text: None)
+            ax.plot(part["N"], part["iclrec_working_bytes"] / 2**30, style, marker="o", color=c,
+                    label=lab(f"ICLRec working set (E-step), k-means {backend}"))
+            if backend == first:
+                ax.plot(part["N"], part["elcrec_working_bytes"] / 2**30, style, marker="^", color="tab:green",
+                        label=lab("ELCRec working set (training step)"))
+                ax.plot(part["N"], part["data_bytes"] / 2**30, style, marker="x", color="0.4",
+                        label=lab("harness data tensors, both methods (computed)"))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("users N")
     ax.set_ylabel("GiB")
     ax.set_title(title, fontsize="medium")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize="x-small", loc="upper left")
+    dotted = Line2D([], [], linestyle=":", color="0.3", label="dotted: extrapolated from fits")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend([*handles, dotted], [*labels, dotted.get_label()], fontsize="x-small", loc="upper left")
     fig.tight_layout()
     return _png(fig)
 
@@ -994,9 +1033,9 @@ def write_outputs(results: Path) -> list[Path]:
     summ = summary(frame)
     for (dataset, device), g in summ.groupby(["dataset", "device"], sort=False):
         name = contexts.get(f"{dataset}/{device}", {}).get("device_name", device)
-        title = f"{dataset}, {device} ({name}): ICLRec vs ELCRec per epoch"
+        title = f"{dataset}, {device} ({name}): ICLRec vs ELCRec, per epoch"
         for what, fn in (("time", plot_time), ("memory", plot_memory)):
             path = results / f"scaling_{what}_{dataset}_{device}.png"
-            write_bytes_atomic(path, fn(g, title if what == "time" else title.replace("per epoch", "memory per epoch")))
+            write_bytes_atomic(path, fn(g, title if what == "time" else title.replace(", per epoch", ", memory per epoch")))
             written.append(path)
     return written
