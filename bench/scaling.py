@@ -1012,7 +1012,7 @@ def plot_memory(summ: pd.DataFrame, title: str) -> bytes:
         for part, style in zip(_measured_and_extrapolated(g), ("-", ":")):
             lab = (lambda text: text) if style == "-" else (lambda text: None)
             ax.plot(part["N"], part["iclrec_working_bytes"] / 2**30, style, marker="o", color=c,
-                    label=lab(f"ICLRec working set (E-step), k-means {backend}"))
+                    label=lab(f"ICLRec working set (largest of step and E-step), k-means {backend}"))
             if backend == first:
                 ax.plot(part["N"], part["elcrec_working_bytes"] / 2**30, style, marker="^", color="tab:green",
                         label=lab("ELCRec working set (training step)"))
