@@ -9,6 +9,7 @@
     status                a protocol's runs: done, interrupted, failed, pending, and the GPU time left
     packing               throughput of concurrent runs on one GPU through Ray (writes results/benchmarks/)
     profile               seconds per phase and the top operators of the training step
+    scaling               ICLRec's E-step against ELCRec's clustering terms as the user count grows
 
 User errors (BenchError) print one line `error: ...` on stderr and exit 2, without a traceback. A run
 that fails (a diverging loss, a crash) is recorded as failed and exits 1.
@@ -166,6 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--steps", type=int, default=10, help="training steps under the torch profiler (default 10)")
     pr.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="override a config value")
     _add_execution_options(pr)
+
+    sc = sub.add_parser("scaling", help="where alternating k-means stops scaling: ICLRec vs ELCRec cost against N")
+    sc.add_argument("--dataset", default="Beauty", help="dataset whose sequences are resampled (default Beauty)")
+    sc.add_argument("--users", nargs="+", type=float, metavar="N", help="population sizes (default 1e4 3e4 1e5 3e5 1e6 3e6)")
+    sc.add_argument("--device", default="auto", help=DEVICE_HELP)
+    sc.add_argument("--kmeans", nargs="+", default=["faiss", "torch"], metavar="BACKEND", help="faiss and/or torch (default both)")
+    sc.add_argument("--repeats", type=int, default=3, help="repeats per N below 1e6 (default 3)")
+    sc.add_argument("--repeats-large", type=int, default=1, help="repeats per N from 1e6 on (default 1)")
+    sc.add_argument("--steps", type=int, default=8, help="training steps timed per method and repeat (default 8)")
+    sc.add_argument("--validate", type=int, default=2, help="real full epochs at this many of the smallest N (default 2)")
+    sc.add_argument("--threads", type=int, help="torch CPU threads")
+    sc.add_argument("--results", type=Path, default=DEFAULT_RESULTS / "scaling", help="output directory (default results/scaling)")
+    sc.add_argument("--from-csv", action="store_true", help="only regenerate the table and plots from the CSV")
     return parser
 
 
@@ -447,6 +461,30 @@ def cmd_packing(args) -> int:
     return 0
 
 
+def cmd_scaling(args) -> int:
+    from bench import scaling
+
+    if args.from_csv:
+        paths = scaling.write_outputs(args.results)
+    else:
+        spec = scaling.ScalingSpec(
+            dataset=args.dataset,
+            users=tuple(args.users) if args.users else scaling.DEFAULT_USERS,
+            device=args.device,
+            backends=tuple(args.kmeans),
+            repeats=args.repeats,
+            repeats_large=args.repeats_large,
+            step_sample=args.steps,
+            validate_smallest=args.validate,
+            threads=args.threads,
+            results=args.results,
+        )
+        paths = scaling.run_study(spec, progress=True)
+    for path in paths:
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -459,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile": cmd_profile,
         "status": cmd_status,
         "packing": cmd_packing,
+        "scaling": cmd_scaling,
     }
     try:
         return handlers[args.command](args)

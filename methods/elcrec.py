@@ -55,25 +55,39 @@ class ELCRec(IntentMethod):
 
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         c = self.config
-        centers = self.cluster_centers  # [K, H]
         # Three independent encodings (rec pass, instance pass, intent pass), each with its own dropout.
         hidden, instance_views, intent_views = self.encode_step_inputs(batch)
         rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)  # [B, L, H]
 
-        view1, view2 = self.with_prototypes(instance_views).flatten(1).chunk(2)
+        with_centers, cluster, user_centers = self.clustering_terms(hidden, instance_views)
+        view1, view2 = with_centers.flatten(1).chunk(2)
         instance = nce_loss(view1, view2, c.temperature)
 
+        pooled1, pooled2 = intent_views.mean(dim=1).chunk(2)  # [B, H] each
+        intent = intent_loss(pooled1, pooled2, user_centers, c.temperature)
+
+        loss = rec + c.cl_weight * instance + c.trade_off * cluster + c.intent_weight * intent
+        return {"rec": rec, "instance": instance, "cluster": cluster, "intent": intent, "loss": loss}
+
+    def clustering_terms(
+        self, hidden: torch.Tensor, instance_views: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What learning the clusters adds to a step, given the rec pass [B, L, H] and the encoded views
+        [2B, L, H]: (the views with their nearest centers, the clustering loss, each user's center [B, H]).
+
+        Steps 1-3 of the module doc, in the published order: the prototypes are gathered with the centers as
+        the last optimiser step left them, then the centers are projected onto the unit sphere in place, and
+        the clustering loss and each user's center use the projected ones. The scaling study
+        (bench/scaling.py) times exactly this call.
+        """
+        centers = self.cluster_centers  # [K, H]
+        with_centers = self.with_prototypes(instance_views)
         with torch.no_grad():  # in-place projection onto the unit sphere, as the published code does
             centers.div_(centers.norm(dim=1, keepdim=True))
         z = F.normalize(hidden.mean(dim=1), p=2, dim=1)  # [B, H], with gradient
         cluster = elcrec_cluster_loss(z, centers)
-
         intent_ids = nearest_centroid(z.detach(), centers.detach())  # [B]
-        pooled1, pooled2 = intent_views.mean(dim=1).chunk(2)  # [B, H] each
-        intent = intent_loss(pooled1, pooled2, centers.index_select(0, intent_ids), c.temperature)
-
-        loss = rec + c.cl_weight * instance + c.trade_off * cluster + c.intent_weight * intent
-        return {"rec": rec, "instance": instance, "cluster": cluster, "intent": intent, "loss": loss}
+        return with_centers, cluster, centers.index_select(0, intent_ids)
 
     def with_prototypes(self, encoded: torch.Tensor) -> torch.Tensor:
         """Each position's nearest center added ("shift": [N, L, H]) or appended ("concat": [N, L, 2H])."""

@@ -72,14 +72,20 @@ class IntentMethod(AugmentedMethod):
 
     def kmeans_of_training_set(self, data: SequenceData) -> torch.Tensor:
         """The published E-step: encode every training input (eval mode), mean-pool, k-means: [K, H]."""
+        return self.intent_kmeans(self.encode_mean_pooled(data.train_input))  # [N, H] -> [K, H]
+
+    def intent_kmeans(self, pooled: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        """K-means of the mean-pooled encodings [N, H] with the config's settings: un-normalised [K, H].
+
+        `backend` (faiss | torch) replaces the config's; the scaling study times each backend this way.
+        """
         from methods.clustering import kmeans
 
         c = self.config
-        pooled = self.encode_mean_pooled(data.train_input)  # [N, H]
         return kmeans(
             pooled, c.num_intents, seed=self.seed, niter=c.kmeans_niter, nredo=c.kmeans_nredo,
-            max_points_per_centroid=c.kmeans_max_points_per_centroid, backend=c.kmeans_backend,
-        )  # [K, H], un-normalised
+            max_points_per_centroid=c.kmeans_max_points_per_centroid, backend=backend or c.kmeans_backend,
+        )
 
     def run_info(self) -> dict:
         from methods.clustering import resolve_backend
