@@ -28,7 +28,7 @@ from bench.spec import DEFAULT_RESULTS
 METHOD_HELP = "method name: sasrec, cl4srec, iclrec, elcrec (or any method registered in methods/__init__.py)"
 DATASET_HELP = "dataset name: Beauty, Sports_and_Outdoors, Toys_and_Games, Yelp"
 DEVICE_HELP = "auto (CUDA when torch sees it) | cpu | cuda"
-RESULTS_HELP = f"results folder: records go to <results>/runs/ (default {DEFAULT_RESULTS.name}/ in the repository)"
+RESULTS_HELP = "results folder: records go to <results>/runs/ (default $BENCH_RESULTS, else results/ in the repository)"
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--steps", type=int, default=8, help="training steps timed per method and repeat (default 8)")
     sc.add_argument("--validate", type=int, default=2, help="real full epochs at this many of the smallest N (default 2)")
     sc.add_argument("--threads", type=int, help="torch CPU threads")
-    sc.add_argument("--results", type=Path, default=DEFAULT_RESULTS / "scaling", help="output directory (default results/scaling)")
+    sc.add_argument("--results", type=Path, default=DEFAULT_RESULTS / "scaling", help="output folder (default <default results>/scaling)")
     sc.add_argument("--from-csv", action="store_true", help="only regenerate the table and plots from the CSV")
     return parser
 

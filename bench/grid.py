@@ -31,7 +31,7 @@ from bench.claims import Claims
 from bench.errors import BenchError
 from bench.profiles import get_profile
 from bench.schedule import Scheduler, check_packing, format_duration, make_scheduler
-from bench.spec import DEFAULT_RESULTS, RunSpec, check_choice, device_kind, make_spec
+from bench.spec import COMMITTED_RESULTS, DEFAULT_RESULTS, RunSpec, check_choice, device_kind, make_spec
 from bench.train import SELECTION_METRIC
 
 EXECUTORS = ("ray", "local")
@@ -272,7 +272,7 @@ def run_grid(
     done = records.completed_run_ids(summary.results_dir)
     todo = {rid: spec for rid, spec in by_id.items() if rid not in done}
     summary.skipped = len(by_id) - len(todo)
-    scheduler = make_scheduler(todo, summary.results_dir, deadline, estimate_folders=[DEFAULT_RESULTS])
+    scheduler = make_scheduler(todo, summary.results_dir, deadline, estimate_folders=[COMMITTED_RESULTS])
     if progress:
         print(
             f"grid: {len(by_id)} runs, {summary.skipped} already done (skipped), {len(todo)} to run",

@@ -12,6 +12,7 @@ Nothing here knows argparse: `bench/cli.py` turns argv into the typed arguments 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,12 @@ from bench.evaluate import PROTOCOLS
 from bench.profiles import PROFILES, Profile, get_profile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RESULTS = REPO_ROOT / "results"
+# Where records, studies and tables go unless --results says otherwise: $BENCH_RESULTS, else results/ in the
+# repository (the tests point it at a temporary folder so that they never write into the committed results).
+DEFAULT_RESULTS = Path(os.environ.get("BENCH_RESULTS") or REPO_ROOT / "results").resolve()
+# The repository's own records (measured runs, committed): the time-boxed grid and `bench status` read their
+# seconds per epoch as estimates wherever the results folder has none of its own.
+COMMITTED_RESULTS = REPO_ROOT / "results"
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")

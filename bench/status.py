@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import checkpoints, records
 from bench.schedule import format_duration, kind_of, load_estimates, projected_seconds
-from bench.spec import DEFAULT_RESULTS
+from bench.spec import COMMITTED_RESULTS
 from bench.train import SELECTION_METRIC, run_identity
 
 
@@ -63,7 +63,7 @@ def protocol_status(
     specs = grid_specs(methods, datasets, seeds, profile=profile, device=device, compile=compile, epochs=epochs,
                        patience=patience, max_users=max_users)
     latest = _latest_records(results_dir)
-    estimates = load_estimates(results_dir, DEFAULT_RESULTS)
+    estimates = load_estimates(results_dir, COMMITTED_RESULTS)
     rows, left_s, unknown = [], 0.0, 0
     for spec in specs:
         rid = run_identity(spec)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("BENCH_SHARED", REPO.parent / "shared")).resolve()
 os.environ.setdefault("BENCH_DATA_MIRROR", str(SHARED / "datasets"))
 os.environ.setdefault("BENCH_DATA_DIR", str(REPO / ".cache" / "datasets"))
+# Commands that save by default (a single `bench run`, `tune`) must never write into the committed results/.
+os.environ["BENCH_RESULTS"] = tempfile.mkdtemp(prefix="bench-results-")
 REFERENCE_CHECKPOINT = SHARED / "reference" / "ICLRec-Beauty-1.pt"
 
 

@@ -320,3 +320,22 @@ def test_gpu_and_fast_variant_runs_get_their_own_groups(tmp_path: Path) -> None:
         "plot_cost_quick_reference_cuda_faithful.png",
         "plot_cost_quick_reference_cpu_fast-precision-bf16.png",
     } <= written
+
+
+def test_a_fifth_method_is_compared_as_a_baseline(tmp_path: Path) -> None:
+    # A method added to methods/ needs no change in the leaderboard: it is one of ELCRec's baselines.
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for path in sorted((FIXTURES / "runs").glob("*-Beauty-*-quick-*.json")):
+        record = read_record(path)
+        if record is None or record["status"] != "ok":
+            continue
+        shutil.copy(path, runs / path.name)
+        if record["method"] == "iclrec":  # a "toy" method that beats every other one on every metric
+            toy = {**record, "method": "toy", "run_id": record["run_id"][:-4] + "beef"}
+            toy["test"] = {k: v * 3 for k, v in record["test"].items()}
+            write_record_atomic(record_path(tmp_path, toy), toy)
+    write_leaderboard(tmp_path, tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert "toy" in set(table["method"])
+    assert set(table.loc[table["method"] == "elcrec", "best_baseline"].dropna()) == {"toy"}
