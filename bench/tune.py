@@ -345,7 +345,7 @@ def tune(
             file=sys.stderr,
         )
     summary: dict[str, Any] = {
-        "study": name, "storage": public_storage(store), "method": method, "dataset": dataset,
+        "study": name, "storage": _shown(public_storage(store), results), "method": method, "dataset": dataset,
         "profile": asdict(profile), "metric": f"valid {METRIC}", "direction": "maximize",
         "sampler": f"TPESampler(seed derived from {seed}, constant_liar=True)",
         "pruner": f"MedianPruner(n_startup_trials={PRUNER_STARTUP_TRIALS}, n_warmup_steps={PRUNER_WARMUP_STEPS})",
@@ -372,7 +372,7 @@ def tune(
         done = final_run(setup, best.params)
         record = done["record"]
         summary["final_run"] = {
-            "run_id": record["run_id"], "record": done["path"], "best_epoch": record["best_epoch"],
+            "run_id": record["run_id"], "record": _shown(done["path"], results), "best_epoch": record["best_epoch"],
             "valid": record["best_valid"], "test": record["test"],
         }
         print("final run of the best configuration, test metrics at best epoch " f"{record['best_epoch']}:")
@@ -384,3 +384,14 @@ def tune(
 
 
 __all__ = ["EpochReporter", "StudySetup", "export", "tune"]
+
+
+def _shown(path: str, results: Path) -> str:
+    """A path as the reports write it: relative to the results folder when inside it (reports are committed,
+    and an absolute path says where they were made, not what they are); URLs and outside paths as they are."""
+    if is_url(path):
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(Path(results).resolve()))
+    except ValueError:
+        return path
