@@ -52,3 +52,23 @@ def beauty_sample():
     from bench.data import SequenceData
 
     return SequenceData.load("Beauty", max_users=4000)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """In-process training on one torch thread for a module (opt in with `usefixtures`); restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """300 synthetic users of 5-19 items, max_len 20: the smallest data a whole run goes through."""
+    from bench.data import SequenceData
+
+    seqs = synthetic_sequences(num_users=300)
+    return SequenceData("synthetic", seqs, item_size=int(seqs.items.max()) + 2, max_len=20)

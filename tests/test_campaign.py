@@ -13,27 +13,14 @@ import pytest
 import torch
 
 from bench import checkpoints, train
-from bench.data import SequenceData
 from bench.errors import BenchError
-from tests.conftest import synthetic_sequences
 
 MAX_LEN = 20
 TINY = {"num_layers": 1, "hidden_size": 32, "batch_size": 64, "max_len": MAX_LEN}
 METHODS = ("sasrec", "cl4srec", "iclrec", "elcrec")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_data() -> SequenceData:
-    seqs = synthetic_sequences(num_users=300)
-    return SequenceData("synthetic", seqs, item_size=int(seqs.items.max()) + 2, max_len=MAX_LEN)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py, as the execution tests
 
 
 def tiny_spec(method: str, epochs: int = 4, **kwargs) -> train.RunSpec:

@@ -22,7 +22,7 @@ from bench.configs import resolve_config
 from bench.data import SequenceData
 from bench.errors import BenchError
 from methods.base import CPU_CHUNK_ROWS
-from tests.conftest import REPO, synthetic_sequences
+from tests.conftest import REPO
 
 MIB = 2**20
 INTENT_METHODS = ("iclrec", "elcrec")
@@ -33,19 +33,7 @@ TINY = {"num_layers": 1, "hidden_size": 32, "batch_size": 64, "max_len": MAX_LEN
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run this module's in-process training on one thread (see ONE_THREAD_ENV); restore the setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_data() -> SequenceData:
-    seqs = synthetic_sequences(num_users=300)
-    return SequenceData("synthetic", seqs, item_size=int(seqs.items.max()) + 2, max_len=MAX_LEN)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process training on one thread (tests/conftest.py)
 
 
 def overrides_for(method: str, **extra) -> dict:
