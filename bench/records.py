@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from bench import context as run_context
+from bench.evaluate import METRICS
 
 RECORD_SCHEMA = 1
 STATUSES = ("ok", "failed", "interrupted")
-METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
 # Temp files get this suffix so that the `runs/*.json` glob never picks up a half-written record.
 TMP_SUFFIX = ".tmp"

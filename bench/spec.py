@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
+from bench.data import REPO_ROOT
 from bench.errors import BenchError
 from bench.evaluate import PROTOCOLS
 from bench.profiles import PROFILES, Profile, get_profile
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Where records, studies and tables go unless --results says otherwise: $BENCH_RESULTS, else results/ in the
 # repository (the tests point it at a temporary folder so that they never write into the committed results).
 DEFAULT_RESULTS = Path(os.environ.get("BENCH_RESULTS") or REPO_ROOT / "results").resolve()

@@ -39,8 +39,9 @@ import optuna
 
 from bench import configs, records, search_space, train
 from bench.errors import BenchError
+from bench.grid import EXECUTORS
 from bench.profiles import Profile
-from bench.spec import make_spec
+from bench.spec import check_choice, make_spec
 from bench.studies import (
     DEFAULT_SEED,
     INTERRUPTED,
@@ -63,7 +64,6 @@ from bench.studies import (
 )
 from bench.tune_reports import complete_trials, counts, export, fmt, space_entry, write_reports
 
-EXECUTORS = ("ray", "local")
 # Errors that fail one trial (an unlucky combination, a diverging loss) without stopping the study.
 TRIAL_ERRORS = (BenchError, RuntimeError, ValueError, FloatingPointError)
 
@@ -281,8 +281,7 @@ def tune(
         raise BenchError(f"--trials must be >= 0, got {trials}")
     if parallel < 1:
         raise BenchError(f"--parallel must be >= 1, got {parallel}")
-    if executor not in EXECUTORS:
-        raise BenchError(f"unknown executor {executor!r}; choose {' or '.join(EXECUTORS)}")
+    check_choice("executor", executor, EXECUTORS)
     train.resolve_device(device)
     name = check_study_name(study or default_study_name(method, dataset, profile.name))
     results = Path(results).resolve()
