@@ -33,18 +33,23 @@ FIRST_CHUNK = 256  # items in the first scan chunk on CPU; later chunks double
 RANK_CLIP = max(KS)  # stored per-user ranks are clipped here: 20 means "20 or worse"
 
 
-def rank_metrics(ranks: torch.Tensor) -> torch.Tensor:
-    """Sums of [HR@5, NDCG@5, HR@10, NDCG@10, HR@20, NDCG@20] over a batch, as a device tensor [6].
+def per_user_metrics(ranks: torch.Tensor) -> torch.Tensor:
+    """Each user's [HR@5, NDCG@5, HR@10, NDCG@10, HR@20, NDCG@20]: [B, 6] float64, from 0-based ranks [B].
 
-    ranks [B]: 0-based rank of each answer. NDCG with one relevant item is 1 / log2(rank + 2).
+    NDCG with one relevant item is 1 / log2(rank + 2). The one formula of the metrics: the evaluation sums it,
+    the leaderboard's paired tests compare it user by user (`rank_gains`).
     """
     gain = 1.0 / torch.log2(ranks.double() + 2.0)
-    sums = []
+    columns = []
     for k in KS:
         hit = ranks < k
-        sums.append(hit.double().sum())
-        sums.append(torch.where(hit, gain, 0.0).sum())
-    return torch.stack(sums)
+        columns += [hit.double(), torch.where(hit, gain, 0.0)]
+    return torch.stack(columns, dim=1)
+
+
+def rank_metrics(ranks: torch.Tensor) -> torch.Tensor:
+    """Sums of the six metrics over a batch of ranks, as a device tensor [6]."""
+    return per_user_metrics(ranks).sum(dim=0)
 
 
 def scan_chunks(table: torch.Tensor, device: torch.device) -> list[tuple[int, torch.Tensor]]:
@@ -127,7 +132,8 @@ def evaluate(
     was_training = method.training
     method.eval()
     totals = torch.zeros(len(METRICS), dtype=torch.float64, device=data.device)
-    user_ranks = torch.full((data.num_users,), RANK_CLIP, dtype=torch.uint8, device=data.device)
+    # Per-user ranks are kept only when asked for (the test split of a run), not at every epoch's validation.
+    user_ranks = torch.full((data.num_users,), RANK_CLIP, dtype=torch.uint8, device=data.device) if return_ranks else None
     fill = 0.0 if protocol == "reference" else float("-inf")
     item_table = method.item_table()  # [item_size, H], or None: the method scores items its own way
     by_dot = item_table is not None
@@ -175,7 +181,8 @@ def evaluate(
         # A NaN score (a diverged model) ranks nowhere: never a hit.
         ranks = torch.where(answer_score.isnan(), data.item_size, ahead)
         totals += rank_metrics(ranks)
-        user_ranks[rows] = ranks.clamp(max=RANK_CLIP).to(torch.uint8)
+        if user_ranks is not None:
+            user_ranks[rows] = ranks.clamp(max=RANK_CLIP).to(torch.uint8)
     method.train(was_training)
     values = (totals / data.num_users).tolist()
     metrics = dict(zip(METRICS, values))
@@ -183,16 +190,12 @@ def evaluate(
 
 
 def rank_gains(ranks, metric: str):
-    """Per-user value of `metric` ("HR@K" or "NDCG@K") from clipped 0-based ranks (numpy array).
+    """Per-user value of `metric` (one of METRICS) from clipped 0-based ranks (a numpy array), as numpy.
 
     The mean over users is the metric itself, so paired tests over users compare exactly what the
     tables show.
     """
     import numpy as np
 
-    name, k = metric.split("@")
-    ranks = np.asarray(ranks, dtype=np.float64)
-    hit = ranks < int(k)
-    if name == "HR":
-        return hit.astype(np.float64)
-    return np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
+    values = per_user_metrics(torch.as_tensor(np.asarray(ranks, dtype=np.int64)))
+    return values[:, METRICS.index(metric)].numpy()

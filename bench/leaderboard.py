@@ -587,9 +587,8 @@ def _plot_accuracy(acc: pd.DataFrame, title: str) -> bytes:
     for i, col in enumerate(cols):
         sub = d[d["column"] == col].set_index("dataset").reindex(datasets)
         x = np.arange(len(datasets)) + (i - (len(cols) - 1) / 2) * width
-        method = sub["method"].dropna().iloc[0]
         ax.bar(x, sub["mean"], width, yerr=sub["std"].fillna(0), capsize=3, ecolor="0.35", label=col,
-               color=METHOD_COLORS.get(method, "#8172b3"))
+               color=_color(d, col))
         if sub["published"].notna().any():  # paper profile only
             label = "published (ELCRec paper Table 1)" if i == 0 else None
             ax.scatter(x, sub["published"], marker="D", s=18, color="black", zorder=3, label=label)

@@ -346,9 +346,9 @@ class Fit:
         return totals | {"epochs_run": len(self.epochs)}
 
 
-# How often (in steps) the loop checks that the loss is finite. On the CPU the check costs nothing, so every
-# step; on a GPU it is one host sync, so every 50 steps, while a device-side flag remembers the first
-# non-finite step exactly, whenever it is read.
+# How often (in steps) the loop checks that the loss is finite, by reading the epoch's running loss sum. On
+# the CPU the read costs nothing, so every step (the reported step is exact); on a GPU it is one host sync,
+# so every 50 steps (the report names the window of steps).
 FINITE_CHECK_EVERY = {"cpu": 1, "cuda": 50}
 
 
@@ -391,7 +391,6 @@ def fit_epochs(
             method.on_epoch_start(epoch, data)
         memory.sample()
         loss_sums: dict[str, torch.Tensor] = {}
-        first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
         steps = tqdm(
             total=steps_per_epoch, desc=f"epoch {epoch}", unit="step", leave=False,
             disable=not progress or steps_per_epoch < 20,  # a bar inside long epochs only
@@ -404,10 +403,8 @@ def fit_epochs(
                 optimizer.step()
                 for name, value in terms.items():  # summed on the device: no per-step host sync
                     loss_sums[name] = loss_sums.get(name, 0.0) + value.detach()
-                bad_now = ~torch.isfinite(terms["loss"].detach()) & (first_bad < 0)
-                first_bad = torch.where(bad_now, step, first_bad)
                 if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
-                    _raise_if_diverged(first_bad, epoch, terms)
+                    _raise_if_diverged(loss_sums["loss"], epoch, step, check_every)
                 steps.update()
         steps.close()
         with timer.phase("eval"):
@@ -464,10 +461,13 @@ def deadline_stop(spec: RunSpec) -> Callable[[int, float], str | None] | None:
     return stop
 
 
-def _raise_if_diverged(first_bad: torch.Tensor, epoch: int, terms: dict) -> None:
-    step = int(first_bad)  # the one host sync of the check
-    if step >= 0:
-        raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {step}: the run diverged (try a lower lr)")
+def _raise_if_diverged(loss_sum: torch.Tensor, epoch: int, step: int, checked_every: int) -> None:
+    """The epoch's running loss sum (kept anyway) turns non-finite at the first non-finite step and stays so:
+    reading it (one host sync) tells whether the run diverged since the last check, with no per-step state."""
+    if math.isfinite(float(loss_sum)):
+        return
+    where = f"step {step}" if checked_every == 1 else f"steps {step // checked_every * checked_every}-{step}"
+    raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, {where}: the run diverged (try a lower lr)")
 
 
 def peak_memory(memory: PeakMemory, epochs: list[dict]) -> dict:
