@@ -78,7 +78,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     grid.add_argument("--executor", default="ray", help="ray (default) | local (in this process, one run at a time)")
     grid.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
     grid.add_argument("--cpus-per-run", type=float, help="CPUs each run reserves on Ray (default 1)")
-    grid.add_argument("--gpus-per-run", type=float, help="GPUs each run reserves on Ray (0.25 packs 4 runs on a GPU)")
+    grid.add_argument("--gpus-per-run", type=float,
+                      help="GPUs each run reserves on Ray (0.25 packs 4 runs on a GPU; default: as `bench packing` measured on this GPU model, else 1)")
     camp = p.add_argument_group("campaigns (time budget, mid-run checkpoints)")
     camp.add_argument(
         "--time-budget", metavar="DURATION",
@@ -142,15 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     stt.add_argument("--checkpoint-dir", type=Path, help="folder of mid-run checkpoints (default <results>/checkpoints)")
     stt.add_argument("--json", action="store_true", help="print the rows and totals as one JSON object")
 
-    pk = sub.add_parser("packing", help="throughput of 1, 2, 4, 8 concurrent runs on one GPU through Ray (a benchmark)")
+    pk = sub.add_parser("packing", help="throughput of 1, 2, 4, 8 concurrent runs on one GPU (or the CPU's cores) through Ray")
     pk.add_argument("--method", default="iclrec", help=METHOD_HELP + " (default iclrec)")
     pk.add_argument("--dataset", default="Beauty", help=DATASET_HELP + " (default Beauty)")
     pk.add_argument("--concurrency", nargs="+", type=int, default=[1, 2, 4, 8], help="runs at once (default 1 2 4 8)")
-    pk.add_argument("--compile", nargs="+", default=["off", "reduce-overhead"], dest="compile_modes",
-                    help="compile modes to measure (default: off reduce-overhead)")
+    pk.add_argument("--compile", nargs="+", dest="compile_modes",
+                    help="compile modes to measure (default: off reduce-overhead on a GPU, off on a CPU)")
     pk.add_argument("--epochs", type=int, default=5, help="epochs of each run (default 5; throughput counts epochs 2+)")
     pk.add_argument("--max-users", type=int, help="train on a sample of this many users (default: all)")
-    pk.add_argument("--device", default="cuda", help="cuda (default) | cpu (to check the command, not to measure)")
+    pk.add_argument("--device", default="cuda", help="cuda (default) | cpu (c runs share the cores, cpus/c threads each)")
     pk.add_argument("--cpus", type=float, help="CPUs to share between the runs (default: all the machine's)")
     pk.add_argument("--out", type=Path, help="output folder (default results/benchmarks)")
 

@@ -30,7 +30,15 @@ from bench import configs, records, train
 from bench.claims import Claims
 from bench.errors import BenchError
 from bench.profiles import get_profile
-from bench.schedule import Scheduler, check_packing, format_duration, make_scheduler
+from bench.schedule import (
+    PACKING_DIR,
+    Scheduler,
+    check_packing,
+    format_duration,
+    machine_name,
+    make_scheduler,
+    measured_packing,
+)
 from bench.spec import COMMITTED_RESULTS, DEFAULT_RESULTS, RunSpec, check_choice, device_kind, make_spec
 from bench.train import SELECTION_METRIC
 
@@ -216,6 +224,23 @@ def _run_local(queue: WorkQueue, on_done: Callable[[dict], None], progress: _Pro
         on_done(record)
 
 
+def _measured_gpu_packing(results_dir: Path, cpus_per_run: float | None, progress: bool) -> tuple[float, float | None]:
+    """GPUs and CPUs per run when --gpus-per-run is not given on a GPU: as `bench packing` chose on this GPU
+    model (bench/schedule.measured_packing), else one run per GPU."""
+    machine = machine_name("cuda")
+    measured = measured_packing("cuda", machine, [results_dir / "benchmarks", PACKING_DIR])
+    if measured is None:
+        if progress:
+            print(f"grid: 1 run per GPU (no packing measurement of {machine}; `python -m bench packing` makes one)",
+                  flush=True)
+        return 1.0, cpus_per_run
+    runs, threads, path = measured
+    if progress:
+        print(f"grid: {runs} run(s) per GPU, {threads} thread(s) each, as measured in {path} "
+              "(--gpus-per-run overrides)", flush=True)
+    return 1.0 / runs, cpus_per_run if cpus_per_run is not None else float(threads)
+
+
 def run_grid(
     specs: list[RunSpec],
     results_dir: Path | str,
@@ -260,6 +285,8 @@ def run_grid(
                 "auto" in devices and torch.cuda.is_available()
             )
             gpus_per_run = 1.0 if wants_gpu and "cpu" not in devices else 0.0
+            if gpus_per_run and torch.cuda.is_available():
+                gpus_per_run, cpus_per_run = _measured_gpu_packing(summary.results_dir, cpus_per_run, progress)
         specs = [replace(s, device="cuda" if gpus_per_run > 0 else "cpu") for s in specs]
     else:
         specs = [replace(s, device=device_kind("auto")) if s.device == "auto" else s for s in specs]

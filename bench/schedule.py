@@ -8,7 +8,9 @@ left out when later ones exist, since they carry compiling and warm-up) times th
 spent in epochs: data loading, the first epoch's extra, the test). That is an upper bound: early stopping
 (patience) usually ends a run before its maximum. Without such a record the run is a *probe*: it starts,
 and after its first epoch (its second when compiled) it stops (interrupted, checkpointed, so nothing is
-lost) unless that epoch's time times the epochs left fits in the time left.
+lost) unless that epoch's time times the epochs left fits in the time left. As the grid's own records
+arrive they refine the estimates, and replace earlier ones once they hold a few steady epochs: runs packed
+several to a GPU are slower per epoch than the solo runs that may have made the first estimate.
 
 Order and refusals. Probes start first (one per kind at a time: its record then estimates its siblings),
 then the longest expected runs; a run whose expectation exceeds the time left when a slot frees is not
@@ -17,12 +19,18 @@ the next one would not end in time, and is recorded `interrupted` (kept out of e
 resumed from its checkpoint by the next invocation); the Ray executor cancels what is still running a
 grace period after the deadline.
 
+Packing. `bench packing` (bench/packing.py) measures how many runs to put on one GPU; this module reads
+those measurements back (`measured_packing`: the grid's default packing on that GPU model; `packed_speedups`:
+what `bench status` divides its projection by).
+
 Nothing here trains or imports Ray: the grid (bench/grid.py) and the executors ask a `Scheduler`.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 import statistics
 import time
@@ -30,10 +38,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bench import records
-from bench.errors import BenchError
-from bench.spec import RunSpec, device_kind
+import torch
 
+from bench import records
+from bench.context import cpu_model
+from bench.errors import BenchError
+from bench.spec import REPO_ROOT, RunSpec, device_kind
+
+PACKING_DIR = REPO_ROOT / "results" / "benchmarks"  # where `bench packing` writes its measurements
+FAITHFUL_COMPILE = "off"  # the compile mode whose measured packing the grid follows by default
 GRACE_S = 120.0  # after the deadline, in-flight Ray tasks get this long to finish their epoch, then are cancelled
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -93,6 +106,9 @@ def _record_kind(record: dict) -> tuple:
         spec.get("max_users"), variant.get("compile", spec.get("compile", "off")),
         variant.get("precision", spec.get("precision", "fp32")), variant.get("view_encoding", "separate"),
     )
+
+
+MIN_OWN_EPOCHS = 3  # epochs after the first that this grid's own records need to replace an estimate
 
 
 @dataclass
@@ -174,6 +190,7 @@ class Scheduler:
     clock: Callable[[], float] = time.time
     not_started: list[tuple[Planned, float, float]] = field(default_factory=list)  # (run, expected, left)
     probing: dict[tuple, int] = field(default_factory=dict)  # kind -> probes in flight
+    seen: dict[tuple, list[dict]] = field(default_factory=dict)  # kind -> this grid's records with epochs
 
     def expected(self, run: Planned) -> float | None:
         estimate = self.estimates.get(kind_of(run.spec))
@@ -216,12 +233,22 @@ class Scheduler:
         self.not_started.append((run, expected, left))
 
     def finished(self, record: dict) -> None:
-        """A record arrived: its kind's probe (if it was one) is over, and its epochs refine the estimate."""
+        """A record arrived: its kind's probe (if it was one) is over, and its epochs refine the estimate.
+
+        This grid's own records describe this machine as it runs now (its packing, its load) better than
+        earlier ones, so once they hold MIN_OWN_EPOCHS epochs after a first they replace an estimate from
+        elsewhere; with fewer (a probe's first epoch carries warm-up and compiling) they only fill a gap.
+        """
         kind = _record_kind(record)
         if self.probing.get(kind):
             self.probing[kind] -= 1
-        if record.get("status") in ("ok", "interrupted") and kind not in self.estimates:
-            estimate = estimate_from([record], "this grid")
+        if record.get("status") not in ("ok", "interrupted") or not record.get("epochs"):
+            return
+        own = self.seen.setdefault(kind, [])
+        own.append(record)
+        steady_epochs = sum(len(r["epochs"]) - 1 for r in own)
+        if kind not in self.estimates or self.estimates[kind].source == "this grid" or steady_epochs >= MIN_OWN_EPOCHS:
+            estimate = estimate_from(own, "this grid")
             if estimate is not None:
                 self.estimates[kind] = estimate
 
@@ -269,3 +296,67 @@ def projected_seconds(
             continue
         total += estimate.expected(spec.epochs if epochs is None else min(epochs, spec.epochs))
     return total, unknown
+
+
+# ------------------------------------------------------------------------- packing measurements, read back
+# `bench packing` (bench/packing.py) measures them; the grid and `bench status` follow them.
+def machine_name(kind: str) -> str:
+    """The model a packing measurement holds for: the GPU's name, or the CPU's model and core count."""
+    if kind == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"{cpu_model()} x{os.cpu_count() or 1}"
+
+
+def _measurements(kind: str, folders: list[Path]) -> list[tuple[dict, dict, Path]]:
+    """(meta, document, path) of every readable packing measurement of this device kind in `folders`."""
+    found = []
+    for folder in folders:
+        for path in sorted(Path(folder).glob(f"packing-{kind}-*.json")):
+            try:
+                doc = json.loads(path.read_text())
+                found.append((dict(doc["meta"]), doc, path))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return found
+
+
+def packed_speedups(kind: str, compile_mode: str, folders: list[Path]) -> list[dict]:
+    """Per machine model measured: the packing chosen for `compile_mode` and its gain over one run at a
+    time ([ratio, low, high] of the 95% interval) (the smallest packing, then the smallest gain, where several methods were measured), so that a
+    projection made one run at a time can say what packing buys. Machines whose choice is 1 are left out."""
+    per_machine: dict[str, tuple] = {}
+    for meta, doc, path in _measurements(kind, folders):
+        try:
+            chosen = int(doc["best"][compile_mode]["concurrency"])
+            if chosen == 1:
+                candidate = (1, 1.0, [1.0, None, None], path)
+            else:
+                [row] = [r for r in doc["rows"] if r["compile"] == compile_mode and r["concurrency"] == chosen]
+                gain = row["gain_vs_1"]
+                candidate = (chosen, float(gain["ratio"]), [float(gain["ratio"]), gain["low"], gain["high"]], path)
+        except (KeyError, TypeError, ValueError):
+            continue
+        name = str(meta.get("device_name"))
+        if name not in per_machine or candidate[:2] < per_machine[name][:2]:
+            per_machine[name] = candidate
+    return [{"machine": name, "concurrency": c, "gain": gain, "file": str(path)}
+            for name, (c, _, gain, path) in sorted(per_machine.items()) if c > 1]
+
+
+def measured_packing(kind: str, machine: str, folders: list[Path]) -> tuple[int, int, Path] | None:
+    """(runs at once, threads per run, file) from the packing measurements of this machine model for the faithful compile
+    mode, or None when there is none. Where several (methods, datasets) were measured, the smallest packing
+    wins: it is the one shown to help every one of them. Unreadable files are skipped: a measurement is
+    advice, not input."""
+    found = []
+    for meta, doc, path in _measurements(kind, folders):
+        try:
+            best = doc["best"][FAITHFUL_COMPILE]
+            if meta["device_name"] == machine:
+                found.append((int(best["concurrency"]), int(best["threads_per_run"]), str(path), path))
+        except (KeyError, TypeError, ValueError):
+            continue
+    if not found:
+        return None
+    concurrency, threads, _, path = min(found)
+    return concurrency, threads, path

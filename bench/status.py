@@ -21,8 +21,15 @@ import math
 from pathlib import Path
 
 from bench import checkpoints, records
-from bench.schedule import format_duration, kind_of, load_estimates, projected_seconds
-from bench.spec import COMMITTED_RESULTS
+from bench.schedule import (
+    PACKING_DIR,
+    format_duration,
+    kind_of,
+    load_estimates,
+    packed_speedups,
+    projected_seconds,
+)
+from bench.spec import COMMITTED_RESULTS, device_kind
 from bench.train import SELECTION_METRIC, run_identity
 
 
@@ -96,6 +103,10 @@ def protocol_status(
     per_100 = sum(100 * estimates[kind_of(s)].epoch_s for s in specs if kind_of(s) in estimates)
     sources = sorted({estimates[kind_of(s)].source for s in specs if kind_of(s) in estimates})
     counts = {k: sum(r["status"] == k for r in rows) for k in ("ok", "interrupted", "failed", "pending")}
+    packed = []
+    for found in packed_speedups(device_kind(device), compile, [results_dir / "benchmarks", PACKING_DIR]):
+        ratio = found["gain"][0]
+        packed.append({**found, "expected_left_s": left_s / ratio, "protocol_upper_bound_s": whole / ratio})
     return {
         "results": str(results_dir),
         "profile": specs[0].profile if specs else profile,
@@ -109,6 +120,7 @@ def protocol_status(
         "protocol_per_100_epochs_s": per_100,
         "protocol_runs_without_estimate": len(whole_unknown),
         "estimates_from": sources,
+        "packed": packed,
     }
 
 
@@ -151,4 +163,12 @@ def print_status(status: dict) -> None:
             f"(estimates from {', '.join(status['estimates_from'])})"
             + (f"; {status['protocol_runs_without_estimate']} run(s) without an estimate not counted"
                if status["protocol_runs_without_estimate"] else "")
+        )
+    for p in status.get("packed") or []:
+        low, high = p["gain"][1], p["gain"][2]
+        interval = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+        print(
+            f"packed as measured on {p['machine']} ({p['concurrency']} runs at once, "
+            f"{p['gain'][0]:.2f}x{interval} the throughput of one): time left {format_duration(p['expected_left_s'])}, "
+            f"whole protocol {format_duration(p['protocol_upper_bound_s'])} ({p['file']})"
         )

@@ -271,6 +271,27 @@ def test_fractional_gpus_pack_four_runs_on_two_logical_gpus(monkeypatch):
     assert all(r["spec"]["concurrency"] == 4 and r["spec"]["num_threads"] == 1 for r in got)
 
 
+def test_the_grids_own_epochs_replace_an_estimate_from_elsewhere():
+    from bench.schedule import Estimate, Scheduler, kind_of
+
+    runs = planned_grid()
+    kind = kind_of(runs[0].spec)  # sasrec
+    sched = Scheduler(list(runs), {kind: Estimate(epoch_s=1.0, overhead_s=0.0, runs=3, source="committed")},
+                      deadline=None)
+
+    def record(n_epochs: int, seconds: float) -> dict:
+        return {"method": "sasrec", "dataset": "synthetic", "device": "cpu", "status": "ok",
+                "spec": {"max_users": None, "compile": "off"}, "totals": {"wall_s": n_epochs * seconds},
+                "epochs": [{"estep_s": 0.0, "train_s": seconds, "eval_s": 0.0}] * n_epochs}
+
+    sched.finished(record(2, 3.0))  # one steady epoch: too few to overrule 3 earlier runs
+    assert sched.expected(runs[0]) == pytest.approx(10 * 1.0)
+    sched.finished(record(3, 3.0))  # three steady epochs of this grid (packed runs, say): they now decide
+    assert sched.estimates[kind].source == "this grid" and sched.expected(runs[0]) == pytest.approx(10 * 3.0)
+    sched.finished({**record(3, 0.1), "status": "failed"})  # a failed run's epochs say nothing of the cost
+    assert sched.expected(runs[0]) == pytest.approx(10 * 3.0)
+
+
 def test_status_shows_every_state_and_the_time_left(tmp_path, capsys):
     from bench import records
     from bench.grid import grid_specs
@@ -297,3 +318,91 @@ def test_status_shows_every_state_and_the_time_left(tmp_path, capsys):
     for line in ("done: best epoch 2, test NDCG@20 0.0123", "failed: boom", "interrupted: epoch 1 of 3 (no checkpoint: starts over)", "pending",
                  "1 done, 1 interrupted, 1 failed, 1 pending", "expected cpu time left: 30 s"):
         assert line in out
+
+
+# ------------------------------------------------------------------------------------ packing, chosen
+def test_packing_is_taken_only_for_a_gain_the_interval_shows():
+    from bench.packing import choose_packing, packing_gain
+
+    solo = [[1.00, 1.02, 0.98, 1.01, 0.99]]
+    two = [[1.10, 1.12, 1.08, 1.11], [1.09, 1.11, 1.10, 1.12]]  # 2 runs, each 10% slower: 1.8x the throughput
+    four = [[2.20, 2.25, 2.18], [2.21, 2.19, 2.24], [2.22, 2.2, 2.23], [2.18, 2.21, 2.2]]  # no gain over two
+    gain = packing_gain(two, 2, solo, 1)
+    assert gain.ratio == pytest.approx(2 / 1.1, rel=0.02) and 1 < gain.low < gain.ratio < gain.high
+    chosen, why = choose_packing({1: solo, 2: two, 4: four})
+    assert chosen == 2
+    assert why[0].startswith("2 over 1: 1.8") and why[0].endswith("taken")
+    assert why[1].startswith("4 over 2: 1.0") and why[1].endswith("not shown to be faster")
+    # a gain (1.2x) with epochs that scatter widely is not taken: its interval reaches below 1
+    noisy = [[0.9, 3.0, 1.0, 2.9], [2.8, 1.0, 3.1, 0.9]]
+    assert packing_gain(noisy, 2, solo, 1).text() == "1.20x [0.72, 1.99]"
+    assert choose_packing({1: solo, 2: noisy})[0] == 1
+    with pytest.raises(BenchError, match="no packing level finished"):
+        choose_packing({1: [], 2: []})
+
+
+def _packing_file(folder, name, machine, concurrency, threads, method="iclrec"):
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {"meta": {"device_name": machine, "measured_at": "2026-11-25T00:00:00+00:00"},
+           "best": {"off": {"concurrency": concurrency, "threads_per_run": threads},
+                    "reduce-overhead": {"concurrency": 8, "threads_per_run": 2}}}
+    (folder / f"packing-cuda-{method}-{name}.json").write_text(json.dumps(doc))
+
+
+def test_the_grid_packs_as_measured_on_the_same_gpu_model(tmp_path, monkeypatch, capsys):
+    from bench import grid
+
+    bench_dir = tmp_path / "benchmarks"
+    _packing_file(bench_dir, "Beauty", "Fake GPU 80GB", 4, 4)
+    _packing_file(bench_dir, "Yelp", "Fake GPU 80GB", 2, 8, method="elcrec")  # the smaller packing wins
+    _packing_file(bench_dir, "Toys", "Other GPU", 8, 2)
+    (bench_dir / "packing-cuda-sasrec-Sports.json").write_text("{not json")  # advice, skipped
+    monkeypatch.setattr(grid, "PACKING_DIR", tmp_path / "nothing-committed")
+    monkeypatch.setattr(grid, "machine_name", lambda kind: "Fake GPU 80GB")
+    assert grid._measured_gpu_packing(tmp_path, None, progress=True) == (0.5, 8.0)
+    assert "2 run(s) per GPU, 8 thread(s) each, as measured in" in capsys.readouterr().out
+    assert grid._measured_gpu_packing(tmp_path, 3.0, progress=False) == (0.5, 3.0)  # --cpus-per-run stays
+    monkeypatch.setattr(grid, "machine_name", lambda kind: "Unmeasured GPU")
+    assert grid._measured_gpu_packing(tmp_path, None, progress=True) == (1.0, None)
+    assert "1 run per GPU (no packing measurement of Unmeasured GPU" in capsys.readouterr().out
+
+
+def test_packing_measures_the_cores_end_to_end(tmp_path, capsys):
+    from bench.cli import main
+
+    rc = main(["packing", "--device", "cpu", "--method", "sasrec", "--dataset", "Beauty", "--max-users", "300",
+               "--epochs", "3", "--concurrency", "1", "2", "--cpus", "2", "--out", str(tmp_path)])
+    assert rc == 0
+    doc = json.loads((tmp_path / "packing-cpu-sasrec-Beauty.json").read_text())
+    assert [(r["concurrency"], r["threads_per_run"], r["runs_ok"]) for r in doc["rows"]] == [(1, 2, 1), (2, 1, 2)]
+    assert all(len(runs) == r["concurrency"] and all(len(e) == 2 for e in runs)
+               for r in doc["rows"] for runs in [r["epoch_s_per_run"]])
+    assert doc["best"]["off"]["concurrency"] in (1, 2) and doc["meta"]["command"].startswith("python -m bench packing")
+    table = (tmp_path / "packing-cpu-sasrec-Beauty.md").read_text()
+    assert "| off | 2 | 0 | 1 |" in table and "Chosen for compile off: **" in table
+    capsys.readouterr()
+    assert main(["packing", "--device", "cpu", "--epochs", "2", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --epochs must be >= 3 for a packing measurement (epochs after the first are timed), got 2")
+
+
+def test_status_divides_the_time_left_by_the_measured_packing_gain(tmp_path, capsys):
+    from bench.status import print_status, protocol_status
+
+    bench_dir = tmp_path / "benchmarks"
+    bench_dir.mkdir()
+    rows = [{"compile": "off", "concurrency": 1},
+            {"compile": "off", "concurrency": 2,
+             "gain_vs_1": {"ratio": 1.25, "low": 1.1, "high": 1.4, "basis": "8+4 epochs after the first"}}]
+    doc = {"meta": {"device_name": "Fake CPU x2"}, "rows": rows, "best": {"off": {"concurrency": 2, "threads_per_run": 1}}}
+    (bench_dir / "packing-cpu-sasrec-Beauty.json").write_text(json.dumps(doc))
+    # a machine whose measurement chose 1 run at a time has nothing to divide by: not shown
+    (bench_dir / "packing-cpu-iclrec-Beauty.json").write_text(json.dumps(
+        {"meta": {"device_name": "Other CPU x4"}, "rows": rows[:1], "best": {"off": {"concurrency": 1, "threads_per_run": 4}}}))
+    status = protocol_status(tmp_path, profile="smoke", methods=["sasrec"], datasets=["Beauty"], seeds=[1], device="cpu")
+    [mine] = [p for p in status["packed"] if p["machine"] == "Fake CPU x2"]
+    assert not [p for p in status["packed"] if p["machine"] == "Other CPU x4"]
+    assert mine["concurrency"] == 2 and mine["gain"] == [1.25, 1.1, 1.4]
+    assert mine["expected_left_s"] == pytest.approx(status["expected_left_s"] / 1.25)
+    print_status(status)
+    assert "packed as measured on Fake CPU x2 (2 runs at once, 1.25x [1.10, 1.40] the throughput of one)" in capsys.readouterr().out
