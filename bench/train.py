@@ -505,6 +505,9 @@ def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BenchError(f"checkpoint {path} is not a state_dict of tensors")
+    # A model saved while wrapped in nn.DataParallel / DistributedDataParallel has every key under "module.".
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
     for key in ("item_embeddings.weight", "position_embeddings.weight"):
         if key not in state:
             raise BenchError(f"checkpoint {path} is not in the published layout: it has no {key}")

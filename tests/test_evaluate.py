@@ -193,6 +193,16 @@ def test_checkpoint_loads_into_every_method(beauty_sample, method):
     assert got["HR@20"] > 0.05
 
 
+def test_a_checkpoint_saved_from_a_data_parallel_model_loads(tmp_path):
+    from bench.train import load_checkpoint
+
+    plain = load_checkpoint(str(REFERENCE_CHECKPOINT))
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save({f"module.{k}": v for k, v in plain.items()}, wrapped)
+    got = load_checkpoint(str(wrapped))
+    assert list(got) == list(plain) and all(torch.equal(got[k], plain[k]) for k in plain)
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(REFERENCE_CHECKPOINT.read_bytes()[:5000])
