@@ -70,7 +70,8 @@ def format_duration(seconds: float | None) -> str:
         return f"{seconds / 3600:.1f} h"
     if seconds >= 60:
         return f"{seconds / 60:.1f} min"
-    return f"{seconds:.0f} s"
+    # below 10 s one decimal, so that a refusal never reads "expected 6 s > 6 s left"
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
 def check_packing(gpus_per_run: float | None, gpus_here: int, remote: bool) -> None:
