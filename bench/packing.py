@@ -15,7 +15,7 @@ Throughput is finished epochs per second summed over the runs:
   ratio (Welch t on log seconds, `bench/verdicts.py`), so that a packing is chosen for a gain the
   measurement shows, not for noise.
 
-The packing chosen per compile mode starts at 1 run and moves to a larger c only while c's throughput
+The packing chosen per compile mode starts at 1 run and moves to a larger c only when c's throughput
 beats the packing chosen so far with the whole interval above 1. The table goes to
 `<out>/packing-<device>-<method>-<dataset>.md` and `.json` (default results/benchmarks/).
 
@@ -100,7 +100,7 @@ def packing_gain(epochs_c: list[list[float]], c: int, epochs_c0: list[list[float
 
 
 def choose_packing(epochs_by_c: dict[int, list[list[float]]]) -> tuple[int, list[str]]:
-    """The packing to use: from 1 run at once upwards, take a larger c only while its gain over the
+    """The packing to use: from 1 run at once upwards, take a larger c only when its gain over the
     packing taken so far has its whole 95% interval above 1. Returns c and the reasons, one per step."""
     levels = sorted(c for c, runs in epochs_by_c.items() if runs)
     if not levels:
