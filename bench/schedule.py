@@ -83,6 +83,11 @@ def check_packing(gpus_per_run: float | None, gpus_here: int, remote: bool) -> N
         raise BenchError(f"--gpus-per-run must be >= 0, got {gpus_per_run:g}")
     if gpus_per_run > 1 and gpus_per_run != int(gpus_per_run):
         raise BenchError(f"--gpus-per-run {gpus_per_run:g}: above 1 GPU a run takes whole GPUs (Ray's rule)")
+    if not remote and gpus_here == 0:
+        raise BenchError(
+            f"--gpus-per-run {gpus_per_run:g} but torch sees no GPU on this machine: leave it out to run on the "
+            "CPU, or give --address of a Ray cluster with GPUs"
+        )
     if not remote and gpus_per_run > gpus_here:
         raise BenchError(
             f"--gpus-per-run {gpus_per_run:g} but this machine has {gpus_here} GPU(s): "
