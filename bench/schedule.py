@@ -328,8 +328,9 @@ def _measurements(kind: str, folders: list[Path]) -> list[tuple[dict, dict, Path
 
 def packed_speedups(kind: str, compile_mode: str, folders: list[Path]) -> list[dict]:
     """Per machine model measured: the packing chosen for `compile_mode` and its gain over one run at a
-    time ([ratio, low, high] of the 95% interval) (the smallest packing, then the smallest gain, where several methods were measured), so that a
-    projection made one run at a time can say what packing buys. Machines whose choice is 1 are left out."""
+    time, as [ratio, low, high] of the 95% interval, so that a projection made one run at a time can say
+    what packing buys. Where several methods were measured, the smallest packing (then the smallest gain)
+    holds; machines whose choice is 1 run at a time are left out."""
     per_machine: dict[str, tuple] = {}
     for meta, doc, path in _measurements(kind, folders):
         try:
