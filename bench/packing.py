@@ -38,15 +38,14 @@ import torch
 
 from bench import records
 from bench.errors import BenchError
-from bench.schedule import FAITHFUL_COMPILE, PACKING_DIR, machine_name
+from bench.schedule import FAITHFUL_COMPILE, PACKING_DIR, epoch_seconds, machine_name
 from bench.spec import check_positive, device_kind
 from bench.verdicts import per_epoch_interval
 
 
 def _steady_epoch_seconds(record: dict) -> list[float]:
     """Seconds of each epoch after the first (the first carries compiling and warm-up)."""
-    times = [e["estep_s"] + e["train_s"] + e["eval_s"] for e in record.get("epochs") or []]
-    return times[1:]
+    return [epoch_seconds(e) for e in record.get("epochs") or []][1:]
 
 
 def _throughput(recs: list[dict], wall_s: float) -> dict:
@@ -146,6 +145,10 @@ def measure_packing(
     out_dir = Path(out_dir) if out_dir is not None else PACKING_DIR
     records.check_writable(out_dir, "benchmark output folder")
     levels = sorted(set(concurrency))
+
+    def share(c: int) -> dict:  # what each of c runs at once gets
+        return {"gpus_per_run": round(1.0 / c, 4) if kind == "cuda" else 0, "threads_per_run": max(1, int(cpus / c))}
+
     rows, epochs_by = [], {}
     for mode in compile_modes:
         for c in levels:
@@ -157,8 +160,7 @@ def measure_packing(
                 summary = run_grid(specs, scratch, executor="ray", cpus_per_run=cpus / c,
                                    gpus_per_run=(1.0 / c) if kind == "cuda" else None, progress=False)
                 recs = [r for r in (records.read_record(p) for p in summary.paths) if r]
-            row = {"compile": mode, "concurrency": c, "gpus_per_run": round(1.0 / c, 4) if kind == "cuda" else 0,
-                   "threads_per_run": max(1, int(cpus / c)), **_throughput(recs, summary.wall_s)}
+            row = {"compile": mode, "concurrency": c, **share(c), **_throughput(recs, summary.wall_s)}
             finished = [_steady_epoch_seconds(r) for r in recs if r["status"] == "ok"]
             if row["runs_ok"] == c:
                 epochs_by[(mode, c)] = finished
@@ -175,8 +177,7 @@ def measure_packing(
                 row["gain_vs_1"] = packing_gain(mine[row["concurrency"]], row["concurrency"], solo, 1).__dict__
         if mine:
             chosen, why = choose_packing(mine)
-            best[mode] = {"concurrency": chosen, "gpus_per_run": round(1.0 / chosen, 4) if kind == "cuda" else 0,
-                          "threads_per_run": max(1, int(cpus / chosen)), "why": why}
+            best[mode] = {"concurrency": chosen, **share(chosen), "why": why}
     name = machine_name(kind)
     meta = {"method": method, "dataset": dataset, "epochs": epochs, "max_users": max_users, "device": kind,
             "device_name": name, "cpus": cpus, "torch": torch.__version__,

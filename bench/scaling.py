@@ -941,29 +941,35 @@ def _measured_and_extrapolated(g: pd.DataFrame):
     return meas, ext
 
 
+def _series(summ: pd.DataFrame):
+    """What both scaling plots draw, per k-means backend: (backend, colour, part, line style, label function,
+    first backend?) for its measured part (solid, labelled) and its extrapolated part (dotted, unlabelled)."""
+    colours = {"faiss": "tab:blue", "torch": "tab:orange"}
+    first = summ["kmeans"].iloc[0]
+    for backend, g in summ.groupby("kmeans", sort=False):
+        for part, style in zip(_measured_and_extrapolated(g), ("-", ":")):
+            lab = (lambda text: text) if style == "-" else (lambda text: None)
+            yield backend, colours.get(backend, "tab:gray"), part, style, lab, backend == first
+
+
 def plot_time(summ: pd.DataFrame, title: str) -> bytes:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     fig = Figure(figsize=(12, 5))
     ax, share = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
-    colours = {"faiss": "tab:blue", "torch": "tab:orange"}
-    first = summ["kmeans"].iloc[0]
-    for backend, g in summ.groupby("kmeans", sort=False):
-        c = colours.get(backend, "tab:gray")
-        for part, style in zip(_measured_and_extrapolated(g), ("-", ":")):
-            lab = (lambda text: text) if style == "-" else (lambda text: None)
-            estep = part["iclrec_encode_s"] + part["iclrec_copy_s"] + part["iclrec_kmeans_s"]
-            ax.plot(part["N"], part["iclrec_total_s"], style, marker="o", color=c, label=lab(f"ICLRec epoch, k-means {backend}"))
-            ax.plot(part["N"], estep, style, marker="s", color=c, alpha=0.5, label=lab(f"ICLRec E-step, k-means {backend}"))
-            share.plot(part["N"], part["time_diff_pct"], style, marker="o", color=c,
-                       label=lab(f"ELCRec vs ICLRec epoch time, k-means {backend}"))
-            share.plot(part["N"], part["estep_share_pct"], style, marker="s", color=c, alpha=0.5,
-                       label=lab(f"E-step share of ICLRec's epoch, k-means {backend}"))
-            if backend == first:
-                ax.plot(part["N"], part["elcrec_total_s"], style, marker="^", color="tab:green", label=lab("ELCRec epoch"))
-                ax.plot(part["N"], part["elcrec_cluster_s"], style, marker="v", color="tab:green", alpha=0.5,
-                        label=lab("ELCRec clustering terms"))
+    for backend, c, part, style, lab, first in _series(summ):
+        estep = part["iclrec_encode_s"] + part["iclrec_copy_s"] + part["iclrec_kmeans_s"]
+        ax.plot(part["N"], part["iclrec_total_s"], style, marker="o", color=c, label=lab(f"ICLRec epoch, k-means {backend}"))
+        ax.plot(part["N"], estep, style, marker="s", color=c, alpha=0.5, label=lab(f"ICLRec E-step, k-means {backend}"))
+        share.plot(part["N"], part["time_diff_pct"], style, marker="o", color=c,
+                   label=lab(f"ELCRec vs ICLRec epoch time, k-means {backend}"))
+        share.plot(part["N"], part["estep_share_pct"], style, marker="s", color=c, alpha=0.5,
+                   label=lab(f"E-step share of ICLRec's epoch, k-means {backend}"))
+        if first:
+            ax.plot(part["N"], part["elcrec_total_s"], style, marker="^", color="tab:green", label=lab("ELCRec epoch"))
+            ax.plot(part["N"], part["elcrec_cluster_s"], style, marker="v", color="tab:green", alpha=0.5,
+                    label=lab("ELCRec clustering terms"))
     for a in (ax, share):
         a.set_xscale("log")
         a.set_xlabel("users N")
@@ -990,19 +996,14 @@ def plot_memory(summ: pd.DataFrame, title: str) -> bytes:
 
     fig = Figure(figsize=(7.5, 5))
     ax = fig.add_subplot()
-    colours = {"faiss": "tab:blue", "torch": "tab:orange"}
-    first = summ["kmeans"].iloc[0]
-    for backend, g in summ.groupby("kmeans", sort=False):
-        c = colours.get(backend, "tab:gray")
-        for part, style in zip(_measured_and_extrapolated(g), ("-", ":")):
-            lab = (lambda text: text) if style == "-" else (lambda text: None)
-            ax.plot(part["N"], part["iclrec_working_bytes"] / 2**30, style, marker="o", color=c,
-                    label=lab(f"ICLRec working set (largest of step and E-step), k-means {backend}"))
-            if backend == first:
-                ax.plot(part["N"], part["elcrec_working_bytes"] / 2**30, style, marker="^", color="tab:green",
-                        label=lab("ELCRec working set (training step)"))
-                ax.plot(part["N"], part["data_bytes"] / 2**30, style, marker="x", color="0.4",
-                        label=lab("harness data tensors, both methods (computed)"))
+    for backend, c, part, style, lab, first in _series(summ):
+        ax.plot(part["N"], part["iclrec_working_bytes"] / 2**30, style, marker="o", color=c,
+                label=lab(f"ICLRec working set (largest of step and E-step), k-means {backend}"))
+        if first:
+            ax.plot(part["N"], part["elcrec_working_bytes"] / 2**30, style, marker="^", color="tab:green",
+                    label=lab("ELCRec working set (training step)"))
+            ax.plot(part["N"], part["data_bytes"] / 2**30, style, marker="x", color="0.4",
+                    label=lab("harness data tensors, both methods (computed)"))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("users N")

@@ -130,7 +130,8 @@ class Estimate:
         return self.overhead_s + self.epoch_s * max(epochs_left, 0)
 
 
-def _epoch_seconds(row: dict) -> float:
+def epoch_seconds(row: dict) -> float:
+    """Seconds of one epoch row of a record: E-step + training + validation."""
     return sum(float(row.get(k) or 0.0) for k in ("estep_s", "train_s", "eval_s"))
 
 
@@ -141,7 +142,7 @@ def estimate_from(recs: list[dict], source: str) -> Estimate | None:
         rows = record.get("epochs") or []
         if not rows:
             continue
-        times = [_epoch_seconds(r) for r in rows]
+        times = [epoch_seconds(r) for r in rows]
         epoch_times.extend(times[1:] if len(times) > 1 else times)
         wall = (record.get("totals") or {}).get("wall_s")
         if wall is not None:
