@@ -1,20 +1,23 @@
 """Mid-run checkpoints: everything a run needs to continue exactly where it stopped.
 
 A run with a checkpoint folder (`--checkpoint-every E`, or any grid under `--time-budget`) keeps one file,
-`<folder>/<run_id>/last.pt` (default folder `<results>/checkpoints/`, outside git). It is written
+`<folder>/<run_id>/last.pt`. The default folder is a persistent cache outside any working copy,
+`$BENCH_CHECKPOINTS`, else `${XDG_CACHE_HOME:-~/.cache}/intent-bench/checkpoints`: a run id names the same
+run in every checkout, so a fresh clone on the same machine continues a campaign where the last one stopped. It is written
 atomically (torch.save to a temporary file in the same folder, then os.replace) every E epochs and when the
 run is interrupted, and holds:
 
 - the run id it belongs to (a checkpoint of another spec is refused with one line),
 - the next epoch to run,
-- the model's and the optimiser's state,
+- the model's and the optimiser's state, and the model's non-persistent buffers (ICLRec's centroids, from
+  which its next E-step warm-starts),
 - the random streams: the batch generator (order, negatives, augmentations), torch's global CPU stream
   (dropout on the CPU) and the CUDA stream of the run's device (dropout on a GPU), Python's and numpy's,
 - the early-stopping state so far (`train.Fit`: every epoch's row, best score, epoch, valid metrics,
   parameters and the time it took to reach them) and the wall time spent before the checkpoint.
 
-ICLRec's k-means (the E-step) is seeded by the run's seed at every epoch (methods/clustering.py), and
-ELCRec's cluster centres are parameters, so neither needs more. Running the same spec again with the same
+ICLRec's k-means (the E-step) is seeded by the run's seed at every epoch and warm-starts from the
+centroids buffer (methods/clustering.py); ELCRec's cluster centres are parameters. Running the same spec again with the same
 folder continues from the file; the valid curve is then bit-identical to an uninterrupted run's on the CPU
 (tests/test_campaign.py). A run that finishes removes its checkpoint: its record is what is kept.
 """
@@ -35,6 +38,14 @@ CHECKPOINT_NAME = "last.pt"
 FORMAT = 1
 
 
+def default_folder() -> Path:
+    """Where mid-run checkpoints go unless --checkpoint-dir says otherwise (see the module doc)."""
+    if os.environ.get("BENCH_CHECKPOINTS"):
+        return Path(os.environ["BENCH_CHECKPOINTS"]).expanduser().resolve()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return (cache / "intent-bench" / "checkpoints").resolve()
+
+
 def checkpoint_path(folder: str | Path, run_id: str) -> Path:
     """Where the checkpoint of run `run_id` lives under `folder`."""
     return Path(folder).expanduser().resolve() / run_id / CHECKPOINT_NAME
@@ -46,6 +57,7 @@ class Resume:
 
     next_epoch: int
     model: dict
+    buffers: dict  # non-persistent buffers, absent from `model`
     optimizer: dict
     generator: torch.Tensor
     cpu_rng: torch.Tensor
@@ -67,8 +79,7 @@ def _cpu(value):
     return value
 
 
-def save(
-    path: Path,
+def snapshot(
     run_id: str,
     next_epoch: int,
     method: torch.nn.Module,
@@ -76,14 +87,16 @@ def save(
     generator: torch.Generator,
     fit_state: dict,
     elapsed_s: float,
-) -> Path:
-    """Write the checkpoint of `run_id` to `path`, atomically: readers see the previous file or this one."""
+) -> dict:
+    """Everything a checkpoint holds, copied to host memory now (an epoch boundary): `write` saves it later,
+    for example when a SIGTERM arrives in the middle of the next epoch."""
     device = generator.device
-    state = {
+    return {
         "format": FORMAT,
         "run_id": run_id,
         "next_epoch": next_epoch,
         "model": _cpu(method.state_dict()),
+        "buffers": _cpu(non_persistent_buffers(method)),
         "optimizer": _cpu(optimizer.state_dict()),
         "generator": generator.get_state().cpu(),
         "cpu_rng": torch.get_rng_state(),
@@ -93,6 +106,10 @@ def save(
         "fit": _cpu(fit_state),
         "elapsed_s": float(elapsed_s),
     }
+
+
+def write(path: Path, state: dict) -> Path:
+    """Write a `snapshot` to `path`, atomically: readers see the previous file or this one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -126,6 +143,7 @@ def load(path: Path, run_id: str) -> Resume | None:
     return Resume(
         next_epoch=int(state["next_epoch"]),
         model=state["model"],
+        buffers=state.get("buffers", {}),
         optimizer=state["optimizer"],
         generator=state["generator"],
         cpu_rng=state["cpu_rng"],
@@ -135,6 +153,19 @@ def load(path: Path, run_id: str) -> Resume | None:
         fit=state["fit"],
         elapsed_s=float(state["elapsed_s"]),
     )
+
+
+def non_persistent_buffers(method: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers that `state_dict` leaves out (registered with persistent=False), by name."""
+    persistent = method.state_dict().keys()
+    return {name: buf for name, buf in method.named_buffers() if name not in persistent}
+
+
+def restore_model(resume: Resume, method: torch.nn.Module, device: torch.device) -> None:
+    """Load the checkpoint's parameters, persistent and non-persistent buffers into `method` on `device`."""
+    method.load_state_dict({k: v.to(device) for k, v in resume.model.items()})
+    for name, value in resume.buffers.items():
+        method.get_buffer(name).copy_(value.to(device))
 
 
 def restore_streams(resume: Resume, generator: torch.Generator) -> None:

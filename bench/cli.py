@@ -10,6 +10,7 @@
     packing               throughput of concurrent runs on one GPU through Ray (writes results/benchmarks/)
     profile               seconds per phase and the top operators of the training step
     scaling               ICLRec's E-step against ELCRec's clustering terms as the user count grows
+    records migrate       upgrade run records of an older schema (bench/migrate.py)
 
 User errors (BenchError) print one line `error: ...` on stderr and exit 2, without a traceback. A run
 that fails (a diverging loss, a crash) is recorded as failed and exits 1.
@@ -22,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+from bench import termination
 from bench.errors import BenchError
 from bench.spec import DEFAULT_RESULTS
 
@@ -89,7 +91,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     camp.add_argument("--checkpoint-every", type=int, metavar="E",
                       help="save a mid-run checkpoint every E epochs; running the same spec again continues from it")
     camp.add_argument("--checkpoint-dir", type=Path,
-                      help="folder of mid-run checkpoints, <dir>/<run_id>/last.pt (default <results>/checkpoints)")
+                      help="folder of mid-run checkpoints, <dir>/<run_id>/last.pt (default $BENCH_CHECKPOINTS, else "
+                      "~/.cache/intent-bench/checkpoints: outside the working copy, so a fresh clone resumes)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     stt.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the profile's)")
     stt.add_argument("--device", default="cuda", help="device of the runs counted: cuda (default: a campaign's) | cpu")
     stt.add_argument("--compile", default="off", help="compile mode of the runs counted (default off)")
-    stt.add_argument("--checkpoint-dir", type=Path, help="folder of mid-run checkpoints (default <results>/checkpoints)")
+    stt.add_argument("--checkpoint-dir", type=Path, help="folder of mid-run checkpoints (default $BENCH_CHECKPOINTS, else ~/.cache/intent-bench/checkpoints)")
     stt.add_argument("--json", action="store_true", help="print the rows and totals as one JSON object")
 
     pk = sub.add_parser("packing", help="throughput of 1, 2, 4, 8 concurrent runs on one GPU (or the CPU's cores) through Ray")
@@ -168,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--steps", type=int, default=10, help="training steps under the torch profiler (default 10)")
     pr.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="override a config value")
     _add_execution_options(pr)
+
+    rec = sub.add_parser("records", help="maintain run records")
+    rec_sub = rec.add_subparsers(dest="records_command", required=True)
+    mig = rec_sub.add_parser("migrate", help="upgrade records of an older schema to the current one, in place")
+    mig.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
 
     sc = sub.add_parser("scaling", help="where alternating k-means stops scaling: ICLRec vs ELCRec cost against N")
     sc.add_argument("--dataset", default="Beauty", help="dataset whose sequences are resampled (default Beauty)")
@@ -239,10 +247,12 @@ def _spec_options(args) -> dict:
 
 def _checkpoint_dir(args) -> str | None:
     """Mid-run checkpoints: asked for by --checkpoint-every or --checkpoint-dir (a time-boxed grid sets them
-    itself); the default folder is <results>/checkpoints."""
+    itself); the default folder is the persistent cache of bench/checkpoints.py."""
+    from bench.checkpoints import default_folder
+
     if args.checkpoint_dir is None and args.checkpoint_every is None:
         return None
-    folder = args.checkpoint_dir if args.checkpoint_dir is not None else args.results / "checkpoints"
+    folder = args.checkpoint_dir if args.checkpoint_dir is not None else default_folder()
     return str(folder.expanduser().resolve())
 
 
@@ -298,6 +308,12 @@ def cmd_run(args) -> int:
         return 1
     path = records.save(args.results, record)
     print(f"record: {path}", file=sys.stderr)
+    if record["status"] == "interrupted":  # a SIGTERM (bench/termination.py)
+        stop = record["interrupted"]
+        kept = f"checkpoint {stop['checkpoint']}" if stop.get("checkpoint") else "no checkpoint (no --checkpoint-every)"
+        print(f"error: {stop['reason']} after {stop['epochs_done']} of {stop['max_epochs']} epochs; kept: {kept}; "
+              "run the same command again to resume", file=sys.stderr)
+        return termination.EXIT_CODE
     if args.json:
         print(json.dumps(record))
     else:
@@ -337,7 +353,8 @@ def cmd_grid(args) -> int:
     )
     print(
         f"grid: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} skipped"
-        + (f", {len(summary.interrupted)} interrupted, {len(summary.not_started)} not started" if time_budget else "")
+        + (f", {len(summary.interrupted)} interrupted, {len(summary.not_started)} not started"
+           if time_budget or summary.interrupted else "")
         + f" in {summary.wall_s:.1f} s"
     )
     for line in summary.not_started:
@@ -355,6 +372,10 @@ def cmd_grid(args) -> int:
     print(f"records: {summary.results_dir / 'runs'}")
     for f in summary.failed:
         print(f"failed: {f['method']} {f['dataset']} seed {f['seed']}: {f['error']}", file=sys.stderr)
+    if termination.requested():
+        print(f"error: {termination.reason()}: {len(summary.interrupted)} run(s) recorded interrupted at their last "
+              "epoch boundary, no further run started; run the same command again to resume", file=sys.stderr)
+        return termination.EXIT_CODE
     return summary.exit_code
 
 
@@ -486,6 +507,23 @@ def cmd_scaling(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- records
+def cmd_records(args) -> int:
+    from bench.migrate import migrate
+    from bench.records import RECORD_SCHEMA
+
+    if not (args.results / "runs").is_dir():
+        raise BenchError(f"no records to migrate: {args.results / 'runs'} is not a folder")
+    done = migrate(args.results)
+    for old, new in done.migrated:
+        print(f"migrated {old.name}" + (f" -> {new.name}" if new != old else ""))
+    for line in done.refused:
+        print(f"not migrated: {line}", file=sys.stderr)
+    print(f"records: {len(done.migrated)} migrated to schema {RECORD_SCHEMA}, {done.current} already current, "
+          f"{len(done.refused)} not migrated")
+    return 1 if done.refused else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -499,7 +537,10 @@ def main(argv: list[str] | None = None) -> int:
         "status": cmd_status,
         "packing": cmd_packing,
         "scaling": cmd_scaling,
+        "records": cmd_records,
     }
+    if args.command in ("run", "tune"):  # the commands that train stop gracefully on SIGTERM
+        termination.install()
     try:
         return handlers[args.command](args)
     except BenchError as exc:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bench import configs, records, train
+from bench import checkpoints, configs, records, termination, train
 from bench.claims import Claims
 from bench.errors import BenchError
 from bench.profiles import get_profile
@@ -216,12 +216,12 @@ class WorkQueue:
 
 def _run_local(queue: WorkQueue, on_done: Callable[[dict], None], progress: _Progress) -> None:
     progress.started(1)
-    while (spec := queue.take()) is not None:
+    while not termination.requested() and (spec := queue.take()) is not None:
         try:
             record = train.run(spec, progress=progress.enabled)
         except Exception as exc:  # recorded as failed; KeyboardInterrupt still stops the grid
             record = train.failure_record(spec, exc)
-        on_done(record)
+        on_done(record)  # after a SIGTERM: the run stopped at its last epoch boundary, recorded interrupted
 
 
 def _measured_gpu_packing(results_dir: Path, cpus_per_run: float | None, progress: bool) -> tuple[float, float | None]:
@@ -257,7 +257,8 @@ def run_grid(
     means no GPU per run; `cuda` means one unless `gpus_per_run` packs several runs on a GPU.
     `time_budget` (seconds) time-boxes the grid (bench/schedule.py): longest expected runs first, none
     started that is not expected to finish, runs in flight at the budget recorded interrupted and
-    checkpointed under `<results>/checkpoints/` so that the next invocation resumes them.
+    checkpointed (bench/checkpoints.py, default folder outside the working copy) so that the next
+    invocation resumes them.
     """
     from bench import data
 
@@ -290,16 +291,22 @@ def run_grid(
         specs = [replace(s, device="cuda" if gpus_per_run > 0 else "cpu") for s in specs]
     else:
         specs = [replace(s, device=device_kind("auto")) if s.device == "auto" else s for s in specs]
+    asked_checkpoints = [s.checkpoint_dir is not None for s in specs]  # such runs may continue next time
     if deadline is not None:  # a run stopped at the budget must be resumable: checkpoint it
-        default_dir = str(summary.results_dir / "checkpoints")
+        default_dir = str(checkpoints.default_folder())
         specs = [s if s.checkpoint_dir else replace(s, checkpoint_dir=default_dir) for s in specs]
     by_id: dict[str, RunSpec] = {}
-    for spec in specs:  # resolving every config here turns a bad config into an error before any work
-        by_id.setdefault(train.run_identity(spec)[0], spec)
+    resumable: set[str] = set()
+    for spec, asked in zip(specs, asked_checkpoints):  # resolving every config here: a bad one fails first
+        rid = train.run_identity(spec)[0]
+        by_id.setdefault(rid, spec)
+        if asked:
+            resumable.add(rid)
     done = records.completed_run_ids(summary.results_dir)
     todo = {rid: spec for rid, spec in by_id.items() if rid not in done}
     summary.skipped = len(by_id) - len(todo)
-    scheduler = make_scheduler(todo, summary.results_dir, deadline, estimate_folders=[COMMITTED_RESULTS])
+    scheduler = make_scheduler(todo, summary.results_dir, deadline, estimate_folders=[COMMITTED_RESULTS],
+                               resumable=resumable)
     if progress:
         print(
             f"grid: {len(by_id)} runs, {summary.skipped} already done (skipped), {len(todo)} to run",
@@ -312,6 +319,10 @@ def run_grid(
                 what = "probe (no earlier record)" if expected is None else format_duration(expected)
                 resumed = f", resumes at epoch {run.epochs_done}" if run.epochs_done else ""
                 print(f"  {run.spec.method:<8} {run.spec.dataset:<20} seed {run.spec.seed:<3} {what}{resumed}", flush=True)
+            later = [r for r in scheduler.order() if r.resumable and (scheduler.expected(r) or math.inf) > time_budget]
+            if later:
+                print("grid: runs to continue next time (checkpointed at the budget, resumed by the same command): "
+                      + ", ".join(f"{r.spec.method} {r.spec.dataset} seed {r.spec.seed}" for r in later), flush=True)
     # Once, here: concurrent workers must not download (and verify) the same file at the same time.
     for name in _unique([spec.dataset for spec in todo.values()]):
         data.download(name)

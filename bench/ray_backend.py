@@ -37,6 +37,7 @@ from pathlib import Path
 
 import ray
 
+from bench import termination
 from bench.errors import BenchError
 from bench.spec import REPO_ROOT
 
@@ -134,6 +135,23 @@ def run_workers_on_ray(
             ray.shutdown()
 
 
+STOP_WAIT_S = 60.0  # after a SIGTERM, how long cancelled tasks get to write their last epoch boundary
+
+
+def _stop_tasks(pending: dict, on_done: Callable[[dict], None], reason: str) -> None:
+    """Cancel every running task (a KeyboardInterrupt in its worker: the training loop writes the last epoch
+    boundary as its checkpoint, bench/train.py) and record each run interrupted with what its checkpoint holds."""
+    from bench.train import interrupted_record
+
+    for ref in pending:
+        ray.cancel(ref, force=False)
+    ray.wait(list(pending), num_returns=len(pending), timeout=STOP_WAIT_S)
+    for ref, spec in list(pending.items()):
+        ray.cancel(ref, force=True)  # no-op for a task that has ended
+        pending.pop(ref)
+        on_done(interrupted_record(spec, reason))
+
+
 def run_specs_on_ray(
     take: Callable[[], object | None],
     *,
@@ -179,14 +197,20 @@ def run_specs_on_ray(
                 pending[task.remote(spec, cpus_per_run, gpus_per_run, slots, task_device)] = spec
             if not pending:
                 return
-            timeout = None if deadline is None else max(0.0, deadline + GRACE_S - time.time())
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
-            if not ready:  # past the deadline and its grace: stop what is left, record it interrupted
+            # Short waits, so that a SIGTERM to the driver (bench/termination.py) is seen within a second.
+            left = math.inf if deadline is None else deadline + GRACE_S - time.time()
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, min(left, 1.0)))
+            if termination.requested():
+                _stop_tasks(pending, on_done, termination.reason())
+                return
+            if not ready and left <= 0:  # past the deadline and its grace: stop what is left, record it interrupted
                 for ref, spec in list(pending.items()):
                     ray.cancel(ref, force=True)
                     pending.pop(ref)
                     on_done(interrupted_record(spec, f"cancelled {GRACE_S:.0f} s after the time budget"))
                 return
+            if not ready:
+                continue
             ref = ready[0]
             spec = pending.pop(ref)
             try:

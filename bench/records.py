@@ -22,7 +22,7 @@ import pandas as pd
 from bench import context as run_context
 from bench.evaluate import METRICS
 
-RECORD_SCHEMA = 1
+RECORD_SCHEMA = 2  # 2: ICLRec records say kmeans_init (bench/migrate.py upgrades schema 1)
 STATUSES = ("ok", "failed", "interrupted")
 
 # Temp files get this suffix so that the `runs/*.json` glob never picks up a half-written record.
@@ -138,7 +138,8 @@ def record_problem(record: dict) -> str | None:
     file counts as unreadable (listed by `find_corrupt`, reported on the terminal), never half-used.
     """
     if record.get("schema", RECORD_SCHEMA) != RECORD_SCHEMA:
-        return f"unknown record schema {record.get('schema')!r} (this harness reads {RECORD_SCHEMA})"
+        hint = "; `python -m bench records migrate` upgrades it" if record.get("schema") == 1 else ""
+        return f"unknown record schema {record.get('schema')!r} (this harness reads {RECORD_SCHEMA}){hint}"
     if record.get("status") not in STATUSES:
         return f"unknown status {record.get('status')!r}"
     for key in ("test", "best_valid", "totals"):
@@ -201,8 +202,9 @@ def find_corrupt(results_dir: Path) -> list[Path]:
 
 
 # The faithful (published) value of every execution option: run ids leave these values out, records and
-# tables name the others. precision and compile are RunSpec fields; view_encoding is a config key.
-FAITHFUL = {"precision": "fp32", "compile": "off", "view_encoding": "separate"}
+# tables name the others. precision and compile are RunSpec fields; view_encoding and kmeans_init are
+# config keys (of the methods that have them).
+FAITHFUL = {"precision": "fp32", "compile": "off", "view_encoding": "separate", "kmeans_init": "warm"}
 
 
 def variant_label(record: dict) -> str:

@@ -17,7 +17,10 @@ then the longest expected runs; a run whose expectation exceeds the time left wh
 started ("not started: expected X > Y left"). At the budget every run stops after its current epoch when
 the next one would not end in time, and is recorded `interrupted` (kept out of every table, retried and
 resumed from its checkpoint by the next invocation); the Ray executor cancels what is still running a
-grace period after the deadline.
+grace period after the deadline. Runs whose checkpoints were asked for (`--checkpoint-every`,
+`--checkpoint-dir`) are not refused for being long: one that will not finish in this budget starts anyway
+(if an epoch fits), runs until the budget and is continued by the next invocation, which is how a run of
+many hours is carried across jobs of one or two.
 
 Packing. `bench packing` (bench/packing.py) measures how many runs to put on one GPU; this module reads
 those measurements back (`measured_packing`: the grid's default packing on that GPU model; `packed_speedups`:
@@ -177,6 +180,7 @@ class Planned:
     spec: RunSpec
     run_id: str
     epochs_done: int = 0  # held by its checkpoint
+    resumable: bool = False  # checkpoints asked for: may run until the budget and continue next time
 
     @property
     def epochs_left(self) -> int:
@@ -196,6 +200,7 @@ class Scheduler:
     deadline: float | None = None
     clock: Callable[[], float] = time.time
     not_started: list[tuple[Planned, float, float]] = field(default_factory=list)  # (run, expected, left)
+    continuing: list[tuple[Planned, float | None, float]] = field(default_factory=list)  # started, to end later
     probing: dict[tuple, int] = field(default_factory=dict)  # kind -> probes in flight
     seen: dict[tuple, list[dict]] = field(default_factory=dict)  # kind -> this grid's records with epochs
 
@@ -218,6 +223,16 @@ class Scheduler:
         left = self.left()
         for run in self.order():
             expected = self.expected(run)
+            if run.resumable and (expected is None or expected > left):
+                # It will not finish now: it runs until the budget, checkpointed, and the next invocation
+                # continues it; worth starting only if an epoch fits (unknown cost: try).
+                estimate = self.estimates.get(kind_of(run.spec))
+                if left <= (0.0 if estimate is None else estimate.expected(1)):
+                    self._refuse(run, math.inf if expected is None else expected, left)
+                    continue
+                self.planned.remove(run)
+                self.continuing.append((run, expected, left))
+                return replace(run.spec, deadline=self.deadline)
             if expected is None:
                 kind = kind_of(run.spec)
                 if self.probing.get(kind):
@@ -265,6 +280,13 @@ class Scheduler:
         if spec.probe and self.probing.get(kind):
             self.probing[kind] -= 1
 
+    def continuing_lines(self) -> list[str]:
+        return [
+            f"{r.spec.method} {r.spec.dataset} seed {r.spec.seed} "
+            f"(expected {format_duration(expected) if expected is not None else 'unknown'} > {format_duration(left)} left)"
+            for r, expected, left in self.continuing
+        ]
+
     def refusal_lines(self) -> list[str]:
         return [
             f"not started: {r.spec.method} {r.spec.dataset} seed {r.spec.seed}: expected "
@@ -274,16 +296,17 @@ class Scheduler:
 
 
 def make_scheduler(
-    specs_by_id: dict[str, RunSpec], results_dir: Path, deadline: float | None, estimate_folders: Iterable[Path] = ()
+    specs_by_id: dict[str, RunSpec], results_dir: Path, deadline: float | None, estimate_folders: Iterable[Path] = (),
+    resumable: Iterable[str] = (),
 ) -> Scheduler:
     """A scheduler over the runs not yet done, with the epochs their checkpoints hold and the estimates of
-    `results_dir` (then `estimate_folders`)."""
+    `results_dir` (then `estimate_folders`); the runs of `resumable` (ids) may end in a later invocation."""
     from bench import checkpoints
 
-    planned = []
+    planned, resumable = [], set(resumable)
     for rid, spec in specs_by_id.items():
         done = checkpoints.epochs_done(spec.checkpoint_dir, rid) if spec.checkpoint_dir else None
-        planned.append(Planned(spec, rid, done or 0))
+        planned.append(Planned(spec, rid, done or 0, rid in resumable))
     # without a deadline nothing is refused or reordered: no estimate is needed
     estimates = load_estimates(results_dir, *estimate_folders) if deadline is not None else {}
     return Scheduler(planned, estimates, deadline)

@@ -66,7 +66,7 @@ def protocol_status(
 
     check_device(device)
     results_dir = Path(results_dir).expanduser().resolve()
-    folder = Path(checkpoint_dir).expanduser().resolve() if checkpoint_dir else results_dir / "checkpoints"
+    folder = Path(checkpoint_dir).expanduser().resolve() if checkpoint_dir else checkpoints.default_folder()
     specs = grid_specs(methods, datasets, seeds, profile=profile, device=device, compile=compile, epochs=epochs,
                        patience=patience, max_users=max_users)
     latest = _latest_records(results_dir)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
-from bench import checkpoints, context, records
+from bench import checkpoints, context, records, termination
 from bench.configs import build_config, method_class, paper_values, resolve_config
 from bench.costs import PHASES, PeakMemory, PhaseTimer
 from bench.data import SequenceData
@@ -51,13 +51,17 @@ def execution_options(spec: RunSpec) -> dict:
 
 
 def variant_of(spec: RunSpec, config: dict) -> dict:
-    """What a record says about how faithful the run was: mode "faithful" or "fast", and every option."""
+    """What a record says about how faithful the run was: mode "faithful", "fast" or "modified", and every
+    option."""
     options = {k: getattr(spec, k) for k in SPEC_OPTIONS}
-    options.update({k: config[k] for k in records.FAITHFUL if k in config})  # view_encoding: intent methods
+    options.update({k: config[k] for k in records.FAITHFUL if k in config})  # config keys of some methods
     # compile and tf32 keep the published math (fused kernels, TF32 products); bf16 and a shared encoding
-    # of the views change what is computed, so only they make a run "fast".
+    # of the views change what is computed to save time, so they make a run "fast"; a fresh k-means at
+    # every E-step changes it for no saving ("modified").
     fast = options["precision"] == "bf16" or options.get("view_encoding", "separate") != "separate"
-    return {"mode": "fast" if fast else "faithful", **options}
+    modified = options.get("kmeans_init", "warm") != "warm"
+    mode = "fast" if fast else "modified" if modified else "faithful"
+    return {"mode": mode, **options}
 
 
 def run_identity(spec: RunSpec) -> tuple[str, dict, str]:
@@ -66,12 +70,18 @@ def run_identity(spec: RunSpec) -> tuple[str, dict, str]:
     return identity_of(spec, config), config.to_dict(), label
 
 
-def identity_of(spec: RunSpec, config) -> str:
-    """The run id of `spec` trained with the resolved `config`."""
+def identity_of(spec: RunSpec, config, faithful: dict | None = None) -> str:
+    """The run id of `spec` trained with the resolved `config` (a method config or its dict).
+
+    `faithful` (default records.FAITHFUL): the config values left out of the id; the record migration
+    passes an older schema's.
+    """
     budget = {"epochs": spec.epochs, "patience": spec.patience, "max_users": spec.max_users}
     budget.update(execution_options(spec))
-    faithful_config = {k: v for k, v in records.FAITHFUL.items() if k not in SPEC_OPTIONS}
-    values = {k: v for k, v in config.to_dict().items() if not (k in faithful_config and faithful_config[k] == v)}
+    faithful = records.FAITHFUL if faithful is None else faithful
+    faithful_config = {k: v for k, v in faithful.items() if k not in SPEC_OPTIONS}
+    values = config if isinstance(config, dict) else config.to_dict()
+    values = {k: v for k, v in values.items() if not (k in faithful_config and faithful_config[k] == v)}
     return records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, values, budget)
 
 
@@ -249,7 +259,8 @@ def run(
             spec, method, data, memory, wall_start, epoch_callback, progress,
             resume=resume, stop_when=stop_when, checkpoint=(ckpt_path, rid),
         )
-        method.load_state_dict(fit.best_state)
+        if fit.best_state is not None:  # None: stopped (SIGTERM) before its first epoch ended
+            method.load_state_dict(fit.best_state)
         test, test_ranks, test_eval_s = None, None, 0.0
         if fit.interrupted is None and ckpt_path is not None:
             checkpoints.remove(ckpt_path)  # finished: the record is what is kept
@@ -300,7 +311,7 @@ def run(
                 "reason": fit.interrupted,
                 "epochs_done": len(fit.epochs),
                 "max_epochs": spec.epochs,
-                "checkpoint": str(ckpt_path) if ckpt_path else None,
+                "checkpoint": str(ckpt_path) if ckpt_path is not None and ckpt_path.is_file() else None,
             }
         if resume is not None:
             record["resumed_from_epoch"] = resume.next_epoch
@@ -372,69 +383,93 @@ def fit_epochs(
     fit = Fit()
     first_epoch = 0
     if resume is not None:  # campaign hook: the state of the epoch boundary the checkpoint was taken at
-        method.load_state_dict({k: v.to(device) for k, v in resume.model.items()})
+        checkpoints.restore_model(resume, method, device)
         optimizer.load_state_dict(resume.optimizer)
         checkpoints.restore_streams(resume, generator)
         fit = Fit(**{**resume.fit, "best_state": {k: v.to(device) for k, v in resume.fit["best_state"].items()}})
         first_epoch = resume.next_epoch
     ckpt_path, rid = checkpoint
+    boundary: dict | None = None  # the last epoch boundary's checkpoint, in host memory (written on SIGTERM)
 
-    def save_checkpoint_now(next_epoch: int) -> None:
-        checkpoints.save(
-            ckpt_path, rid, next_epoch, method, optimizer, generator, fit.state(), time.perf_counter() - wall_start
+    def at_boundary(next_epoch: int) -> dict:
+        return checkpoints.snapshot(
+            rid, next_epoch, method, optimizer, generator, fit.state(), time.perf_counter() - wall_start
         )
 
     bar = tqdm(range(first_epoch, spec.epochs), desc=f"{spec.method}/{spec.dataset}", disable=not progress, leave=False)
-    for epoch in bar:
-        method.train()
-        with timer.phase("estep"):
-            method.on_epoch_start(epoch, data)
-        memory.sample()
-        loss_sums: dict[str, torch.Tensor] = {}
-        steps = tqdm(
-            total=steps_per_epoch, desc=f"epoch {epoch}", unit="step", leave=False,
-            disable=not progress or steps_per_epoch < 20,  # a bar inside long epochs only
-        )
-        with timer.phase("train"):
-            for step, batch in enumerate(data.train_batches(batch_size, generator, method.view_maker)):
-                terms = training_step(batch)
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                optimizer.step()
-                for name, value in terms.items():  # summed on the device: no per-step host sync
-                    loss_sums[name] = loss_sums.get(name, 0.0) + value.detach()
-                if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
-                    _raise_if_diverged(loss_sums["loss"], epoch, step, check_every)
-                steps.update()
-        steps.close()
-        with timer.phase("eval"):
-            valid = evaluate(method, data, "valid", spec.protocol)
-        losses = {name: float(total) / steps_per_epoch for name, total in loss_sums.items()}
-        # Memory held at the end of the epoch (CUDA: allocated by torch; CPU: RSS): flat across epochs unless
-        # something leaks, which tests/test_execution.py checks.
-        row = {"epoch": epoch, "valid": valid, **timer.lap(), "losses": losses, "memory_bytes": memory.current()}
-        fit.epochs.append(row)
-        if valid[SELECTION_METRIC] > fit.best_score:
-            fit.best_score, fit.best_epoch, fit.best_valid = valid[SELECTION_METRIC], epoch, valid
-            fit.best_elapsed = time.perf_counter() - wall_start
-            fit.best_state = {k: v.detach().clone() for k, v in method.state_dict().items()}
-        bar.set_postfix({"valid NDCG@20": f"{valid[SELECTION_METRIC]:.4f}", "best": fit.best_epoch})
-        if epoch_callback is not None:
-            epoch_callback(epoch, row)
-        if epoch - fit.best_epoch >= spec.patience:
-            break
-        saved = False
-        if ckpt_path is not None and spec.checkpoint_every and (epoch + 1) % spec.checkpoint_every == 0:
-            save_checkpoint_now(epoch + 1)
-            saved = True
-        reason = stop_when(len(fit.epochs), row["estep_s"] + row["train_s"] + row["eval_s"]) if stop_when else None
-        if reason is not None and epoch + 1 < spec.epochs:
-            fit.interrupted = reason
-            if ckpt_path is not None and not saved:
-                save_checkpoint_now(epoch + 1)
-            break
+    try:
+        for epoch in bar:
+            _stop_if_terminated()
+            method.train()
+            with timer.phase("estep"):
+                method.on_epoch_start(epoch, data)
+            memory.sample()
+            loss_sums: dict[str, torch.Tensor] = {}
+            steps = tqdm(
+                total=steps_per_epoch, desc=f"epoch {epoch}", unit="step", leave=False,
+                disable=not progress or steps_per_epoch < 20,  # a bar inside long epochs only
+            )
+            with timer.phase("train"):
+                for step, batch in enumerate(data.train_batches(batch_size, generator, method.view_maker)):
+                    _stop_if_terminated()
+                    terms = training_step(batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    terms["loss"].backward()
+                    optimizer.step()
+                    for name, value in terms.items():  # summed on the device: no per-step host sync
+                        loss_sums[name] = loss_sums.get(name, 0.0) + value.detach()
+                    if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
+                        _raise_if_diverged(loss_sums["loss"], epoch, step, check_every)
+                    steps.update()
+            steps.close()
+            _stop_if_terminated()
+            with timer.phase("eval"):
+                valid = evaluate(method, data, "valid", spec.protocol)
+            losses = {name: float(total) / steps_per_epoch for name, total in loss_sums.items()}
+            # Memory held at the end of the epoch (CUDA: allocated by torch; CPU: RSS): flat across epochs unless
+            # something leaks, which tests/test_execution.py checks.
+            row = {"epoch": epoch, "valid": valid, **timer.lap(), "losses": losses, "memory_bytes": memory.current()}
+            fit.epochs.append(row)
+            if valid[SELECTION_METRIC] > fit.best_score:
+                fit.best_score, fit.best_epoch, fit.best_valid = valid[SELECTION_METRIC], epoch, valid
+                fit.best_elapsed = time.perf_counter() - wall_start
+                fit.best_state = {k: v.detach().clone() for k, v in method.state_dict().items()}
+            bar.set_postfix({"valid NDCG@20": f"{valid[SELECTION_METRIC]:.4f}", "best": fit.best_epoch})
+            if epoch_callback is not None:
+                epoch_callback(epoch, row)
+            if epoch - fit.best_epoch >= spec.patience:
+                break
+            saved = False
+            if ckpt_path is not None:
+                boundary = at_boundary(epoch + 1)
+                if spec.checkpoint_every and (epoch + 1) % spec.checkpoint_every == 0:
+                    checkpoints.write(ckpt_path, boundary)
+                    saved = True
+            reason = stop_when(len(fit.epochs), row["estep_s"] + row["train_s"] + row["eval_s"]) if stop_when else None
+            if reason is not None and epoch + 1 < spec.epochs:
+                fit.interrupted = reason
+                if ckpt_path is not None and not saved:
+                    checkpoints.write(ckpt_path, boundary)
+                break
+    except (Terminated, KeyboardInterrupt) as exc:
+        # The epoch in progress is dropped; the last boundary this invocation reached becomes the checkpoint.
+        # KeyboardInterrupt is also how Ray cancels a task: the driver then records the run from that file.
+        if ckpt_path is not None and boundary is not None:
+            checkpoints.write(ckpt_path, boundary)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        fit.interrupted = termination.reason()
     bar.close()
     return fit
+
+
+class Terminated(Exception):
+    """Raised inside the loop when a SIGTERM has arrived (bench/termination.py); `fit_epochs` catches it."""
+
+
+def _stop_if_terminated() -> None:
+    if termination.requested():
+        raise Terminated
 
 
 def deadline_stop(spec: RunSpec) -> Callable[[int, float], str | None] | None:

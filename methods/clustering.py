@@ -5,6 +5,14 @@ seeded) on the mean-pooled encodings; the "faiss" backend makes exactly that cal
 Lloyd k-means on the input's device that follows the same recipe (seeded subsample, restarts from random
 distinct points, faiss-style splitting of empty clusters, best restart by objective); it does not reproduce
 faiss's random streams, so its centroids are comparable to, not equal to, faiss's.
+
+Warm start (`init`): the published ICLRec builds one `faiss.Clustering` per run and calls its `train` at
+every E-step. faiss keeps the centroids of the previous call and treats them as input centroids, so the
+first restart starts from the previous epoch's centroids and every later restart from where the one before
+it ended (faiss updates its centroid vector in place and only re-draws centroids beyond the input ones);
+the best restart by objective is kept. Loading `init` into a new `faiss.Clustering` before `train` is the
+same call as reusing the object (tests/test_clustering.py compares the two), and keeps the warm state a
+plain tensor that a mid-run checkpoint can hold. The torch backend follows the same rule.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import numpy as np
 import torch
 
 BACKENDS = ("auto", "faiss", "torch")
+INITS = ("warm", "fresh")  # k-means at a later E-step: from the previous centroids (published) | from scratch
 SPLIT_EPS = 1.0 / 1024  # relative perturbation faiss applies when it splits a cluster to fill an empty one
 
 
@@ -33,7 +42,9 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def _kmeans_faiss(x: torch.Tensor, k: int, seed: int, niter: int, nredo: int, max_ppc: int) -> torch.Tensor:
+def _kmeans_faiss(
+    x: torch.Tensor, k: int, seed: int, niter: int, nredo: int, max_ppc: int, init: torch.Tensor | None
+) -> torch.Tensor:
     import faiss
 
     # Once per epoch, so the host copy is cheap next to encoding the training set.
@@ -46,6 +57,9 @@ def _kmeans_faiss(x: torch.Tensor, k: int, seed: int, niter: int, nredo: int, ma
     clus.seed = seed
     clus.max_points_per_centroid = max_ppc
     clus.min_points_per_centroid = 0
+    if init is not None:  # input centroids: what a reused Clustering object holds from its previous train
+        start = np.ascontiguousarray(init.detach().to("cpu", torch.float32).numpy()).reshape(-1)  # [K*H]
+        faiss.copy_array_to_vector(start, clus.centroids)
     if x.is_cuda and faiss.get_num_gpus() > 0:
         res = faiss.StandardGpuResources()
         res.noTempMemory()
@@ -79,7 +93,9 @@ def _lloyd_update(x: torch.Tensor, assign: torch.Tensor, k: int) -> torch.Tensor
     return torch.where(is_donor[:, None], means * (1 - sign), out)  # [K, H]
 
 
-def _kmeans_torch(x: torch.Tensor, k: int, seed: int, niter: int, nredo: int, max_ppc: int) -> torch.Tensor:
+def _kmeans_torch(
+    x: torch.Tensor, k: int, seed: int, niter: int, nredo: int, max_ppc: int, init: torch.Tensor | None
+) -> torch.Tensor:
     x = x.detach().float()
     gen = torch.Generator(device=x.device)
     gen.manual_seed(seed)
@@ -88,8 +104,11 @@ def _kmeans_torch(x: torch.Tensor, k: int, seed: int, niter: int, nredo: int, ma
     n = x.shape[0]
     x_sq = x.pow(2).sum(1)  # [N]
     best, best_obj = None, None
+    centroids = None if init is None else init.detach().to(device=x.device, dtype=x.dtype)
     for _ in range(max(nredo, 1)):
-        centroids = x[torch.randperm(n, generator=gen, device=x.device)[:k]]  # [K, H], k distinct points
+        if init is None:
+            centroids = x[torch.randperm(n, generator=gen, device=x.device)[:k]]  # [K, H], k distinct points
+        # else: warm, as faiss: restart r continues from where restart r-1 ended (the first from `init`)
         obj = x.new_tensor(float("inf"))
         for _ in range(niter):
             # ||x||^2 is the same for every centroid, so the argmin only needs ||c||^2 - 2 x.c.
@@ -115,14 +134,20 @@ def kmeans(
     nredo: int = 5,
     max_points_per_centroid: int = 4096,
     backend: str = "faiss",
+    init: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Un-normalised k-means centroids [K, H] (float32, on x's device) of the rows of x [N, H]."""
+    """Un-normalised k-means centroids [K, H] (float32, on x's device) of the rows of x [N, H].
+
+    `init` [K, H]: start from these centroids (the previous E-step's), as a reused faiss object does.
+    """
     which = resolve_backend(backend)
     n = x.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k-means needs 1 <= K <= N, got K={k} clusters for N={n} points")
+    if init is not None and tuple(init.shape) != (k, x.shape[1]):
+        raise ValueError(f"k-means init must be [K, H] = [{k}, {x.shape[1]}], got {list(init.shape)}")
     run = _kmeans_faiss if which == "faiss" else _kmeans_torch
-    return run(x, k, seed, niter, nredo, max_points_per_centroid)
+    return run(x, k, seed, niter, nredo, max_points_per_centroid, init)
 
 
 def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:

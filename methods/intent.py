@@ -70,11 +70,16 @@ class IntentMethod(AugmentedMethod):
             return hidden, encoded_views, encoded_views
         return self.encode_separately(batch.input_ids, views, views)
 
-    def kmeans_of_training_set(self, data: SequenceData) -> torch.Tensor:
-        """The published E-step: encode every training input (eval mode), mean-pool, k-means: [K, H]."""
-        return self.intent_kmeans(self.encode_mean_pooled(data.train_input))  # [N, H] -> [K, H]
+    def kmeans_of_training_set(self, data: SequenceData, init: torch.Tensor | None = None) -> torch.Tensor:
+        """The published E-step: encode every training input (eval mode), mean-pool, k-means: [K, H].
 
-    def intent_kmeans(self, pooled: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        `init` [K, H]: warm start from these centroids (methods/clustering.py).
+        """
+        return self.intent_kmeans(self.encode_mean_pooled(data.train_input), init=init)  # [N, H] -> [K, H]
+
+    def intent_kmeans(
+        self, pooled: torch.Tensor, backend: str | None = None, init: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """K-means of the mean-pooled encodings [N, H] with the config's settings: un-normalised [K, H].
 
         `backend` (faiss | torch) replaces the config's; the scaling study times each backend this way.
@@ -84,7 +89,7 @@ class IntentMethod(AugmentedMethod):
         c = self.config
         return kmeans(
             pooled, c.num_intents, seed=self.seed, niter=c.kmeans_niter, nredo=c.kmeans_nredo,
-            max_points_per_centroid=c.kmeans_max_points_per_centroid, backend=backend or c.kmeans_backend,
+            max_points_per_centroid=c.kmeans_max_points_per_centroid, backend=backend or c.kmeans_backend, init=init,
         )
 
     def run_info(self) -> dict:

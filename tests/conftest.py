@@ -15,6 +15,8 @@ os.environ.setdefault("BENCH_DATA_MIRROR", str(SHARED / "datasets"))
 os.environ.setdefault("BENCH_DATA_DIR", str(REPO / ".cache" / "datasets"))
 # Commands that save by default (a single `bench run`, `tune`) must never write into the committed results/.
 os.environ["BENCH_RESULTS"] = tempfile.mkdtemp(prefix="bench-results-")
+# ... nor into the user's persistent checkpoint cache, where a real campaign's checkpoints live.
+os.environ["BENCH_CHECKPOINTS"] = tempfile.mkdtemp(prefix="bench-checkpoints-")
 REFERENCE_CHECKPOINT = SHARED / "reference" / "ICLRec-Beauty-1.pt"
 
 

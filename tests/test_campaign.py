@@ -43,6 +43,9 @@ def test_two_epochs_resume_two_epochs_gives_the_uninterrupted_curve(method, tiny
     assert first["interrupted"]["epochs_done"] == 2 and first["interrupted"]["max_epochs"] == 4
     path = checkpoints.checkpoint_path(tmp_path, first["run_id"])
     assert path.is_file() and checkpoints.epochs_done(tmp_path, first["run_id"]) == 2
+    if method == "iclrec":  # the next E-step warm-starts from these: the checkpoint must hold them
+        saved = checkpoints.load(path, first["run_id"]).buffers["centroids"]
+        assert saved.shape == (16, TINY["hidden_size"]) and saved.abs().sum() > 0
     torch.manual_seed(12345)  # whatever happened in between, the checkpoint restores every stream
     second = train.run(spec, data=tiny_data, progress=False)
     assert second["status"] == "ok" and second["resumed_from_epoch"] == 2
@@ -145,6 +148,27 @@ def test_longest_first_probes_first_and_refusals():
     assert sched.refusal_lines()[-1] == "not started: elcrec synthetic seed 2: expected 30 s > 14 s left"
 
 
+def test_a_checkpointed_run_that_cannot_finish_starts_and_continues_later():
+    from bench.schedule import Estimate, Scheduler, kind_of
+
+    runs = planned_grid()
+    for run in runs:
+        run.resumable = run.spec.method == "iclrec"  # checkpoints asked for ICLRec's runs only
+    estimates = {kind_of(r.spec): Estimate(epoch_s=5.0, overhead_s=0.0, runs=1, source="test") for r in runs}
+    clock = Clock()
+    sched = Scheduler(list(runs), estimates, deadline=clock.now + 30, clock=clock)  # every run needs 50 s
+    started = [sched.next_run(), sched.next_run()]
+    assert [(s.method, s.seed) for s in started] == [("iclrec", 1), ("iclrec", 2)]
+    assert all(s.deadline == clock.now + 30 and not s.probe for s in started)
+    assert sched.continuing_lines() == ["iclrec synthetic seed 1 (expected 50 s > 30 s left)",
+                                        "iclrec synthetic seed 2 (expected 50 s > 30 s left)"]
+    assert sched.next_run() is None  # the others keep the refusal: nothing would keep their epochs
+    assert len(sched.refusal_lines()) == 4
+    # less than an epoch left: not even a resumable run starts
+    late = Scheduler([runs[2]], estimates, deadline=clock.now + 4, clock=clock)
+    assert late.next_run() is None and late.refusal_lines() == ["not started: iclrec synthetic seed 1: expected 50 s > 4.0 s left"]
+
+
 def test_without_a_deadline_every_run_starts_in_the_grids_order():
     from bench.schedule import Scheduler
 
@@ -169,14 +193,15 @@ SMOKE = ["--executor", "local", "--methods", "sasrec", "--datasets", "Beauty", "
          "--max-users", "150", "--epochs", "300", "--patience", "3", "--threads", "1"]
 
 
-def bench(*args: str, timeout: float = 300):
+def bench(*args: str, timeout: float = 300, cache=None):
+    """`python -m bench ARGS` in a subprocess; `cache`: its persistent checkpoint folder ($BENCH_CHECKPOINTS)."""
     import os
     import subprocess
     import sys
 
     from tests.conftest import REPO
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} | ({"BENCH_CHECKPOINTS": str(cache)} if cache else {})
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -189,34 +214,70 @@ def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path):
     status_args = ["status", "--results", results, "--device", "cpu", "--methods", "sasrec", "--datasets", "Beauty",
                    "--seeds", "1", "--max-users", "150", "--epochs", "300", "--patience", "3"]
     # No earlier record: the run is a probe; after its first epoch, 299 more cannot fit in 8 s.
-    first = bench("run", "--all", *SMOKE, "--time-budget", "8s", "--results", results)
+    cache = tmp_path / "cache"  # the persistent checkpoint folder, outside the results and the working copy
+    first = bench("run", "--all", *SMOKE, "--time-budget", "8s", "--results", results, cache=cache)
     assert first.returncode == 0, first.stderr
     assert "probe (no earlier record)" in first.stdout
     assert "grid: 0 ok, 0 failed, 0 skipped, 1 interrupted, 0 not started" in first.stdout
     assert "interrupted: sasrec Beauty seed 1 at epoch 1 of 300 (probe: expected" in first.stdout
     [record] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
     assert record["status"] == "interrupted" and len(record["epochs"]) == 1 and record["test"] is None
-    assert (tmp_path / "checkpoints" / record["run_id"] / "last.pt").is_file()
+    assert (cache / record["run_id"] / "last.pt").is_file()
     # interrupted is not done, and no table shows it
     assert completed_run_ids(tmp_path) == set()
     assert leaderboard._completed_runs(load_records(tmp_path)).empty
     with pytest.raises(BenchError, match="no completed run records"):
         leaderboard.write_leaderboard(tmp_path, tmp_path / "tables")
-    report = bench(*status_args)
+    report = bench(*status_args, cache=cache)
     assert report.returncode == 0, report.stderr
     assert "interrupted: epoch 1 of 300" in report.stdout
     assert "0 done, 1 interrupted, 0 failed, 0 pending" in report.stdout
     # the next invocation resumes it from its checkpoint (its record now gives the estimate) and finishes it
-    second = bench("run", "--all", *SMOKE, "--time-budget", "10m", "--results", results)
+    second = bench("run", "--all", *SMOKE, "--time-budget", "10m", "--results", results, cache=cache)
     assert second.returncode == 0, second.stderr
     assert "resumes at epoch 1" in second.stdout and "grid: 1 ok, 0 failed, 0 skipped, 0 interrupted" in second.stdout
     [record] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
     assert record["status"] == "ok" and record["resumed_from_epoch"] == 1 and record["test"] is not None
-    assert not (tmp_path / "checkpoints" / record["run_id"]).exists()
+    assert not (cache / record["run_id"]).exists()
     assert len(leaderboard._completed_runs(load_records(tmp_path))) == 1
     report = bench(*status_args)
     assert f"done: best epoch {record['best_epoch']}, test NDCG@20 {record['test']['NDCG@20']:.4f}" in report.stdout
     assert "1 done, 0 interrupted, 0 failed, 0 pending" in report.stdout
+
+
+def test_sigterm_stops_a_grid_at_its_last_epoch_boundary_and_a_new_process_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    # 60 epochs without early stopping (about 0.2 s each on 150 users): the signal lands mid-run
+    grid = [*SMOKE[:SMOKE.index("--epochs")], "--epochs", "60", "--patience", "60", "--threads", "1"]
+    args = [sys.executable, "-m", "bench", "run", "--all", *grid, "--results", str(results), "--checkpoint-every", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_CHECKPOINTS": str(cache)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    # wait for the first checkpoint (epoch 2), then a little into the next epochs
+    while not list(cache.glob("*/last.pt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "error: terminated (SIGTERM): 1 run(s) recorded interrupted" in err
+    [record] = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
+    assert record["status"] == "interrupted" and record["interrupted"]["reason"] == "terminated (SIGTERM)"
+    done = record["interrupted"]["epochs_done"]
+    # the last boundary was written, not only the last --checkpoint-every one
+    assert checkpoints.epochs_done(cache, record["run_id"]) == done == len(record["epochs"]) >= 2
+    again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    [record] = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
+    assert record["status"] == "ok" and record["resumed_from_epoch"] == done
+    assert not list(cache.glob("*/last.pt"))
 
 
 @pytest.mark.parametrize(
@@ -304,10 +365,10 @@ def test_status_shows_every_state_and_the_time_left(tmp_path, capsys):
     epochs = [{"epoch": i, "valid": {"NDCG@20": 0.01}, "estep_s": 0.0, "train_s": 2.0, "eval_s": 1.0} for i in range(3)]
     base = {"method": "sasrec", "dataset": "Beauty", "profile": "smoke", "device": "cpu",
             "spec": {"max_users": 2000, "compile": "off"}, "variant": {"compile": "off", "precision": "fp32"}}
-    records.save(tmp_path, {"schema": 1, "run_id": ids[0], **base, "seed": 1, "status": "ok", "best_epoch": 2,
+    records.save(tmp_path, {"schema": records.RECORD_SCHEMA, "run_id": ids[0], **base, "seed": 1, "status": "ok", "best_epoch": 2,
                             "test": {"NDCG@20": 0.0123}, "epochs": epochs, "totals": {"wall_s": 10.0}})
-    records.save(tmp_path, {"schema": 1, "run_id": ids[1], **base, "seed": 2, "status": "failed", "error": "boom"})
-    records.save(tmp_path, {"schema": 1, "run_id": ids[2], **base, "seed": 3, "status": "interrupted",
+    records.save(tmp_path, {"schema": records.RECORD_SCHEMA, "run_id": ids[1], **base, "seed": 2, "status": "failed", "error": "boom"})
+    records.save(tmp_path, {"schema": records.RECORD_SCHEMA, "run_id": ids[2], **base, "seed": 3, "status": "interrupted",
                             "epochs": epochs[:1], "totals": {"wall_s": 4.0}})
     status = protocol_status(tmp_path, profile="smoke", methods=["sasrec"], datasets=["Beauty"], seeds=[1, 2, 3, 4],
                              device="cpu")

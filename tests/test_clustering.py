@@ -71,6 +71,71 @@ def test_faiss_backend_is_the_published_call() -> None:
     assert np.array_equal(kmeans(x, 5, seed=42, backend="faiss").numpy(), expected)
 
 
+def _reused_faiss_sequence(faiss, inputs: list[np.ndarray], k: int, seed: int, niter: int, nredo: int, max_ppc: int):
+    """What the published ICLRec does: one Clustering object, `train` called once per epoch."""
+    clus = faiss.Clustering(inputs[0].shape[1], k)
+    clus.verbose = False
+    clus.niter, clus.nredo, clus.seed = niter, nredo, seed
+    clus.max_points_per_centroid, clus.min_points_per_centroid = max_ppc, 0
+    index = faiss.IndexFlatL2(inputs[0].shape[1])
+    out = []
+    for data in inputs:
+        clus.train(data, index)
+        out.append(faiss.vector_to_array(clus.centroids).reshape(k, -1).copy())
+    return out
+
+
+def test_warm_start_equals_one_reused_faiss_object_over_three_epochs() -> None:
+    faiss = pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(0)
+    # three "epochs" of drifting encodings; 600 points > K * max_ppc, so the seeded subsample is exercised
+    epochs = [torch.randn(600, 8, generator=g) + 0.1 * e for e in range(3)]
+    settings = {"seed": 3, "niter": 7, "nredo": 3, "max_points_per_centroid": 40}
+    expected = _reused_faiss_sequence(faiss, [e.numpy() for e in epochs], 12, 3, 7, 3, 40)
+    previous = None
+    for data, want in zip(epochs, expected):
+        previous = kmeans(data, 12, backend="faiss", init=previous, **settings)
+        np.testing.assert_allclose(previous.numpy(), want, rtol=0, atol=1e-6)
+    # and it is a real difference: a fresh k-means of the last epoch is another clustering
+    fresh = kmeans(epochs[2], 12, backend="faiss", **settings)
+    assert not np.allclose(fresh.numpy(), expected[2], atol=1e-3)
+
+
+def test_iclrec_e_steps_equal_the_reused_faiss_object(monkeypatch) -> None:
+    faiss = pytest.importorskip("faiss")
+    from methods import REGISTRY
+    from methods.base import DatasetInfo
+
+    cls = REGISTRY["iclrec"]
+    config = cls.Config(num_layers=1, hidden_size=8, max_len=10, num_intents=6, kmeans_backend="faiss",
+                        kmeans_niter=5, kmeans_nredo=2, kmeans_max_points_per_centroid=50)
+    config.validate()
+    method = cls(config, DatasetInfo(name="synthetic", item_size=30, num_users=400), seed=2)
+    g = torch.Generator().manual_seed(1)
+    epochs = [torch.randn(400, 8, generator=g) * (1 + e) for e in range(3)]  # fixed "encodings" per epoch
+    feed = iter(epochs)
+    monkeypatch.setattr(method, "encode_mean_pooled", lambda inputs: next(feed))
+    expected = _reused_faiss_sequence(faiss, [e.numpy() for e in epochs], 6, 2, 5, 2, 50)
+    data = type("Data", (), {"train_input": None})()
+    for epoch, want in enumerate(expected):
+        method.on_epoch_start(epoch, data)
+        np.testing.assert_allclose(method.centroids.numpy(), want, rtol=0, atol=1e-6)
+    assert method.run_info()["kmeans_init"] == "warm"
+
+
+def test_torch_backend_warm_start_begins_at_the_given_centroids() -> None:
+    x, centres = blobs(seed=4)
+    start = x.view(4, 100, 8).mean(1)  # the optimum: a warm start there stays there
+    found = kmeans(x, 4, seed=9, niter=1, nredo=3, backend="torch", init=start)
+    assert torch.allclose(found, start, atol=1e-5)
+    # K = 7 on 4 blobs: where a start lands depends on it; from a converged one, another seed changes nothing
+    seven = kmeans(x, 7, seed=1, niter=100, nredo=1, backend="torch")
+    assert torch.allclose(kmeans(x, 7, seed=99, niter=1, backend="torch", init=seven), seven, atol=1e-5)
+    assert not torch.allclose(kmeans(x, 7, seed=99, niter=100, nredo=1, backend="torch"), seven, atol=1e-2)
+    with pytest.raises(ValueError, match=r"init must be \[K, H\]"):
+        kmeans(x, 4, seed=1, backend="torch", init=start[:3])
+
+
 def test_empty_cluster_is_refilled_by_splitting_the_largest() -> None:
     x = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [10.0, 10.0]])
     assign = torch.tensor([0, 0, 0, 2])  # cluster 1 is empty, cluster 0 is the largest

@@ -60,12 +60,13 @@ def bench_cli(*args: str) -> subprocess.CompletedProcess:
 def test_faithful_run_is_recorded_as_faithful_and_keeps_the_id_it_had_before_the_options(tiny_data):
     s = spec("iclrec")
     record = train.run(s, progress=False, data=tiny_data)
-    assert record["variant"] == {"mode": "faithful", "precision": "fp32", "compile": "off", "view_encoding": "separate"}
+    assert record["variant"] == {"mode": "faithful", "precision": "fp32", "compile": "off", "view_encoding": "separate",
+                                 "kmeans_init": "warm"}
     assert record["spec"]["precision"] == "fp32" and record["spec"]["compile"] == "off"
-    assert record["config"]["view_encoding"] == "separate"
-    # Records written before view_encoding existed hashed a config without that key (and a budget without
-    # precision/compile): the id of the same faithful run must be exactly that hash ...
-    config_without = {k: v for k, v in record["config"].items() if k != "view_encoding"}
+    assert record["config"]["view_encoding"] == "separate" and record["config"]["kmeans_init"] == "warm"
+    # Faithful values of the execution options stay out of the hash (and precision/compile out of the
+    # budget): the id of the faithful run is exactly the hash of the config without them ...
+    config_without = {k: v for k, v in record["config"].items() if k not in ("view_encoding", "kmeans_init")}
     assert record["run_id"] == records.run_id("iclrec", "synthetic", 1, "custom", "reference", config_without, budget_of(s))
     # ... and not the hash of the config as it is now (else the check above could not tell the two apart).
     assert record["run_id"] != records.run_id("iclrec", "synthetic", 1, "custom", "reference", record["config"], budget_of(s))
@@ -132,10 +133,14 @@ def test_shared_view_encoding_saves_one_encoder_pass_and_is_a_fast_run_with_its_
 
     s = spec(method_name, overrides={"view_encoding": "shared"})
     record = train.run(s, progress=False, data=tiny_data)
-    assert record["variant"] == {"mode": "fast", "precision": "fp32", "compile": "off", "view_encoding": "shared"}
+    expected = {"mode": "fast", "precision": "fp32", "compile": "off", "view_encoding": "shared"}
+    if method_name == "iclrec":
+        expected["kmeans_init"] = "warm"
+    assert record["variant"] == expected
     assert record["config"]["view_encoding"] == "shared" and record["config_source"] == "custom"
     # A non-default value stays in the hash, so the fast run never shares an id with the faithful one.
-    assert record["run_id"] == records.run_id(method_name, "synthetic", 1, "custom", "reference", record["config"], budget_of(s))
+    hashed = {k: v for k, v in record["config"].items() if k != "kmeans_init"}  # faithful "warm": left out
+    assert record["run_id"] == records.run_id(method_name, "synthetic", 1, "custom", "reference", hashed, budget_of(s))
     assert record["run_id"] != train.run_identity(spec(method_name))[0]
 
 
@@ -147,6 +152,8 @@ def test_bf16_runs_on_cpu_end_to_end_as_a_fast_run_with_its_own_id(method_name, 
     expected = {"mode": "fast", "precision": "bf16", "compile": "off"}
     if method_name in INTENT_METHODS:
         expected["view_encoding"] = "separate"
+    if method_name == "iclrec":
+        expected["kmeans_init"] = "warm"
     assert record["variant"] == expected
     assert record["spec"]["precision"] == "bf16"
     losses = record["epochs"][0]["losses"]
@@ -154,7 +161,8 @@ def test_bf16_runs_on_cpu_end_to_end_as_a_fast_run_with_its_own_id(method_name, 
     assert all(math.isfinite(v) for v in record["test"].values())
     assert record["run_id"] == records.run_id(
         method_name, "synthetic", 1, "custom", "reference",
-        {k: v for k, v in record["config"].items() if k != "view_encoding"}, budget_of(s, precision="bf16"),
+        {k: v for k, v in record["config"].items() if k not in ("view_encoding", "kmeans_init")},
+        budget_of(s, precision="bf16"),
     )
     assert record["run_id"] != train.run_identity(spec(method_name))[0]
 
