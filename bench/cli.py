@@ -4,13 +4,13 @@
     run                   one run (--method, --dataset) or the grid (--all), through Ray or in process
     evaluate              score a checkpoint in the published layout
     tune                  an Optuna study over a method's search space; its workers run through Ray or as
-                          local processes (bench/tune.py says why not through Ray Tune)
+                          local processes (bench/tuning/tune.py says why not through Ray Tune)
     leaderboard           tables and plots in results/ from the run records
     status                a protocol's runs: done, interrupted, failed, pending, and the GPU time left
     packing               throughput of concurrent runs on one GPU through Ray (writes results/benchmarks/)
     profile               seconds per phase and the top operators of the training step
     scaling               ICLRec's E-step against ELCRec's clustering terms as the user count grows
-    records migrate       upgrade run records of an older schema (bench/migrate.py)
+    records migrate       upgrade run records of an older schema (bench/core/migrate.py)
 
 User errors (BenchError) print one line `error: ...` on stderr and exit 2, without a traceback. A run
 that fails (a diverging loss, a crash) is recorded as failed and exits 1.
@@ -23,9 +23,9 @@ import json
 import sys
 from pathlib import Path
 
-from bench import termination
-from bench.errors import BenchError
-from bench.spec import DEFAULT_RESULTS
+from bench.core import termination
+from bench.core.errors import BenchError
+from bench.core.spec import DEFAULT_RESULTS
 
 METHOD_HELP = "method name: sasrec, cl4srec, iclrec, elcrec (or any method registered in methods/__init__.py)"
 DATASET_HELP = "dataset name: Beauty, Sports_and_Outdoors, Toys_and_Games, Yelp"
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------------------ data
 def cmd_data(args) -> int:
-    from bench import data
+    from bench.core import data
 
     names = data.dataset_names() if (getattr(args, "all", False) or not args.names) else args.names
     if args.data_command == "download":
@@ -227,7 +227,7 @@ def _print_metrics(title: str, metrics: dict) -> None:
 
 def _spec_options(args) -> dict:
     """The `make_spec` keywords that single runs and grids share, from argv."""
-    from bench.configs import parse_overrides
+    from bench.core.configs import parse_overrides
 
     return {
         "profile": args.profile,
@@ -247,8 +247,8 @@ def _spec_options(args) -> dict:
 
 def _checkpoint_dir(args) -> str | None:
     """Mid-run checkpoints: asked for by --checkpoint-every or --checkpoint-dir (a time-boxed grid sets them
-    itself); the default folder is the persistent cache of bench/checkpoints.py."""
-    from bench.checkpoints import default_folder
+    itself); the default folder is the persistent cache of bench/core/checkpoints.py."""
+    from bench.core.checkpoints import default_folder
 
     if args.checkpoint_dir is None and args.checkpoint_every is None:
         return None
@@ -258,7 +258,7 @@ def _checkpoint_dir(args) -> str | None:
 
 def _check_checkpoint_path(path: str) -> None:
     """The checkpoint file must be writable before training: a run is not spent to lose its output."""
-    from bench.records import check_writable
+    from bench.core.records import check_writable
 
     target = Path(path).expanduser()
     if target.is_dir():
@@ -268,7 +268,7 @@ def _check_checkpoint_path(path: str) -> None:
 
 def single_run_spec(args):
     """The spec of `run --method M --dataset D ...`."""
-    from bench.spec import make_spec
+    from bench.core.spec import make_spec
 
     for flag, value in (("--methods", args.methods), ("--datasets", args.datasets), ("--seeds", args.seeds)):
         if value:
@@ -281,17 +281,17 @@ def cmd_run(args) -> int:
         return cmd_grid(args)
     if not args.method or not args.dataset:
         raise BenchError("run needs --method and --dataset (or --all for the grid)")
-    from bench import records, train
+    from bench.core import identity, outcomes, records, train
 
     if args.time_budget is not None:
         raise BenchError("--time-budget time-boxes a grid: add --all")
     spec = single_run_spec(args)
     records.check_writable(args.results / "runs")
     if spec.checkpoint_dir:
-        from bench import checkpoints
+        from bench.core import checkpoints
 
         records.check_writable(Path(spec.checkpoint_dir), "checkpoint folder")
-        rid = train.run_identity(spec)[0]
+        rid = identity.run_identity(spec)[0]
         done = checkpoints.epochs_done(spec.checkpoint_dir, rid)
         if done is not None:
             print(f"resuming from {checkpoints.checkpoint_path(spec.checkpoint_dir, rid)} at epoch {done}", file=sys.stderr)
@@ -302,13 +302,13 @@ def cmd_run(args) -> int:
     except BenchError:
         raise
     except Exception as exc:  # a diverged or crashed run: recorded as failed, with its reason
-        record = train.failure_record(spec, exc)
+        record = outcomes.failure_record(spec, exc)
         path = records.save(args.results, record)
         print(f"error: run failed: {record['error']} (record: {path})", file=sys.stderr)
         return 1
     path = records.save(args.results, record)
     print(f"record: {path}", file=sys.stderr)
-    if record["status"] == "interrupted":  # a SIGTERM (bench/termination.py)
+    if record["status"] == "interrupted":  # a SIGTERM (bench/core/termination.py)
         stop = record["interrupted"]
         kept = f"checkpoint {stop['checkpoint']}" if stop.get("checkpoint") else "no checkpoint (no --checkpoint-every)"
         print(f"error: {stop['reason']} after {stop['epochs_done']} of {stop['max_epochs']} epochs; kept: {kept}; "
@@ -328,13 +328,13 @@ def cmd_run(args) -> int:
 
 def cmd_grid(args) -> int:
     """`run --all`: 0 when every run is ok (or was already), 1 when any failed."""
-    from bench import grid
+    from bench.campaign import grid
 
     if args.save_checkpoint:
         raise BenchError("--save-checkpoint names one file: it cannot be used with --all")
     if args.json:
         raise BenchError("--json prints one run's record: with --all, read the records under --results")
-    from bench.schedule import parse_duration
+    from bench.campaign.schedule import parse_duration
 
     time_budget = None if args.time_budget is None else parse_duration(args.time_budget)
     methods = args.methods or ([args.method] if args.method else None)
@@ -381,10 +381,10 @@ def cmd_grid(args) -> int:
 
 # -------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args) -> int:
-    from bench import train
-    from bench.evaluate import evaluate
+    from bench.core import weights
+    from bench.core.evaluate import evaluate
 
-    method, data = train.method_from_checkpoint(args.method, args.dataset, args.checkpoint, args.device)
+    method, data = weights.method_from_checkpoint(args.method, args.dataset, args.checkpoint, args.device)
     metrics = evaluate(method, data, args.split, args.protocol)
     if args.json:
         print(json.dumps(metrics))
@@ -395,8 +395,8 @@ def cmd_evaluate(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ tune
 def cmd_tune(args) -> int:
-    from bench import tune
-    from bench.profiles import get_profile
+    from bench.core.profiles import get_profile
+    from bench.tuning import tune
 
     if args.export:
         tune.export(args.results, storage=args.storage, study=args.study, method=args.method, dataset=args.dataset)
@@ -422,8 +422,8 @@ def cmd_tune(args) -> int:
 
 # ------------------------------------------------------------------------------------ leaderboard, profile
 def cmd_leaderboard(args) -> int:
-    from bench.leaderboard import write_leaderboard
-    from bench.records import check_writable, find_corrupt
+    from bench.core.records import check_writable, find_corrupt
+    from bench.reporting.leaderboard import write_leaderboard
 
     if not (args.results / "runs").is_dir():
         raise BenchError(f"no run records under {args.results / 'runs'}: run `python -m bench run` first")
@@ -436,9 +436,9 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from bench.configs import parse_overrides
-    from bench.profiling import profile_run
-    from bench.spec import check_positive, make_spec
+    from bench.core.configs import parse_overrides
+    from bench.core.spec import check_positive, make_spec
+    from bench.tools.profiling import profile_run
 
     check_positive("--steps", args.steps)
     spec = make_spec(
@@ -458,7 +458,7 @@ def cmd_profile(args) -> int:
 
 # ---------------------------------------------------------------------------------------- status, packing
 def cmd_status(args) -> int:
-    from bench.status import print_status, protocol_status
+    from bench.campaign.status import print_status, protocol_status
 
     status = protocol_status(
         args.results, profile=args.profile, methods=args.methods, datasets=args.datasets, seeds=args.seeds,
@@ -473,7 +473,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_packing(args) -> int:
-    from bench.packing import measure_packing
+    from bench.campaign.packing import measure_packing
 
     for path in measure_packing(
         args.method, args.dataset, concurrency=args.concurrency, compile_modes=args.compile_modes,
@@ -484,7 +484,7 @@ def cmd_packing(args) -> int:
 
 
 def cmd_scaling(args) -> int:
-    from bench import scaling
+    from bench.tools import scaling
 
     if args.from_csv:
         paths = scaling.write_outputs(args.results)
@@ -509,8 +509,8 @@ def cmd_scaling(args) -> int:
 
 # --------------------------------------------------------------------------------------------- records
 def cmd_records(args) -> int:
-    from bench.migrate import migrate
-    from bench.records import RECORD_SCHEMA
+    from bench.core.migrate import migrate
+    from bench.core.records import RECORD_SCHEMA
 
     if not (args.results / "runs").is_dir():
         raise BenchError(f"no records to migrate: {args.results / 'runs'} is not a folder")

@@ -5,7 +5,7 @@ cluster centers). It subclasses `Method` (or `AugmentedMethod` when it trains on
 a typed config dataclass, and is listed in `methods/__init__.py`; `methods/configs/<name>.toml` holds its
 published settings and search space. That is all a new method needs (README, "Adding a method").
 
-What the harness calls, and when (`bench/train.py`, `bench/evaluate.py`):
+What the harness calls, and when (`bench/core/train.py`, `bench/core/evaluate.py`):
 
     Method(config, DatasetInfo, seed)   once per run, after `torch.manual_seed(seed)`
     on_epoch_start(epoch, data)         before each epoch, timed as the **estep** phase; optional
@@ -36,15 +36,31 @@ from __future__ import annotations
 import dataclasses
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 
 from methods.augment import augment
 from methods.encoder import SASRecEncoder
 
-if TYPE_CHECKING:
-    from bench.data import Batch, SequenceData
+
+@dataclass
+class Batch:
+    """One training batch, as the harness hands it to `training_step`. All tensors [B, L] (left-padded)
+    unless noted."""
+
+    users: torch.Tensor  # [B] row indices into the dataset
+    input_ids: torch.Tensor  # s[:-3], last L items
+    target_pos: torch.Tensor  # s[1:-2], aligned with input_ids; 0 where there is no target
+    target_neg: torch.Tensor  # one sampled negative per position with a target, else 0
+    views: tuple[torch.Tensor, ...] = ()  # augmented views of s[:-3], each [B, L]
+
+
+class TrainingSet(Protocol):
+    """What `on_epoch_start` sees of the data: the encoder input of every training user."""
+
+    num_users: int
+    train_input: torch.Tensor  # [N, L] left-padded item ids, what `Batch.input_ids` rows are drawn from
 
 
 @dataclass
@@ -135,7 +151,7 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
         self.seed = seed
 
     # -- hooks the harness calls ---------------------------------------------------------------------
-    def on_epoch_start(self, epoch: int, data: SequenceData) -> None:  # noqa: B027 - optional by design
+    def on_epoch_start(self, epoch: int, data: TrainingSet) -> None:  # noqa: B027 - optional by design
         """Work before an epoch, timed as the E-step. Methods without an E-step do not override it."""
 
     @abstractmethod
@@ -152,7 +168,7 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
         `inputs` [B, L'] may be narrower than max_len: evaluation cuts off leading columns that are padding
         in every row, and the encoder right-aligns positions, so the scores are those of the full width.
         Evaluation does not call this method as long as a subclass keeps it: it then computes the same
-        products itself, chunk by chunk of items (`bench/evaluate.py`). Override it for another scoring.
+        products itself, chunk by chunk of items (`bench/core/evaluate.py`). Override it for another scoring.
         """
         return self.user_repr(inputs) @ self.item_embeddings.weight.T
 
@@ -165,7 +181,7 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
 
     @property
     def view_maker(self):
-        """What the harness hands to `SequenceData.train_batches`: `make_views`, or None without views."""
+        """What the harness's batch maker applies to each batch: `make_views`, or None without views."""
         return self.make_views if self.num_views else None
 
     def make_views(

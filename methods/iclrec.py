@@ -41,7 +41,7 @@ class ICLRec(IntentMethod):
     def __init__(self, config: ICLRecConfig, info, seed: int = 1):
         super().__init__(config, info, seed)
         # Not persistent: the published checkpoints hold only the encoder. A mid-run checkpoint keeps them
-        # (bench/checkpoints.py saves every buffer), so a resumed run warm-starts from the same centroids.
+        # (bench/core/checkpoints.py saves every buffer), so a resumed run warm-starts from the same centroids.
         self.register_buffer("centroids", torch.zeros(config.num_intents, config.hidden_size), persistent=False)
         self.register_buffer("prototypes", torch.zeros(config.num_intents, config.hidden_size), persistent=False)
 

@@ -9,14 +9,11 @@ published code's quirks are written down in docs/methods.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
-from methods.base import AugmentedConfig, AugmentedMethod, DatasetInfo, MethodConfig
-
-if TYPE_CHECKING:
-    from bench.data import Batch, SequenceData
+from methods.base import AugmentedConfig, AugmentedMethod, Batch, DatasetInfo, MethodConfig, TrainingSet
 
 
 @dataclass
@@ -70,7 +67,7 @@ class IntentMethod(AugmentedMethod):
             return hidden, encoded_views, encoded_views
         return self.encode_separately(batch.input_ids, views, views)
 
-    def kmeans_of_training_set(self, data: SequenceData, init: torch.Tensor | None = None) -> torch.Tensor:
+    def kmeans_of_training_set(self, data: TrainingSet, init: torch.Tensor | None = None) -> torch.Tensor:
         """The published E-step: encode every training input (eval mode), mean-pool, k-means: [K, H].
 
         `init` [K, H]: warm start from these centroids (methods/clustering.py).

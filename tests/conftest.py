@@ -22,7 +22,7 @@ REFERENCE_CHECKPOINT = SHARED / "reference" / "ICLRec-Beauty-1.pt"
 
 def synthetic_sequences(num_users: int = 600, num_items: int = 120, seed: int = 0):
     """Users walk through items in steps of 1 from a random start: next-item structure a model can learn."""
-    from bench.data import Sequences
+    from bench.core.data import Sequences
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(5, 20, size=num_users)
@@ -35,7 +35,7 @@ def synthetic_sequences(num_users: int = 600, num_items: int = 120, seed: int = 
 
 @pytest.fixture(scope="session")
 def small_data():
-    from bench.data import SequenceData
+    from bench.core.data import SequenceData
 
     seqs = synthetic_sequences()
     return SequenceData("synthetic", seqs, item_size=int(seqs.items.max()) + 2)
@@ -43,7 +43,7 @@ def small_data():
 
 @pytest.fixture(scope="session")
 def beauty():
-    from bench.data import SequenceData
+    from bench.core.data import SequenceData
 
     return SequenceData.load("Beauty")
 
@@ -51,7 +51,7 @@ def beauty():
 @pytest.fixture(scope="session")
 def beauty_sample():
     """4,000 Beauty users (the item table of the whole file): real sequences where the full data adds nothing."""
-    from bench.data import SequenceData
+    from bench.core.data import SequenceData
 
     return SequenceData.load("Beauty", max_users=4000)
 
@@ -70,7 +70,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_data():
     """300 synthetic users of 5-19 items, max_len 20: the smallest data a whole run goes through."""
-    from bench.data import SequenceData
+    from bench.core.data import SequenceData
 
     seqs = synthetic_sequences(num_users=300)
     return SequenceData("synthetic", seqs, item_size=int(seqs.items.max()) + 2, max_len=20)

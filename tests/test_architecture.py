@@ -1,6 +1,7 @@
-"""The layout rules a newcomer relies on, checked on the source: no import cycle between the harness's
-modules, the harness uses methods only through the `methods` package (its public names), and argparse
-lives in bench/cli.py alone."""
+"""The layout rules a newcomer relies on, checked on the source: the harness's layers import only downwards
+(bench/__init__.py draws them), no import cycle between modules, the harness uses methods only through the
+`methods` package (its public names), methods never import the harness, and argparse lives in bench/cli.py
+alone."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _module_imports() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
-    for path in sorted([*REPO.glob("bench/*.py"), *REPO.glob("methods/*.py")]):
+    for path in sorted([*REPO.glob("bench/**/*.py"), *REPO.glob("methods/*.py")]):
         name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
         deps: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):  # function-level imports count too
@@ -23,6 +24,40 @@ def _module_imports() -> dict[str, set[str]]:
                 deps.update(f"{node.module}.{alias.name}" for alias in node.names)
         found[name] = deps
     return found
+
+
+# Each layer may import the layers below it (and itself); bench.cli and bench.__main__ sit on top.
+LAYERS = {"core": 0, "campaign": 1, "reporting": 1, "tools": 1, "tuning": 2}
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[0] == "bench" and parts[1] in LAYERS else None
+
+
+def test_every_harness_module_lives_in_a_layer():
+    loose = [m for m in _module_imports() if m.startswith("bench.") and _layer(m) is None
+             and m not in ("bench.cli", "bench.__main__") and m.removeprefix("bench.") not in LAYERS]
+    assert not loose, f"modules outside bench/{{{','.join(LAYERS)}}}/: {loose}"
+
+
+def test_layers_import_only_downwards():
+    upward = []
+    for module, deps in _module_imports().items():
+        here = _layer(module)
+        if here is None:
+            continue
+        for dep in deps:
+            there = _layer(dep)
+            if dep.startswith("bench.cli") or (there is not None and there != here and LAYERS[there] >= LAYERS[here]):
+                upward.append(f"{module} -> {dep}")
+    assert not upward, upward
+
+
+def test_methods_do_not_import_the_harness():
+    reach = sorted(f"{m} -> {d}" for m, deps in _module_imports().items() if m.startswith("methods")
+                   for d in deps if d == "bench" or d.startswith("bench."))
+    assert not reach, reach
 
 
 def test_no_import_cycle():
@@ -47,7 +82,7 @@ def test_the_harness_uses_methods_only_through_the_package():
     for module, deps in _module_imports().items():
         if module.startswith("bench"):
             inner = sorted(d for d in deps if d.startswith("methods.") and d.count(".") >= 1
-                           and d.split(".")[1] not in ("REGISTRY", "Method", "MethodConfig", "DatasetInfo"))
+                           and d.split(".")[1] not in ("REGISTRY", "Method", "MethodConfig", "DatasetInfo", "Batch", "TrainingSet"))
             assert not inner, f"{module} reaches into methods/ internals: {inner}"
 
 

@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from bench import checkpoints, train
-from bench.errors import BenchError
+from bench.core import checkpoints, identity, train
+from bench.core.errors import BenchError
 
 MAX_LEN = 20
 TINY = {"num_layers": 1, "hidden_size": 32, "batch_size": 64, "max_len": MAX_LEN}
@@ -61,7 +61,7 @@ def test_a_checkpoint_of_another_spec_is_refused(tiny_data, tmp_path):
     a = tiny_spec("sasrec", epochs=2, checkpoint_dir=str(tmp_path))
     rec = train.run(a, data=tiny_data, progress=False, stop_when=stop_after(1))
     b = tiny_spec("sasrec", epochs=3, checkpoint_dir=str(tmp_path))
-    other_id = train.run_identity(b)[0]
+    other_id = identity.run_identity(b)[0]
     target = checkpoints.checkpoint_path(tmp_path, other_id)
     target.parent.mkdir(parents=True)
     shutil.copy(checkpoints.checkpoint_path(tmp_path, rec["run_id"]), target)
@@ -74,7 +74,7 @@ def test_a_checkpoint_of_another_spec_is_refused(tiny_data, tmp_path):
 
 # --------------------------------------------------------------------------------------- the scheduler
 def test_durations_are_parsed_and_bad_ones_refused():
-    from bench.schedule import parse_duration
+    from bench.campaign.schedule import parse_duration
 
     assert [parse_duration(t) for t in ("90s", "25m", "1h", "1.5h", " 2M ")] == [90, 1500, 3600, 5400, 120]
     for bad in ("0", "0m", "25", "soon", "-5m", "1h30m", ""):
@@ -83,7 +83,7 @@ def test_durations_are_parsed_and_bad_ones_refused():
 
 
 def test_packing_that_the_machine_cannot_hold_is_refused():
-    from bench.schedule import check_packing
+    from bench.campaign.schedule import check_packing
 
     check_packing(0.25, 1, remote=False)
     check_packing(2, 0, remote=True)  # a cluster's GPUs are checked once Ray is up
@@ -104,7 +104,7 @@ class Clock:
 
 
 def planned_grid(epochs: int = 10):
-    from bench.schedule import Planned
+    from bench.campaign.schedule import Planned
 
     runs = []
     for method in ("sasrec", "iclrec", "elcrec"):
@@ -116,7 +116,7 @@ def planned_grid(epochs: int = 10):
 
 
 def test_longest_first_probes_first_and_refusals():
-    from bench.schedule import Estimate, Scheduler, kind_of
+    from bench.campaign.schedule import Estimate, Scheduler, kind_of
 
     runs = planned_grid()
     by_method = {r.spec.method: r for r in runs}
@@ -149,7 +149,7 @@ def test_longest_first_probes_first_and_refusals():
 
 
 def test_a_checkpointed_run_that_cannot_finish_starts_and_continues_later():
-    from bench.schedule import Estimate, Scheduler, kind_of
+    from bench.campaign.schedule import Estimate, Scheduler, kind_of
 
     runs = planned_grid()
     for run in runs:
@@ -170,7 +170,7 @@ def test_a_checkpointed_run_that_cannot_finish_starts_and_continues_later():
 
 
 def test_without_a_deadline_every_run_starts_in_the_grids_order():
-    from bench.schedule import Scheduler
+    from bench.campaign.schedule import Scheduler
 
     runs = planned_grid()
     sched = Scheduler(list(runs), {}, deadline=None)
@@ -207,8 +207,8 @@ def bench(*args: str, timeout: float = 300, cache=None):
 
 
 def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path):
-    from bench import leaderboard
-    from bench.records import completed_run_ids, load_records
+    from bench.core.records import completed_run_ids, load_records
+    from bench.reporting import leaderboard
 
     results = str(tmp_path)
     status_args = ["status", "--results", results, "--device", "cpu", "--methods", "sasrec", "--datasets", "Beauty",
@@ -301,9 +301,9 @@ def test_bad_campaign_options_get_one_line(tmp_path, args, message):
 def test_fractional_gpus_pack_four_runs_on_two_logical_gpus(monkeypatch):
     import ray
 
-    from bench import ray_backend
-    from bench.grid import grid_specs
-    from bench.schedule import Planned, Scheduler
+    from bench.campaign import executors as ray_backend
+    from bench.campaign.grid import grid_specs
+    from bench.campaign.schedule import Planned, Scheduler
 
     specs = grid_specs(["sasrec"], ["Beauty"], [1, 2, 3, 4], profile="smoke", epochs=1, max_users=150, device="cpu")
     ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False,
@@ -318,7 +318,7 @@ def test_fractional_gpus_pack_four_runs_on_two_logical_gpus(monkeypatch):
         ray_backend.run_specs_on_ray(sched.next_run, address=None, cpus_per_run=1, gpus_per_run=0.5,
                                      on_done=got.append, on_start=slots.append, task_device="cpu")
         # past the deadline and its grace period, the driver cancels what still runs and records it interrupted
-        monkeypatch.setattr("bench.schedule.GRACE_S", 0.0)
+        monkeypatch.setattr("bench.campaign.schedule.GRACE_S", 0.0)
         late = Scheduler([Planned(specs[0], "late")], {}, deadline=time.time() + 0.5)
         cancelled = []
         ray_backend.run_specs_on_ray(late.next_run, address=None, cpus_per_run=1, gpus_per_run=0.5,
@@ -335,7 +335,7 @@ def test_fractional_gpus_pack_four_runs_on_two_logical_gpus(monkeypatch):
 
 
 def test_the_grids_own_epochs_replace_an_estimate_from_elsewhere():
-    from bench.schedule import Estimate, Scheduler, kind_of
+    from bench.campaign.schedule import Estimate, Scheduler, kind_of
 
     runs = planned_grid()
     kind = kind_of(runs[0].spec)  # sasrec
@@ -356,12 +356,12 @@ def test_the_grids_own_epochs_replace_an_estimate_from_elsewhere():
 
 
 def test_status_shows_every_state_and_the_time_left(tmp_path, capsys):
-    from bench import records
-    from bench.grid import grid_specs
-    from bench.status import print_status, protocol_status
+    from bench.campaign.grid import grid_specs
+    from bench.campaign.status import print_status, protocol_status
+    from bench.core import records
 
     specs = grid_specs(["sasrec"], ["Beauty"], [1, 2, 3, 4], profile="smoke", device="cpu")
-    ids = [train.run_identity(s)[0] for s in specs]
+    ids = [identity.run_identity(s)[0] for s in specs]
     epochs = [{"epoch": i, "valid": {"NDCG@20": 0.01}, "estep_s": 0.0, "train_s": 2.0, "eval_s": 1.0} for i in range(3)]
     base = {"method": "sasrec", "dataset": "Beauty", "profile": "smoke", "device": "cpu",
             "spec": {"max_users": 2000, "compile": "off"}, "variant": {"compile": "off", "precision": "fp32"}}
@@ -385,7 +385,7 @@ def test_status_shows_every_state_and_the_time_left(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------ packing, chosen
 def test_packing_is_taken_only_for_a_gain_the_interval_shows():
-    from bench.packing import choose_packing, packing_gain
+    from bench.campaign.packing import choose_packing, packing_gain
 
     solo = [[1.00, 1.02, 0.98, 1.01, 0.99]]
     two = [[1.10, 1.12, 1.08, 1.11], [1.09, 1.11, 1.10, 1.12]]  # 2 runs, each 10% slower: 1.8x the throughput
@@ -413,7 +413,7 @@ def _packing_file(folder, name, machine, concurrency, threads, method="iclrec"):
 
 
 def test_the_grid_packs_as_measured_on_the_same_gpu_model(tmp_path, monkeypatch, capsys):
-    from bench import grid
+    from bench.campaign import grid
 
     bench_dir = tmp_path / "benchmarks"
     _packing_file(bench_dir, "Beauty", "Fake GPU 80GB", 4, 4)
@@ -450,7 +450,7 @@ def test_packing_measures_the_cores_end_to_end(tmp_path, capsys):
 
 
 def test_status_divides_the_time_left_by_the_measured_packing_gain(tmp_path, capsys):
-    from bench.status import print_status, protocol_status
+    from bench.campaign.status import print_status, protocol_status
 
     bench_dir = tmp_path / "benchmarks"
     bench_dir.mkdir()

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench import data
-from bench.data import SequenceData, Sequences, parse_sequences
-from bench.errors import BenchError
+from bench.core import data
+from bench.core.data import SequenceData, Sequences, parse_sequences
+from bench.core.errors import BenchError
 from methods.augment import augment
 from tests.conftest import REPO, SHARED
 

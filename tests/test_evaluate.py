@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data import SequenceData, Sequences
-from bench.errors import BenchError
-from bench.evaluate import METRICS, evaluate, rank_metrics
+from bench.core.data import SequenceData, Sequences
+from bench.core.errors import BenchError
+from bench.core.evaluate import METRICS, evaluate, rank_metrics
 from tests.conftest import REFERENCE_CHECKPOINT, REPO
 
 PUBLISHED_ROW = {"HR@5": 0.0500, "NDCG@5": 0.0326, "HR@10": 0.0744, "NDCG@10": 0.0403, "HR@20": 0.1058, "NDCG@20": 0.0483}
@@ -36,7 +36,7 @@ class FixedScores(torch.nn.Module):
 def _from_checkpoint(method: str, beauty: SequenceData):
     """`method` with its Beauty paper config and the published ICLRec checkpoint's weights (an ELCRec keeps
     its own cluster centers, which the checkpoint lacks)."""
-    from bench import configs
+    from bench.core import configs
     from methods import DatasetInfo
 
     state = torch.load(REFERENCE_CHECKPOINT, map_location="cpu")
@@ -131,7 +131,7 @@ def test_item_scan_gives_the_whole_matrix_metrics(beauty_sample, monkeypatch, pr
     # The chunked scan (users leave once 20 ids are ahead) must give exactly the ranks of the whole score
     # matrix. Small chunks make most users leave early, so the early exit is exercised on many users; one
     # chunk of all items is what a GPU runs.
-    from bench import evaluate as evaluate_module
+    from bench.core import evaluate as evaluate_module
 
     beauty = beauty_sample  # 4,000 real users: the property does not need all 22,363
     method = _from_checkpoint("iclrec", beauty)  # realistic ranks: hits and long tails
@@ -194,7 +194,7 @@ def test_checkpoint_loads_into_every_method(beauty_sample, method):
 
 
 def test_a_checkpoint_saved_from_a_data_parallel_model_loads(tmp_path):
-    from bench.train import load_checkpoint
+    from bench.core.weights import load_checkpoint
 
     plain = load_checkpoint(str(REFERENCE_CHECKPOINT))
     wrapped = tmp_path / "wrapped.pt"
@@ -216,7 +216,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 def test_per_user_ranks_give_the_metrics(small_data):
     """The stored per-user ranks (clipped at 20, user order) reproduce every metric of the evaluation."""
-    from bench.evaluate import RANK_CLIP, rank_gains
+    from bench.core.evaluate import RANK_CLIP, rank_gains
     from tests.test_methods import build
 
     method = build("sasrec", small_data)

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import records, train
-from bench.configs import resolve_config
-from bench.data import SequenceData
-from bench.errors import BenchError
+from bench.core import identity, records, train
+from bench.core.configs import resolve_config
+from bench.core.data import SequenceData
+from bench.core.errors import BenchError
+from bench.core.step import build_method, step_function
 from methods.base import CPU_CHUNK_ROWS
 from tests.conftest import REPO
 
@@ -71,7 +72,7 @@ def test_faithful_run_is_recorded_as_faithful_and_keeps_the_id_it_had_before_the
     # ... and not the hash of the config as it is now (else the check above could not tell the two apart).
     assert record["run_id"] != records.run_id("iclrec", "synthetic", 1, "custom", "reference", record["config"], budget_of(s))
     # The id a resume computes before running (to skip finished runs) is the id the record got.
-    assert train.run_identity(s)[0] == record["run_id"]
+    assert identity.run_identity(s)[0] == record["run_id"]
 
 
 def _records_from_before_the_options() -> list[Path]:
@@ -96,7 +97,7 @@ def test_records_written_before_the_options_existed_keep_their_run_ids():
         fields = {k: v for k, v in record["spec"].items() if k in train.RunSpec.__dataclass_fields__}
         # The device the run resolved to ("auto" would resolve to this machine's device).
         s = train.RunSpec(**{**fields, "device": record["device"]})
-        if train.run_identity(s)[0] != record["run_id"]:
+        if identity.run_identity(s)[0] != record["run_id"]:
             mismatched.append(path.name)
     assert not mismatched, f"{len(mismatched)} of {len(paths)} old records would get a new id (and be re-run): {mismatched}"
 
@@ -105,7 +106,7 @@ def test_records_written_before_the_options_existed_keep_their_run_ids():
 def _rows_encoded_in_one_step(method_name: str, view_encoding: str, data: SequenceData) -> tuple[int, int, set]:
     """(rows through the encoder in one training step, batch size B, names of the loss terms)."""
     config, _ = resolve_config(method_name, "synthetic", overrides=overrides_for(method_name, view_encoding=view_encoding))
-    method = train.build_method(spec(method_name), config, data, torch.device("cpu"))
+    method = build_method(spec(method_name), config, data, torch.device("cpu"))
     method.train()
     method.on_epoch_start(0, data)  # the E-step's own (eval-mode) encoding happens before the hook
     batch = next(data.train_batches(config.batch_size, torch.Generator().manual_seed(0), method.view_maker))
@@ -141,7 +142,7 @@ def test_shared_view_encoding_saves_one_encoder_pass_and_is_a_fast_run_with_its_
     # A non-default value stays in the hash, so the fast run never shares an id with the faithful one.
     hashed = {k: v for k, v in record["config"].items() if k != "kmeans_init"}  # faithful "warm": left out
     assert record["run_id"] == records.run_id(method_name, "synthetic", 1, "custom", "reference", hashed, budget_of(s))
-    assert record["run_id"] != train.run_identity(spec(method_name))[0]
+    assert record["run_id"] != identity.run_identity(spec(method_name))[0]
 
 
 # ------------------------------------------------------------------------------------------------- bf16
@@ -164,12 +165,12 @@ def test_bf16_runs_on_cpu_end_to_end_as_a_fast_run_with_its_own_id(method_name, 
         {k: v for k, v in record["config"].items() if k not in ("view_encoding", "kmeans_init")},
         budget_of(s, precision="bf16"),
     )
-    assert record["run_id"] != train.run_identity(spec(method_name))[0]
+    assert record["run_id"] != identity.run_identity(spec(method_name))[0]
 
 
 def test_bf16_step_really_computes_in_bf16_and_fp32_does_not(tiny_data):
     config, _ = resolve_config("iclrec", "synthetic", overrides=overrides_for("iclrec"))
-    method = train.build_method(spec("iclrec"), config, tiny_data, torch.device("cpu"))
+    method = build_method(spec("iclrec"), config, tiny_data, torch.device("cpu"))
     method.train()
     method.on_epoch_start(0, tiny_data)
     batch = next(tiny_data.train_batches(config.batch_size, torch.Generator().manual_seed(0), method.view_maker))
@@ -180,7 +181,7 @@ def test_bf16_step_really_computes_in_bf16_and_fp32_does_not(tiny_data):
         seen = dtypes.setdefault(precision, set())
         handles = [m.register_forward_hook(lambda _m, _i, output, seen=seen: seen.add(output.dtype)) for m in linears]
         try:
-            step = train.step_function(method, spec("iclrec", precision=precision), torch.device("cpu"))
+            step = step_function(method, spec("iclrec", precision=precision), torch.device("cpu"))
             terms = step(batch)
         finally:
             for handle in handles:
@@ -209,7 +210,7 @@ def test_unknown_view_encoding_is_a_user_error_naming_it(tiny_data):
     with pytest.raises(BenchError, match=r"view_encoding must be separate or shared, got 'bogus'"):
         train.run(spec("iclrec", overrides={"view_encoding": "bogus"}), progress=False, data=tiny_data)
     with pytest.raises(BenchError, match="view_encoding"):  # also before a grid or resume runs anything
-        train.run_identity(spec("elcrec", overrides={"view_encoding": "bogus"}))
+        identity.run_identity(spec("elcrec", overrides={"view_encoding": "bogus"}))
 
 
 # --------------------------------------------------------------------------------------------- memory

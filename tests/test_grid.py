@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import grid, train
-from bench.errors import BenchError
+from bench.campaign import grid
+from bench.core import outcomes
+from bench.core.errors import BenchError
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--datasets", "Beauty", "--max-users", "150", "--epochs", "1"]
@@ -207,9 +208,9 @@ def test_overrides_reach_the_methods_that_have_the_key():
 
 
 def test_failure_messages_are_one_line():
-    assert train.failure_message(BenchError("bad K")) == "bad K"
-    assert train.failure_message(RuntimeError("boom\nsecond line")) == "RuntimeError: boom"
-    assert train.failure_message(KeyError()) == "KeyError"
+    assert outcomes.failure_message(BenchError("bad K")) == "bad K"
+    assert outcomes.failure_message(RuntimeError("boom\nsecond line")) == "RuntimeError: boom"
+    assert outcomes.failure_message(KeyError()) == "KeyError"
 
 
 def test_executor_options_are_checked(tmp_path):

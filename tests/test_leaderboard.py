@@ -15,9 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.errors import BenchError
-from bench.leaderboard import _completed_runs, write_leaderboard
-from bench.records import (
+from bench.core.errors import BenchError
+from bench.core.records import (
     COLUMNS,
     find_corrupt,
     load_records,
@@ -26,6 +25,7 @@ from bench.records import (
     run_id,
     write_record_atomic,
 )
+from bench.reporting.leaderboard import _completed_runs, write_leaderboard
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
 CORRUPT = FIXTURES / "runs" / "iclrec-Toys_and_Games-s3-quick-0123456789ab.json"
@@ -220,7 +220,7 @@ def test_write_record_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         raise OSError("disk full")
 
     # A failure at the rename must leave the old record intact and remove the temp file.
-    monkeypatch.setattr("bench.records.os.replace", fail)
+    monkeypatch.setattr("bench.core.records.os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
         write_record_atomic(path, {"schema": 1, "method": "elcrec"})
     assert json.loads(path.read_text())["method"] == "sasrec"

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from bench import configs
-from bench.errors import BenchError
-from bench.evaluate import evaluate
+from bench.core import configs
+from bench.core.errors import BenchError
+from bench.core.evaluate import evaluate
 from methods import REGISTRY, DatasetInfo
 from tests.conftest import REPO
 

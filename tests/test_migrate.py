@@ -1,4 +1,4 @@
-"""`bench records migrate` (bench/migrate.py): schema-1 records upgraded once, ids recomputed, never guessed."""
+"""`bench records migrate` (bench/core/migrate.py): schema-1 records upgraded once, ids recomputed, never guessed."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from bench import records, train
 from bench.cli import main
-from bench.migrate import SCHEMA_1_FAITHFUL
+from bench.core import identity, records, train
+from bench.core.migrate import SCHEMA_1_FAITHFUL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,7 +31,7 @@ def _as_schema_1(record: dict) -> dict:
     if old["variant"]["mode"] == "modified":
         old["variant"]["mode"] = "faithful"
     spec = train.RunSpec(**{k: v for k, v in old["spec"].items()})
-    old["run_id"] = train.identity_of(spec, old["config"], faithful=SCHEMA_1_FAITHFUL)
+    old["run_id"] = identity.identity_of(spec, old["config"], faithful=SCHEMA_1_FAITHFUL)
     return old
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.claims import Claims
+from bench.campaign.claims import Claims
 from tests.conftest import REFERENCE_CHECKPOINT
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,12 +126,12 @@ def _damaged_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 @pytest.mark.skipif(not REFERENCE_CHECKPOINT.is_file(), reason="the published checkpoint is not in ../shared")
 def test_damaged_checkpoints_are_one_line_errors(tmp_path):
-    from bench import train
-    from bench.errors import BenchError
+    from bench.core import weights
+    from bench.core.errors import BenchError
 
     for name, (path, needle) in _damaged_checkpoints(tmp_path).items():
         with pytest.raises(BenchError, match=re.escape(needle)) as info:
-            train.method_from_checkpoint("iclrec", "Beauty", str(path), "cpu")
+            weights.method_from_checkpoint("iclrec", "Beauty", str(path), "cpu")
         assert "\n" not in str(info.value), name
     # and through the command line, once, for the exit code and the absence of a traceback
     one_line_error(bench("evaluate", "--method", "iclrec", "--dataset", "Beauty", "--checkpoint",
@@ -189,8 +189,8 @@ def test_two_grids_on_one_folder_share_the_runs(tmp_path):
 def test_a_damaged_cache_offline_says_the_cached_copy_failed(monkeypatch, tmp_path):
     import urllib.error
 
-    from bench import data
-    from bench.errors import BenchError
+    from bench.core import data
+    from bench.core.errors import BenchError
 
     monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("BENCH_DATA_MIRROR", raising=False)
@@ -205,7 +205,7 @@ def test_a_damaged_cache_offline_says_the_cached_copy_failed(monkeypatch, tmp_pa
 
 
 def test_downloaded_files_are_readable_by_others(monkeypatch, tmp_path):
-    from bench import data
+    from bench.core import data
 
     monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path))
     path = data.download("Beauty", force=True)
@@ -232,7 +232,7 @@ def test_damaged_records_are_skipped_and_named_on_the_terminal(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     warned = [line for line in proc.stderr.splitlines() if line.startswith("warning: skipped unreadable record")]
     assert len(warned) == len(damaged)
-    from bench.records import load_records
+    from bench.core.records import load_records
 
     assert len(load_records(tmp_path)) == 1  # only the intact record enters the tables
     assert "4 unreadable file(s)" in (tmp_path / "out" / "leaderboard.md").read_text()

@@ -23,9 +23,10 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from bench import cli, tune
-from bench.errors import BenchError
-from bench.profiles import Profile, get_profile
+from bench import cli
+from bench.core.errors import BenchError
+from bench.core.profiles import Profile, get_profile
+from bench.tuning import tune
 
 REPO = Path(__file__).resolve().parent.parent
 ONE_EPOCH = Profile("rel1", max_users=200, epochs=1, patience=1, seeds=(1,))
@@ -145,8 +146,8 @@ def test_torn_last_line_is_cut_off_after_a_backup_and_the_study_goes_on(tmp_path
 # ------------------------------------------------------------------------------ killed driver, zombies
 DRIVER = """
 import sys
-from bench import tune
-from bench.profiles import Profile
+from bench.tuning import tune
+from bench.core.profiles import Profile
 tune.tune("sasrec", "Beauty", profile=Profile("rel2", max_users=200, epochs=2, patience=2, seeds=(1,)),
           trials=int(sys.argv[2]), parallel=int(sys.argv[3]), executor="local", results=sys.argv[1],
           study=sys.argv[4], run_final=False)
@@ -273,7 +274,7 @@ def test_two_drivers_on_one_journal_lose_nothing_and_fail_nothing(tmp_path):
 def test_heartbeat_decides_for_workers_of_other_machines(tmp_path):
     # A trial owned by another machine cannot be checked by pid: it is stale only once its heartbeat is
     # older than the grace period. A trial of a live process here is never stale while it beats.
-    from bench import studies
+    from bench.tuning import studies
 
     storage = studies.open_storage(str(tmp_path / "hb.journal"))
     study = optuna.create_study(study_name="hb", storage=storage, direction="maximize")
@@ -362,7 +363,7 @@ def test_postgres_study_with_two_workers_loses_no_trial(tmp_path, postgres_url):
 def test_postgres_trial_of_a_dead_worker_is_failed_and_rerun(tmp_path, postgres_url):
     # The same dead-worker check as for a journal, on a database: a RUNNING trial whose owner process is
     # gone from this machine fails at once (not after the 180 s grace) and its parameters run again.
-    from bench import studies
+    from bench.tuning import studies
 
     tune.tune("sasrec", "Beauty", profile=ONE_EPOCH, trials=1, storage=postgres_url, results=tmp_path,
               study="pgz", run_final=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.leaderboard import write_leaderboard
+from bench.reporting.leaderboard import write_leaderboard
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
 BROWSER = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)

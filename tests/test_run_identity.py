@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from bench import grid, records, train, tune
+from bench.campaign import grid
 from bench.cli import build_parser, single_run_spec
-from bench.errors import BenchError
-from bench.profiles import get_profile
-from bench.spec import make_spec
+from bench.core import identity, records, train
+from bench.core.errors import BenchError
+from bench.core.profiles import get_profile
+from bench.core.spec import make_spec
+from bench.tuning import tune
 from methods import REGISTRY
 from methods.base import Method, MethodConfig
 from methods.losses import rec_bce_loss
@@ -28,7 +30,7 @@ def test_one_run_gets_one_id_through_run_the_grid_and_tune():
     setup = tune.StudySetup("sasrec", "Beauty", get_profile("smoke"), "s", "unused.journal", "unused")
     from_tune = tune.trial_spec(setup, {"lr": 0.002})  # the final run of a study with this best trial
     assert len(from_grid) == 1
-    ids = {train.run_identity(s)[0] for s in (from_run, from_grid[0], from_tune)}
+    ids = {identity.run_identity(s)[0] for s in (from_run, from_grid[0], from_tune)}
     assert len(ids) == 1
     assert {s.profile for s in (from_run, from_grid[0], from_tune)} == {"smoke"}
 
@@ -38,11 +40,11 @@ def test_a_budget_has_one_label_whatever_the_command():
     single = single_run_spec(_run_args("--method", "sasrec", "--dataset", "Beauty", "--profile", "smoke", "--epochs", "1"))
     in_grid = grid.grid_specs(["sasrec"], ["Beauty"], profile="smoke", epochs=1)[0]
     assert single.profile == in_grid.profile == "custom"
-    assert train.run_identity(single)[0] == train.run_identity(in_grid)[0]
+    assert identity.run_identity(single)[0] == identity.run_identity(in_grid)[0]
     # A bare run has the paper budget, so it is the paper run the grid would skip as done.
     bare = single_run_spec(_run_args("--method", "sasrec", "--dataset", "Beauty"))
     paper = grid.grid_specs(["sasrec"], ["Beauty"], [1])[0]
-    assert bare.profile == "paper" and train.run_identity(bare)[0] == train.run_identity(paper)[0]
+    assert bare.profile == "paper" and identity.run_identity(bare)[0] == identity.run_identity(paper)[0]
     # The smoke budget spelled out without --profile is the smoke run.
     spelled = make_spec("sasrec", "Beauty", epochs=3, patience=3, max_users=2000)
     assert spelled.profile == "smoke"
@@ -97,7 +99,7 @@ def test_a_fifth_method_runs_through_the_harness(monkeypatch, tmp_path):
     record = train.run(spec, progress=False)
     assert record["status"] == "ok" and record["config"]["shrink"] == 0.25
     assert set(record["epochs"][0]["losses"]) == {"rec", "loss"}
-    assert record["test"]["HR@20"] >= 0.0 and record["run_id"] == train.run_identity(spec)[0]
+    assert record["test"]["HR@20"] >= 0.0 and record["run_id"] == identity.run_identity(spec)[0]
     path = records.save(tmp_path, record)
     assert records.read_record(path)["method"] == "toy"
     with pytest.raises(BenchError, match="unknown key"):
@@ -107,7 +109,7 @@ def test_a_fifth_method_runs_through_the_harness(monkeypatch, tmp_path):
 def test_trials_end_before_the_test_split(monkeypatch):
     seen = []
     spec = make_spec("sasrec", "Beauty", profile="smoke", epochs=2, max_users=300, device="cpu")
-    from bench import evaluate as evaluate_module
+    from bench.core import evaluate as evaluate_module
 
     real = evaluate_module.evaluate
 

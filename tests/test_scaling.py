@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import scaling
 from bench.cli import main
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.tools import scaling
 from tests.conftest import synthetic_sequences
 
 TINY = {"num_intents": 4, "hidden_size": 16, "num_heads": 2, "num_layers": 1, "batch_size": 16}
@@ -19,7 +19,7 @@ TINY = {"num_intents": 4, "hidden_size": 16, "num_heads": 2, "num_layers": 1, "b
 
 @pytest.fixture(scope="module")
 def beauty_seqs():
-    from bench.data import dataset_path, parse_sequences
+    from bench.core.data import dataset_path, parse_sequences
 
     return parse_sequences(dataset_path("Beauty"))
 

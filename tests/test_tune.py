@@ -10,9 +10,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from bench import cli, search_space, studies, tune
-from bench.errors import BenchError
-from bench.profiles import Profile
+from bench import cli
+from bench.core.errors import BenchError
+from bench.core.profiles import Profile
+from bench.tuning import search_space, studies, tune
 from methods import REGISTRY
 
 TINY = Profile("tiny", max_users=300, epochs=3, patience=3, seeds=(1,))
@@ -168,7 +169,7 @@ def test_reporter_tracks_the_best_epoch_and_leaves_stopping_to_the_loop():
 
 def test_objective_is_pruned_by_the_study_pruner(tmp_path):
     # A real trial through the training loop, with a pruner that prunes any value below 1 from epoch 0.
-    from bench.data import SequenceData
+    from bench.core.data import SequenceData
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.0))
     setup = studies.StudySetup("sasrec", "Beauty", TINY, "p", "unused", str(tmp_path), device="cpu")

@@ -11,9 +11,10 @@ import re
 import numpy as np
 import pytest
 
-from bench import records, verdicts
-from bench.evaluate import rank_gains
-from bench.leaderboard import write_leaderboard
+from bench.core import records
+from bench.core import stats as verdicts
+from bench.core.evaluate import rank_gains
+from bench.reporting.leaderboard import write_leaderboard
 
 CONTEXT = {
     "schema": 1, "device": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "gpu_name": None, "threads": 1,

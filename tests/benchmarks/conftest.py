@@ -58,7 +58,7 @@ def device() -> torch.device:
 
 @pytest.fixture(scope="session")
 def beauty_data(device):
-    from bench.data import SequenceData
+    from bench.core.data import SequenceData
 
     return SequenceData.load("Beauty", device=str(device))
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from bench.data import SequenceData
+from bench.core.data import SequenceData
 
 KS = (5, 10, 15, 20)  # the published evaluation computes @15 too
 

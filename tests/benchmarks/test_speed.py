@@ -23,8 +23,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.configs import resolve_config
-from bench.evaluate import evaluate
+from bench.core.configs import resolve_config
+from bench.core.evaluate import evaluate
 from methods import REGISTRY, DatasetInfo, Method
 from methods.clustering import nearest_centroid
 from methods.losses import elcrec_cluster_loss

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench import context as run_context
-from bench.evaluate import METRICS
+from bench.core import context as run_context
+from bench.core.evaluate import METRICS
 
-RECORD_SCHEMA = 2  # 2: ICLRec records say kmeans_init (bench/migrate.py upgrades schema 1)
+RECORD_SCHEMA = 2  # 2: ICLRec records say kmeans_init (bench/core/migrate.py upgrades schema 1)
 STATUSES = ("ok", "failed", "interrupted")
 
 # Temp files get this suffix so that the `runs/*.json` glob never picks up a half-written record.
@@ -89,7 +89,7 @@ def check_writable(directory: Path, what: str = "results folder") -> Path:
 
     One clear line (BenchError) naming the place otherwise: a path that is a file, a read-only folder.
     """
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
 
     directory = Path(directory)
     for place in (directory, *directory.parents):  # a file where a folder must be: say which

@@ -8,7 +8,7 @@ default the paper profile on CUDA: a campaign's runs) is one of
 - failed: a failed record (its one-line error; the next grid retries it),
 - pending: nothing yet.
 
-The time left is the scheduler's estimate (bench/schedule.py) summed over the runs not done, one run after
+The time left is the scheduler's estimate (bench/campaign/schedule.py) summed over the runs not done, one run after
 the other at their maximum epochs: an upper bound, since early stopping ends most runs sooner, and one
 that packing several runs on a GPU divides by its measured speed-up (`bench packing`). Estimates come from
 the results folder's records of the same kind, else the repository's committed ones (results/runs:
@@ -20,8 +20,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench import checkpoints, records
-from bench.schedule import (
+from bench.campaign.schedule import (
     PACKING_DIR,
     format_duration,
     kind_of,
@@ -29,8 +28,10 @@ from bench.schedule import (
     packed_speedups,
     projected_seconds,
 )
-from bench.spec import COMMITTED_RESULTS, device_kind
-from bench.train import SELECTION_METRIC, run_identity
+from bench.core import checkpoints, records
+from bench.core.identity import run_identity
+from bench.core.spec import COMMITTED_RESULTS, device_kind
+from bench.core.train import SELECTION_METRIC
 
 
 def _latest_records(results_dir: Path) -> dict[str, dict]:
@@ -61,8 +62,8 @@ def protocol_status(
     checkpoint_dir: Path | str | None = None,
 ) -> dict:
     """Rows (one per run of the protocol) and totals, as plain data (`bench status --json` prints it)."""
-    from bench.grid import grid_specs
-    from bench.spec import check_device
+    from bench.campaign.grid import grid_specs
+    from bench.core.spec import check_device
 
     check_device(device)
     results_dir = Path(results_dir).expanduser().resolve()

@@ -3,10 +3,10 @@
     python -m bench tune --method sasrec --dataset Beauty --profile quick --trials 20 --parallel 4
     python -m bench tune --export            # best params of every study -> methods/configs/tuned/
 
-This module runs a study: it checks every place it will write, opens the study (bench/studies.py), starts
+This module runs a study: it checks every place it will write, opens the study (bench/tuning/studies.py), starts
 the workers (in this process, as local processes, or as Ray tasks), each of which calls Optuna's
 `study.optimize` against the shared storage, and at the end trains the best configuration once on test and
-writes the reports (bench/tune_reports.py).
+writes the reports (bench/tuning/reports.py).
 
 Why Optuna's own loop in K workers rather than Ray Tune (with `OptunaSearch`), in short (README, Tuning):
 a trial is pruned inside the worker, where `trial.report` and `trial.should_prune` are at hand, instead of
@@ -20,7 +20,7 @@ test evaluation of a study is the final run of its best configuration, saved lik
 
 Local workers die with the driver (Linux: PR_SET_PDEATHSIG; elsewhere a thread watching the parent), so a
 killed `tune` leaves no orphan training for nobody; the trials they held are failed and re-run the next time
-the study is opened (bench/studies.py).
+the study is opened (bench/tuning/studies.py).
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ from typing import Any
 
 import optuna
 
-from bench import configs, records, search_space, train
-from bench.errors import BenchError
-from bench.grid import EXECUTORS
-from bench.profiles import Profile
-from bench.spec import check_choice, make_spec
-from bench.studies import (
+from bench.core import configs, identity, outcomes, records, train
+from bench.core.errors import BenchError
+from bench.core.profiles import Profile
+from bench.core.spec import EXECUTORS, check_choice, make_spec
+from bench.tuning import search_space
+from bench.tuning.reports import complete_trials, counts, export, fmt, space_entry, write_reports
+from bench.tuning.studies import (
     DEFAULT_SEED,
     INTERRUPTED,
     METRIC,
@@ -62,7 +63,6 @@ from bench.studies import (
     studies_dir,
     study_exists,
 )
-from bench.tune_reports import complete_trials, counts, export, fmt, space_entry, write_reports
 
 # Errors that fail one trial (an unlucky combination, a diverging loss) without stopping the study.
 TRIAL_ERRORS = (BenchError, RuntimeError, ValueError, FloatingPointError)
@@ -133,7 +133,7 @@ def optimize(
     setup: StudySetup, n_trials: int, worker: int = 0, trials_before: int = 0, study: optuna.Study | None = None
 ) -> None:
     """One worker: load the data once, then run `n_trials` trials of the shared study."""
-    from bench.data import SequenceData
+    from bench.core.data import SequenceData
 
     study = study or open_study(setup, worker, trials_before)
     space = search_space.load(setup.method)
@@ -215,9 +215,9 @@ def _ray_worker(setup: StudySetup, n_trials: int, worker: int, trials_before: in
 
 def run_ray(setup: StudySetup, shares: list[int], trials_before: int, address: str | None) -> list[str]:
     """The same workers as Ray tasks, on a local Ray or the cluster at `address` / $RAY_ADDRESS."""
-    # Imported here, not at the top: the GPU machine of this project has no Ray, and `bench.tune` must
-    # import (and `--executor local` work) there. bench/ray_backend.py is the one module that imports ray.
-    from bench.ray_backend import run_workers_on_ray
+    # Imported here, not at the top: the GPU machine of this project has no Ray, and `bench.tuning.tune` must
+    # import (and `--executor local` work) there. bench/campaign/executors.py is the one module that imports ray.
+    from bench.campaign.executors import run_workers_on_ray
 
     args = [(setup, n, i, trials_before) for i, n in enumerate(shares)]
     return run_workers_on_ray(
@@ -234,7 +234,7 @@ def ray_available() -> bool:
 def final_run(setup: StudySetup, params: dict) -> dict:
     """The one test evaluation of a study: the best params, the trials' budget, all CPU threads."""
     spec = trial_spec(setup, params)
-    rid, _, _ = train.run_identity(spec)
+    rid, _, _ = identity.run_identity(spec)
     if rid in records.completed_run_ids(Path(setup.results)):
         # Same config and budget as a run already done (a resumed study with the same best): reuse it.
         path = records.record_path(
@@ -248,7 +248,7 @@ def final_run(setup: StudySetup, params: dict) -> dict:
     try:
         record = train.run(spec, progress=True)
     except TRIAL_ERRORS as exc:
-        records.save(Path(setup.results), train.failure_record(spec, exc))
+        records.save(Path(setup.results), outcomes.failure_record(spec, exc))
         raise BenchError(f"the final run of the best configuration failed: {exc}") from None
     path = records.save(Path(setup.results), record)
     return {"record": record, "path": str(path)}
@@ -297,7 +297,7 @@ def tune(
     records.check_writable(results / "runs", "results folder")
     records.check_writable(studies_dir(results) / name, "study reports folder")
     storage_obj = open_storage(store)
-    from bench.data import download
+    from bench.core.data import download
 
     download(dataset)  # once, here: K workers must not race to fetch the same file
     setup = StudySetup(method, dataset, profile, name, store, str(results), device, seed)

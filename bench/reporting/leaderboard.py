@@ -5,9 +5,9 @@ never edited by hand. Tables are grouped by (profile, protocol, device, variant)
 run, from the strict evaluation protocol, from a GPU or from a fast (non-published) variant are not comparable
 with a paper-profile, reference-protocol, faithful run on a CPU.
 
-No verdict is stated without the evidence for it (bench/verdicts.py): ranking marks and "ELCRec vs best
+No verdict is stated without the evidence for it (bench/core/stats.py): ranking marks and "ELCRec vs best
 baseline" carry paired tests over users (and seeds), cost changes carry a 95% interval from the runs' own
-spread, and two methods' costs are compared only where their execution context (bench/context.py) matches.
+spread, and two methods' costs are compared only where their execution context (bench/core/context.py) matches.
 Every section of a profile other than `paper` opens with its budget; published numbers appear only beside
 runs with the paper's budget.
 """
@@ -22,12 +22,12 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench import context as run_context
-from bench import verdicts
-from bench.errors import BenchError
-from bench.evaluate import rank_gains
-from bench.published import PUBLISHED_ACCURACY, PUBLISHED_COST
-from bench.records import METRICS, find_corrupt, load_records, load_test_ranks, write_bytes_atomic
+from bench.core import context as run_context
+from bench.core import stats as verdicts
+from bench.core.errors import BenchError
+from bench.core.evaluate import rank_gains
+from bench.core.records import METRICS, find_corrupt, load_records, load_test_ranks, write_bytes_atomic
+from bench.reporting.published import PUBLISHED_ACCURACY, PUBLISHED_COST
 
 METHOD_ORDER = ("sasrec", "cl4srec", "iclrec", "elcrec")
 METHOD_NAMES = {"sasrec": "SASRec", "cl4srec": "CL4SRec", "iclrec": "ICLRec", "elcrec": "ELCRec"}
@@ -44,7 +44,7 @@ MIB = 2**20  # the paper's "MB" are nvidia-smi MiB
 DPI = 110
 _ORDERS = {"dataset": DATASET_ORDER, "metric": METRICS, "method": METHOD_ORDER}
 
-# A document is a list of blocks, rendered to markdown here and to HTML by bench/report.py:
+# A document is a list of blocks, rendered to markdown here and to HTML by bench/reporting/report.py:
 # ("h1" | "h2" | "h3" | "p" | "banner", text), ("table", DataFrame), ("list", [text, ...]).
 Block = tuple[str, object]
 
@@ -650,7 +650,7 @@ PLOT_KINDS = {
 # ------------------------------------------------------------------------------------------------ write
 def write_leaderboard(results_dir: Path, out_dir: Path | None = None) -> list[Path]:
     """Write leaderboard.{csv,md}, cost.{csv,md}, cost_comparison.csv, PNG plots and index.html."""
-    from bench import report
+    from bench.reporting import report
 
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir

@@ -14,10 +14,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from methods import REGISTRY, Method, MethodConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "methods" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "methods" / "configs"
 TUNED_DIR = CONFIG_DIR / "tuned"
 CONFIG_SOURCES = ("paper", "tuned")
 

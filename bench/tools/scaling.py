@@ -37,9 +37,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from bench.costs import PeakMemory, synchronize
-from bench.errors import BenchError
-from bench.records import write_bytes_atomic, write_text_atomic
+from bench.core.costs import PeakMemory, synchronize
+from bench.core.errors import BenchError
+from bench.core.records import write_bytes_atomic, write_text_atomic
 
 DEFAULT_USERS = (10_000, 30_000, 100_000, 300_000, 1_000_000, 3_000_000)
 EXTRAPOLATE_TO = (100_000_000, 130_000_000)
@@ -102,7 +102,7 @@ def build_population(seqs, n: int, seed: int):
     Lengths and item popularity follow the dataset's (up to sampling error); item ids are unchanged, so the
     item table is the dataset's.
     """
-    from bench.data import Sequences
+    from bench.core.data import Sequences
 
     idx = resample_users(seqs.num_users, n, seed)
     lengths = seqs.lengths[idx]
@@ -243,7 +243,7 @@ def context(device: torch.device) -> dict:
 
 # ------------------------------------------------------------------------------------------- measuring
 class _Clock:
-    """Wall-clock seconds of a block, with the device synchronised at both ends (as bench.costs.PhaseTimer)."""
+    """Wall-clock seconds of a block, with the device synchronised at both ends (as bench.core.costs.PhaseTimer)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -353,7 +353,7 @@ class _StepRunner:
 
 def _step_memory_child(name: str, config: dict, pool_seqs, item_size: int, dataset: str, threads: int, seed: int) -> int:
     """In a fresh process: bytes a training step adds to the RSS high-water mark (no heap kept from others)."""
-    from bench.data import SequenceData
+    from bench.core.data import SequenceData
     from methods import REGISTRY, DatasetInfo
 
     torch.set_num_threads(threads)
@@ -386,11 +386,11 @@ def step_memory_fresh(name: str, config, pool_seqs, item_size: int, dataset: str
     import subprocess
     import sys
 
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     payload = pickle.dumps((name, config.to_dict(), pool_seqs, item_size, dataset, torch.get_num_threads(), seed))
     out = subprocess.run(
-        [sys.executable, "-c", "from bench.scaling import _step_memory_main; _step_memory_main()"],
+        [sys.executable, "-c", "from bench.tools.scaling import _step_memory_main; _step_memory_main()"],
         input=payload, capture_output=True, cwd=root, env=env, timeout=600,
     )
     if out.returncode != 0:
@@ -433,8 +433,8 @@ def run_study(spec: ScalingSpec, progress: bool = True, sequences=None) -> list[
     """Measure, fit, write the outputs; returns the paths written. `sequences` replaces the dataset (tests)."""
     from tqdm.auto import tqdm
 
-    from bench.configs import resolve_config
-    from bench.data import SequenceData, dataset_path, parse_sequences
+    from bench.core.configs import resolve_config
+    from bench.core.data import SequenceData, dataset_path, parse_sequences
     from methods import REGISTRY, DatasetInfo
 
     device = resolve_device(spec.device)

@@ -22,11 +22,11 @@ grace period after the deadline. Runs whose checkpoints were asked for (`--check
 (if an epoch fits), runs until the budget and is continued by the next invocation, which is how a run of
 many hours is carried across jobs of one or two.
 
-Packing. `bench packing` (bench/packing.py) measures how many runs to put on one GPU; this module reads
+Packing. `bench packing` (bench/campaign/packing.py) measures how many runs to put on one GPU; this module reads
 those measurements back (`measured_packing`: the grid's default packing on that GPU model; `packed_speedups`:
 what `bench status` divides its projection by).
 
-Nothing here trains or imports Ray: the grid (bench/grid.py) and the executors ask a `Scheduler`.
+Nothing here trains or imports Ray: the grid (bench/campaign/grid.py) and the executors ask a `Scheduler`.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from pathlib import Path
 
 import torch
 
-from bench import records
-from bench.context import cpu_model
-from bench.errors import BenchError
-from bench.spec import REPO_ROOT, RunSpec, device_kind
+from bench.core import records
+from bench.core.context import cpu_model
+from bench.core.errors import BenchError
+from bench.core.spec import REPO_ROOT, RunSpec, device_kind
 
 PACKING_DIR = REPO_ROOT / "results" / "benchmarks"  # where `bench packing` writes its measurements
 FAITHFUL_COMPILE = "off"  # the compile mode whose measured packing the grid follows by default
@@ -301,7 +301,7 @@ def make_scheduler(
 ) -> Scheduler:
     """A scheduler over the runs not yet done, with the epochs their checkpoints hold and the estimates of
     `results_dir` (then `estimate_folders`); the runs of `resumable` (ids) may end in a later invocation."""
-    from bench import checkpoints
+    from bench.core import checkpoints
 
     planned, resumable = [], set(resumable)
     for rid, spec in specs_by_id.items():
@@ -329,7 +329,7 @@ def projected_seconds(
 
 
 # ------------------------------------------------------------------------- packing measurements, read back
-# `bench packing` (bench/packing.py) measures them; the grid and `bench status` follow them.
+# `bench packing` (bench/campaign/packing.py) measures them; the grid and `bench status` follow them.
 def machine_name(kind: str) -> str:
     """The model a packing measurement holds for: the GPU's name, or the CPU's model and core count."""
     if kind == "cuda":

@@ -12,7 +12,7 @@ Throughput is finished epochs per second summed over the runs:
   the runs (they run side by side the whole time);
 - wall: every epoch of every run over the grid's wall time (start-up, data loading and compiling included);
 - gain vs 1 run: steady throughput against one run alone, with the 95% interval of the per-epoch time
-  ratio (Welch t on log seconds, `bench/verdicts.py`), so that a packing is chosen for a gain the
+  ratio (Welch t on log seconds, `bench/core/stats.py`), so that a packing is chosen for a gain the
   measurement shows, not for noise.
 
 The packing chosen per compile mode starts at 1 run and moves to a larger c only when c's throughput
@@ -36,11 +36,11 @@ from pathlib import Path
 
 import torch
 
-from bench import records
-from bench.errors import BenchError
-from bench.schedule import FAITHFUL_COMPILE, PACKING_DIR, epoch_seconds, machine_name
-from bench.spec import check_positive, device_kind
-from bench.verdicts import per_epoch_interval
+from bench.campaign.schedule import FAITHFUL_COMPILE, PACKING_DIR, epoch_seconds, machine_name
+from bench.core import records
+from bench.core.errors import BenchError
+from bench.core.spec import check_positive, device_kind
+from bench.core.stats import per_epoch_interval
 
 
 def _steady_epoch_seconds(record: dict) -> list[float]:
@@ -128,7 +128,7 @@ def measure_packing(
     out_dir: Path | None = None,
 ) -> list[Path]:
     """Measure every (compile mode, concurrency) and write the table; returns the paths written."""
-    from bench.grid import grid_specs, run_grid
+    from bench.campaign.grid import grid_specs, run_grid
 
     for c in concurrency:
         check_positive("--concurrency", c)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import configs
-from bench.errors import BenchError
+from bench.core import configs
+from bench.core.errors import BenchError
 
 KINDS = ("float", "int", "categorical")
 _ALLOWED = {

@@ -18,8 +18,8 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from bench import records
-from bench.spec import RunSpec
+from bench.core import records
+from bench.core.spec import RunSpec
 
 FRESH_KMEANS_METHODS = ("iclrec",)  # methods whose schema-1 records ran a fresh k-means every E-step
 
@@ -39,7 +39,7 @@ def _spec_of(record: dict) -> RunSpec:
 
 
 def _id_of(record: dict, config: dict, *, faithful: dict) -> str:
-    from bench.train import identity_of
+    from bench.core.identity import identity_of
 
     return identity_of(_spec_of(record), config, faithful=faithful)
 

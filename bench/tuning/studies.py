@@ -2,7 +2,7 @@
 
 A study is kept either in a journal file (`<results>/studies/<study>.journal`, Optuna's append-only log of
 operations, shared by processes through a lock file) or in a database given by URL (PostgreSQL for several
-machines). This module is the only one that opens either; `bench/tune.py` runs trials against what it returns.
+machines). This module is the only one that opens either; `bench/tuning/tune.py` runs trials against what it returns.
 
 Three things here protect a study from the ways a session can end badly:
 
@@ -44,9 +44,9 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from bench import records, train
-from bench.errors import BenchError
-from bench.profiles import Profile
+from bench.core import records, train
+from bench.core.errors import BenchError
+from bench.core.profiles import Profile
 
 METRIC = train.SELECTION_METRIC  # valid NDCG@20, as the training loop's model selection
 DEFAULT_SEED = 0

@@ -2,7 +2,7 @@
 
 Self-contained means it opens from a file, a mail attachment or a CI artifact alike: CSS inline, plots as
 base64 PNG data URIs, no script, no external address, and no path of the machine it was made on. The
-content is the same blocks as leaderboard.md and cost.md (bench/leaderboard.py builds both), laid out per
+content is the same blocks as leaderboard.md and cost.md (bench/reporting/leaderboard.py builds both), laid out per
 group: budget banner, accuracy, cost, ELCRec vs ICLRec, then the four plots. `tests/test_report.py`
 renders it in headless Chromium and checks the screenshot.
 """

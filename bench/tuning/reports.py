@@ -3,7 +3,7 @@
 `write_reports` writes `<results>/studies/<study>/` (trials.csv, importances.csv, history.png, best.json),
 each file atomically; `export` writes the best parameters of each (method, dataset) to
 `methods/configs/tuned/<method>.toml`, which `run --configs tuned` reads. Nothing here trains or runs trials:
-this module only reads studies (through bench/studies.py) and writes files.
+this module only reads studies (through bench/tuning/studies.py) and writes files.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from bench import configs, records, search_space
-from bench.errors import BenchError
-from bench.studies import (
+from bench.core import configs, records
+from bench.core.errors import BenchError
+from bench.tuning import search_space
+from bench.tuning.studies import (
     METRIC,
     check_study_name,
     journal_path,

@@ -2,7 +2,7 @@
 
 The command line installs the handler for the commands that train (`install`). The handler only sets a
 flag; the training loop reads it between steps (a Python attribute read, no sync) and stops: the epoch in
-progress is dropped, the state of the last epoch boundary (kept in host memory, bench/checkpoints.py) is
+progress is dropped, the state of the last epoch boundary (kept in host memory, bench/core/checkpoints.py) is
 written as the run's checkpoint when the run has a checkpoint folder, and the run is recorded
 `interrupted`. The grid starts no further run; the command exits with 143 (128 + SIGTERM), as a process
 killed by the signal would, after one line saying what was kept. Running the same command again resumes.

@@ -21,9 +21,10 @@ from collections.abc import Iterator
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from bench.costs import PHASES, PhaseTimer, synchronize
-from bench.data import Batch, SequenceData
-from bench.spec import resolve_device
+from bench.core.costs import PHASES, PhaseTimer, synchronize
+from bench.core.data import SequenceData
+from bench.core.spec import resolve_device
+from methods import Batch
 
 ENCODER = "encoder pass"
 FORWARD = "training_step (forward)"
@@ -31,7 +32,7 @@ FORWARD = "training_step (forward)"
 
 def profile_run(spec, steps: int) -> int:
     """Both views of `spec`'s method (module doc): the timed run's phases, then `steps` profiled steps."""
-    from bench import train
+    from bench.core import train
 
     device = resolve_device(spec.device)
     data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
@@ -91,17 +92,17 @@ def quiet_native_stderr():
 
 
 def profile_steps(spec, data: SequenceData, device: torch.device, steps: int) -> None:
-    from bench import train
-    from bench.configs import resolve_config
+    from bench.core.configs import resolve_config
+    from bench.core.step import build_method, step_function
 
     config, _ = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
-    method = train.build_method(spec, config, data, device)
+    method = build_method(spec, config, data, device)
     method.train()
     method.on_epoch_start(0, data)  # ICLRec / ELCRec need their intents before a step
     optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr, weight_decay=method.config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     batches = _batches(data, method, generator)
-    training_step = train.step_function(method, spec, device)  # as the run would execute it
+    training_step = step_function(method, spec, device)  # as the run would execute it
 
     def step(timer: PhaseTimer | None = None) -> None:
         """One training step; with `timer`, each part's seconds (device synchronised at its edges) are added."""

@@ -1,6 +1,6 @@
 """The one training loop, shared by every method: epochs, timed phases, early stopping, the run record.
 
-A run is described by a `RunSpec` (bench/spec.py: what to run) and produces a record dict (docs/records.md).
+A run is described by a `RunSpec` (bench/core/spec.py: what to run) and produces a record dict (docs/records.md).
 This module knows nothing of Ray, Optuna or files of results: `epoch_callback` lets a tuner observe valid
 metrics (and prune a trial), `evaluate_test=False` ends a trial before the test split, and the caller
 decides where the record goes.
@@ -10,201 +10,25 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
-import platform
-import subprocess
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
 
-from bench import checkpoints, context, records, termination
-from bench.configs import build_config, method_class, paper_values, resolve_config
-from bench.costs import PHASES, PeakMemory, PhaseTimer
-from bench.data import SequenceData
-from bench.errors import BenchError
-from bench.evaluate import PROTOCOLS, evaluate
-from bench.spec import RunSpec, check_choice, check_positive, device_kind, make_spec, resolve_device
-from methods import DatasetInfo, Method, MethodConfig
+from bench.core import checkpoints, context, records, termination
+from bench.core.configs import resolve_config
+from bench.core.costs import PHASES, PeakMemory, PhaseTimer
+from bench.core.data import SequenceData
+from bench.core.evaluate import PROTOCOLS, evaluate
+from bench.core.identity import identity_of, spec_fields, variant_of
+from bench.core.outcomes import NonFiniteLoss, environment
+from bench.core.spec import RunSpec, check_choice, check_positive, resolve_device
+from bench.core.step import build_method, step_function
+from bench.core.weights import save_checkpoint
 
 SELECTION_METRIC = "NDCG@20"  # model selection on valid, as the published code
-
-
-# Execution options that are RunSpec fields; the rest of records.FAITHFUL are config keys. At their faithful
-# values all are left out of the run id, so records made before an option existed keep their ids.
-SPEC_OPTIONS = ("precision", "compile")
-
-
-def execution_options(spec: RunSpec) -> dict:
-    """How a run executes, where that differs from the default (CPU, fp32, eager): part of its identity.
-
-    A GPU run is a different measurement of cost from a CPU run of the same spec, so both records are kept
-    (and neither is skipped because the other exists). "auto" is resolved where the id is computed.
-    """
-    options = {k: getattr(spec, k) for k in SPEC_OPTIONS if getattr(spec, k) != records.FAITHFUL[k]}
-    if device_kind(spec.device) == "cuda":
-        options["device"] = "cuda"
-    return options
-
-
-def variant_of(spec: RunSpec, config: dict) -> dict:
-    """What a record says about how faithful the run was: mode "faithful", "fast" or "modified", and every
-    option."""
-    options = {k: getattr(spec, k) for k in SPEC_OPTIONS}
-    options.update({k: config[k] for k in records.FAITHFUL if k in config})  # config keys of some methods
-    # compile and tf32 keep the published math (fused kernels, TF32 products); bf16 and a shared encoding
-    # of the views change what is computed to save time, so they make a run "fast"; a fresh k-means at
-    # every E-step changes it for no saving ("modified").
-    fast = options["precision"] == "bf16" or options.get("view_encoding", "separate") != "separate"
-    modified = options.get("kmeans_init", "warm") != "warm"
-    mode = "fast" if fast else "modified" if modified else "faithful"
-    return {"mode": mode, **options}
-
-
-def run_identity(spec: RunSpec) -> tuple[str, dict, str]:
-    """(run_id, resolved config, config source label) of a spec, known before the run starts (for resume)."""
-    config, label = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
-    return identity_of(spec, config), config.to_dict(), label
-
-
-def identity_of(spec: RunSpec, config, faithful: dict | None = None) -> str:
-    """The run id of `spec` trained with the resolved `config` (a method config or its dict).
-
-    `faithful` (default records.FAITHFUL): the config values left out of the id; the record migration
-    passes an older schema's.
-    """
-    budget = {"epochs": spec.epochs, "patience": spec.patience, "max_users": spec.max_users}
-    budget.update(execution_options(spec))
-    faithful = records.FAITHFUL if faithful is None else faithful
-    faithful_config = {k: v for k, v in faithful.items() if k not in SPEC_OPTIONS}
-    values = config if isinstance(config, dict) else config.to_dict()
-    values = {k: v for k, v in values.items() if not (k in faithful_config and faithful_config[k] == v)}
-    return records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, values, budget)
-
-
-# ---------------------------------------------------------------------------------------------- failures
-class NonFiniteLoss(RuntimeError):
-    """A loss term became NaN or infinite: the run diverged (too large a learning rate, for example)."""
-
-
-def failure_message(exc: BaseException) -> str:
-    """One line: a user error's own message, else `TypeName: first line of the message`."""
-    if isinstance(exc, BenchError | NonFiniteLoss):
-        message = str(exc)
-    else:
-        lines = str(exc).strip().splitlines()
-        message = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return " ".join(message.split())  # records promise a one-line error
-
-
-def failure_record(spec: RunSpec, exc: BaseException) -> dict:
-    """The record of a run that raised `exc`: kept so tables show it, never counted as done; the traceback is
-    kept for whoever debugs it."""
-    try:
-        rid, config, label = run_identity(spec)
-    except BenchError:
-        rid, config, label = records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, {}), {}, spec.config_source
-    base = {
-        "method": spec.method, "dataset": spec.dataset, "seed": spec.seed, "profile": spec.profile,
-        "protocol": spec.protocol, "config_source": label, "config": config, "variant": variant_of(spec, config),
-        "spec": spec_fields(spec),
-        "status": "failed", "error": failure_message(exc),
-        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
-    return records.finalise(base, rid)
-
-
-def interrupted_record(spec: RunSpec, reason: str) -> dict:
-    """The record of a run stopped from outside (a Ray task cancelled after the budget's grace period): not
-    done, kept out of every table, with the epochs its checkpoint holds (none without a checkpoint)."""
-    record = failure_record(spec, RuntimeError(reason))
-    record.pop("traceback", None)
-    record.update(status="interrupted", error=None, device=device_kind(spec.device))
-    ckpt = checkpoints.checkpoint_path(spec.checkpoint_dir, record["run_id"]) if spec.checkpoint_dir else None
-    try:
-        resume = checkpoints.load(ckpt, record["run_id"]) if ckpt else None
-    except BenchError:
-        resume = None
-    fit = resume.fit if resume is not None else {}
-    record.update(
-        epochs=fit.get("epochs", []), best_epoch=fit.get("best_epoch", -1), best_valid=fit.get("best_valid"), test=None,
-        interrupted={"reason": reason, "epochs_done": len(fit.get("epochs", [])), "max_epochs": spec.epochs,
-                     "checkpoint": str(ckpt) if resume is not None else None},
-    )
-    return record
-
-
-def spec_fields(spec: RunSpec) -> dict:
-    return {k: v for k, v in asdict(spec).items() if k != "overrides"}
-
-
-# ------------------------------------------------------------------------------------------- environment
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__), capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment(device: torch.device) -> dict:
-    try:
-        import faiss
-
-        faiss_version = faiss.__version__
-    except ImportError:
-        faiss_version = None
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "faiss": faiss_version,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "hostname": platform.node(),
-        "git_commit": git_commit(),
-    }
-
-
-# ------------------------------------------------------------------------------------------ the method
-def build_method(spec: RunSpec, config: MethodConfig, data: SequenceData, device: torch.device) -> Method:
-    """The method of `spec` with `config`, initialised from the spec's seed, on `device`."""
-    if config.max_len != data.max_len:
-        raise BenchError(f"config max_len {config.max_len} differs from the data's {data.max_len}")
-    info = DatasetInfo(name=data.name, item_size=data.item_size, num_users=data.num_users)
-    torch.manual_seed(spec.seed)  # parameter initialisation and dropout
-    try:
-        method = method_class(spec.method)(config, info, seed=spec.seed).to(device)
-    except ValueError as exc:
-        raise BenchError(f"{spec.method} on {spec.dataset}: {exc}") from None
-    return method
-
-
-def step_function(method: Method, spec: RunSpec, device: torch.device) -> Callable:
-    """`method.training_step` as the run's execution options ask: compiled or not, under bf16 autocast or not.
-
-    Only the training step is affected; evaluation always ranks with fp32 eager scores.
-    """
-    step = method.training_step
-    if spec.compile != "off":
-        step = torch.compile(step, mode=None if spec.compile == "default" else spec.compile)
-    cuda_graphs = spec.compile == "reduce-overhead" and device.type == "cuda"
-
-    def run_step(batch):
-        if cuda_graphs:  # a new iteration: the previous step's graph outputs may be overwritten
-            torch.compiler.cudagraph_mark_step_begin()
-        if spec.precision == "bf16":
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                return step(batch)
-        return step(batch)
-
-    return run_step
 
 
 # -------------------------------------------------------------------------------------------- the loop
@@ -224,7 +48,7 @@ def run(
     split is touched: the record then has `test` None. User errors raise BenchError; a diverging loss
     raises NonFiniteLoss at the step where it happens.
 
-    Campaign hooks (bench/checkpoints.py, bench/schedule.py): with `spec.checkpoint_dir` the run continues
+    Campaign hooks (bench/core/checkpoints.py, bench/campaign/schedule.py): with `spec.checkpoint_dir` the run continues
     from its mid-run checkpoint if one exists and saves one every `spec.checkpoint_every` epochs and when it
     stops early. `stop_when(epochs_done, last_epoch_s)` (default: the spec's deadline, `deadline_stop`) is
     asked after every epoch; a reason returned ends the run there with status "interrupted" (no test).
@@ -241,7 +65,7 @@ def run(
     torch.set_float32_matmul_precision("high" if spec.precision == "tf32" else "highest")
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
-    run_context = context.start(spec, device)  # execution context (bench/context.py)
+    run_context = context.start(spec, device)  # execution context (bench/core/context.py)
     previous_faiss_threads = _set_faiss_threads(spec.num_threads)  # k-means: concurrent runs share the cores
     try:
         if data is None:
@@ -249,7 +73,7 @@ def run(
         config, source_label = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
         rid = identity_of(spec, config)  # the id and the trained config come from one resolution
         method = build_method(spec, config, data, device)
-        # ---- campaign hook: resume from a mid-run checkpoint, stop at the deadline (bench/checkpoints.py)
+        # ---- campaign hook: resume from a mid-run checkpoint, stop at the deadline (bench/core/checkpoints.py)
         ckpt_path = checkpoints.checkpoint_path(spec.checkpoint_dir, rid) if spec.checkpoint_dir else None
         resume = checkpoints.load(ckpt_path, rid) if ckpt_path else None
         if resume is not None:
@@ -464,7 +288,7 @@ def fit_epochs(
 
 
 class Terminated(Exception):
-    """Raised inside the loop when a SIGTERM has arrived (bench/termination.py); `fit_epochs` catches it."""
+    """Raised inside the loop when a SIGTERM has arrived (bench/core/termination.py); `fit_epochs` catches it."""
 
 
 def _stop_if_terminated() -> None:
@@ -515,73 +339,3 @@ def peak_memory(memory: PeakMemory, epochs: list[dict]) -> dict:
     return mem
 
 
-# ---------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(state: dict, path: str) -> None:
-    """Write a state_dict in the published layout, atomically."""
-    target = os.path.abspath(path)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = f"{target}.tmp{os.getpid()}"
-    torch.save({k: v.cpu() for k, v in state.items()}, tmp)
-    os.replace(tmp, target)
-
-
-def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
-    """Read a published-layout state_dict; any unreadable file is a user error (one line)."""
-    if not os.path.isfile(path):
-        raise BenchError(f"checkpoint {path} does not exist")
-    if os.path.getsize(path) == 0:
-        raise BenchError(f"checkpoint {path} is empty (0 bytes)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        lines = str(exc).strip().splitlines()
-        raise BenchError(f"cannot read checkpoint {path}: {(lines[0] if lines else type(exc).__name__)[:200]}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BenchError(f"checkpoint {path} is not a state_dict of tensors")
-    # A model saved while wrapped in nn.DataParallel / DistributedDataParallel has every key under "module.".
-    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    for key in ("item_embeddings.weight", "position_embeddings.weight"):
-        if key not in state:
-            raise BenchError(f"checkpoint {path} is not in the published layout: it has no {key}")
-    return state
-
-
-def method_from_checkpoint(method: str, dataset: str, path: str, device: str = "auto") -> tuple[Method, SequenceData]:
-    """A method built as a run builds it (`build_method`), with a published-layout checkpoint loaded.
-
-    Its config is the paper config with the values the checkpoint's shapes fix (layers, K, ...); the data
-    is the whole dataset, loaded once the checkpoint is known to be readable.
-    """
-    cls = method_class(method)
-    state = load_checkpoint(path)
-    spec = make_spec(method, dataset, device=device)
-    torch_device = resolve_device(spec.device)
-    try:
-        from_shapes = cls.config_from_checkpoint(state)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise BenchError(f"checkpoint {path} does not fit {method}: cannot read its shapes ({exc})") from None
-    values = {**paper_values(method, dataset), **from_shapes}
-    config = build_config(cls.Config, values, f"checkpoint {path}")
-    data = SequenceData.load(dataset, device=str(torch_device))
-    rows = state["item_embeddings.weight"].shape[0]
-    if rows != data.item_size:
-        raise BenchError(
-            f"checkpoint {path} has {rows} item rows but {dataset} needs {data.item_size}: "
-            "was it trained on another dataset?"
-        )
-    if config.max_len != data.max_len:
-        raise BenchError(f"checkpoint {path} has {config.max_len} position rows; {dataset} needs {data.max_len}")
-    built = build_method(spec, config, data, torch_device)
-    try:
-        missing, unexpected = built.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # a tensor of the wrong shape
-        first = str(exc).strip().splitlines()
-        raise BenchError(f"checkpoint {path} does not fit {method}: {first[-1].strip()[:200] if first else exc}") from None
-    if missing or unexpected:
-        raise BenchError(
-            f"checkpoint {path} does not fit {method}: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
-        )
-    return built, data

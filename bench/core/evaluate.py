@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.data import SequenceData
-from bench.errors import BenchError
+from bench.core.data import SequenceData
+from bench.core.errors import BenchError
 
 KS = (5, 10, 20)
 METRICS = tuple(f"{name}@{k}" for k in KS for name in ("HR", "NDCG"))

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from methods import Batch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST_DIR = REPO_ROOT / "datasets"
 MIN_ITEMS = 3  # the split needs a train, a valid and a test item
 
@@ -228,17 +229,6 @@ def sample_users(seqs: Sequences, max_users: int, seed: int = 0) -> Sequences:
 # ---------------------------------------------------------------------------------------- split, batches
 # A method's augmentation: (sequences [B, n_max], lengths [B], max_len, generator) -> views, each [B, L].
 MakeViews = Callable[[torch.Tensor, torch.Tensor, int, torch.Generator], tuple[torch.Tensor, ...]]
-
-
-@dataclass
-class Batch:
-    """One training batch. All tensors [B, L] (left-padded) unless noted."""
-
-    users: torch.Tensor  # [B] row indices into the dataset
-    input_ids: torch.Tensor  # s[:-3], last L items
-    target_pos: torch.Tensor  # s[1:-2], aligned with input_ids; 0 where there is no target
-    target_neg: torch.Tensor  # one sampled negative per position with a target, else 0
-    views: tuple[torch.Tensor, ...] = ()  # augmented views of s[:-3], each [B, L]
 
 
 def _windows(full: torch.Tensor, end: torch.Tensor, start_offset: int, length: int) -> torch.Tensor:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from bench.data import REPO_ROOT
-from bench.errors import BenchError
-from bench.evaluate import PROTOCOLS
-from bench.profiles import PROFILES, Profile, get_profile
+from bench.core.data import REPO_ROOT
+from bench.core.errors import BenchError
+from bench.core.evaluate import PROTOCOLS
+from bench.core.profiles import PROFILES, Profile, get_profile
 
 # Where records, studies and tables go unless --results says otherwise: $BENCH_RESULTS, else results/ in the
 # repository (the tests point it at a temporary folder so that they never write into the committed results).
@@ -32,6 +32,7 @@ COMMITTED_RESULTS = REPO_ROOT / "results"
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+EXECUTORS = ("ray", "local")  # where grid runs and study workers run: Ray tasks (bench/campaign/executors.py) or here
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; the record's JSON keeps them exact below 2^63
 
 
@@ -61,7 +62,7 @@ class RunSpec:
     num_threads: int | None = None
     save_checkpoint: str | None = None
     concurrency: int = 1  # runs in flight on the machine while this one runs (the grid knows it)
-    # Campaigns (bench/checkpoints.py, bench/schedule.py): how to run, not what, so not in the run's identity.
+    # Campaigns (bench/core/checkpoints.py, bench/campaign/schedule.py): how to run, not what, so not in the run's identity.
     checkpoint_every: int | None = None  # save a mid-run checkpoint every this many epochs
     checkpoint_dir: str | None = None  # where mid-run checkpoints live (<dir>/<run_id>/last.pt); None: none
     deadline: float | None = None  # time.time() by which the run stops after an epoch, recorded "interrupted"
@@ -148,7 +149,7 @@ def make_spec(
     Raises BenchError (one line) on an unknown method, dataset, profile, protocol, device or option, a value
     out of range, or a config override the method does not accept, before any data is loaded.
     """
-    from bench import configs, data
+    from bench.core import configs, data
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile or "paper")
     for option, value in (("--epochs", epochs), ("--patience", patience), ("--max-users", max_users)):

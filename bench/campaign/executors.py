@@ -6,7 +6,7 @@ records with `ray.wait` as they finish and hands each to `on_done`, which writes
 
 Resources. Every task reserves `cpus_per_run` CPUs and `gpus_per_run` GPUs, and Ray starts as many tasks at
 once as the cluster's resources allow. Defaults: on a cluster with GPUs one GPU and one CPU per run (or the
-packing `bench packing` measured on that GPU model: bench/grid.py decides), else one CPU per run (a 2-core
+packing `bench packing` measured on that GPU model: bench/campaign/grid.py decides), else one CPU per run (a 2-core
 machine trains 2 runs at once). A run's torch uses `int(cpus_per_run)` threads so
 that concurrent runs do not oversubscribe the cores. Fractional GPUs share a device:
 `--gpus-per-run 0.25` packs 4 runs onto each GPU (small models leave a GPU mostly idle; each run must fit in
@@ -37,14 +37,14 @@ from pathlib import Path
 
 import ray
 
-from bench import termination
-from bench.errors import BenchError
-from bench.spec import REPO_ROOT
+from bench.core import termination
+from bench.core.errors import BenchError
+from bench.core.spec import REPO_ROOT
 
 
 def _worker_env() -> dict[str, str]:
     """Environment variables every worker needs, with paths made absolute (workers may run elsewhere)."""
-    from bench.data import cache_dir
+    from bench.core.data import cache_dir
 
     pythonpath = [str(REPO_ROOT)]
     if os.environ.get("PYTHONPATH"):
@@ -59,14 +59,14 @@ def _worker_env() -> dict[str, str]:
 
 def _run_one(spec, cpus_per_run: float, gpus_per_run: float, slots: int, device: str | None = None) -> dict:
     """Body of a task: one run, its record returned whatever happens."""
-    from bench import train
+    from bench.core import outcomes, train
 
     device = device or ("cuda" if gpus_per_run > 0 else "cpu")
     spec = replace(spec, num_threads=max(1, int(cpus_per_run)), device=device, concurrency=slots)
     try:
         return train.run(spec, progress=False)
     except Exception as exc:  # reported in the record: the grid goes on
-        return train.failure_record(spec, exc)
+        return outcomes.failure_record(spec, exc)
 
 
 # max_calls=1: every run gets a fresh worker process. A reused worker keeps the previous run's heap (the
@@ -140,8 +140,8 @@ STOP_WAIT_S = 60.0  # after a SIGTERM, how long cancelled tasks get to write the
 
 def _stop_tasks(pending: dict, on_done: Callable[[dict], None], reason: str) -> None:
     """Cancel every running task (a KeyboardInterrupt in its worker: the training loop writes the last epoch
-    boundary as its checkpoint, bench/train.py) and record each run interrupted with what its checkpoint holds."""
-    from bench.train import interrupted_record
+    boundary as its checkpoint, bench/core/train.py) and record each run interrupted with what its checkpoint holds."""
+    from bench.core.outcomes import interrupted_record
 
     for ref in pending:
         ray.cancel(ref, force=False)
@@ -168,8 +168,8 @@ def run_specs_on_ray(
 
     `take()` returns None when nothing (more) can start now; the loop then waits for a running task and asks
     again, and ends when nothing runs and nothing can start. Pulling rather than submitting everything at
-    once lets the grid's scheduler pick each run when a slot frees (bench/schedule.py) and claim it only
-    then (bench/claims.py). After `deadline` (epoch seconds) plus `GRACE_S`, tasks still running are
+    once lets the grid's scheduler pick each run when a slot frees (bench/campaign/schedule.py) and claim it only
+    then (bench/campaign/claims.py). After `deadline` (epoch seconds) plus `GRACE_S`, tasks still running are
     cancelled and recorded interrupted; runs stop by themselves at the deadline after their current epoch.
     `on_start(slots)`, if given, is called once Ray is up with the number of runs that fit at once.
     `task_device` forces the device of every task (tests: "cpu" under logical GPUs). A local Ray started
@@ -177,8 +177,8 @@ def run_specs_on_ray(
     """
     import time
 
-    from bench.schedule import GRACE_S
-    from bench.train import failure_record, interrupted_record
+    from bench.campaign.schedule import GRACE_S
+    from bench.core.outcomes import failure_record, interrupted_record
 
     started_here = _connect(address)
     pending: dict = {}
@@ -197,7 +197,7 @@ def run_specs_on_ray(
                 pending[task.remote(spec, cpus_per_run, gpus_per_run, slots, task_device)] = spec
             if not pending:
                 return
-            # Short waits, so that a SIGTERM to the driver (bench/termination.py) is seen within a second.
+            # Short waits, so that a SIGTERM to the driver (bench/core/termination.py) is seen within a second.
             left = math.inf if deadline is None else deadline + GRACE_S - time.time()
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, min(left, 1.0)))
             if termination.requested():

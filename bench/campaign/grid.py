@@ -1,12 +1,12 @@
 """The grid: `python -m bench run --all`, every method x dataset x seed, resumable.
 
-A grid is a list of `RunSpec`s. Each spec's run id is known before it runs (`train.run_identity`), so a
+A grid is a list of `RunSpec`s. Each spec's run id is known before it runs (`identity.run_identity`), so a
 grid skips the runs whose record already exists with status ok, and a killed grid loses only the runs that
 were in flight: the driver writes each record (atomically) the moment its run finishes. A run that raises
 is recorded as failed, with its traceback, and the grid goes on; the failed record is not "done", so the
 next invocation retries it and the new record replaces it (same run id, same path).
 
-Executors: `ray` (default; bench/ray_backend.py, the only module that imports ray, explains clusters and
+Executors: `ray` (default; bench/campaign/executors.py, the only module that imports ray, explains clusters and
 fractional GPUs) or `local` (in this process, one run after the other, no Ray at all).
 
 `--set` in a grid: `key=value` applies to the methods whose config has that key (`num_intents=256` reaches
@@ -26,11 +26,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bench import checkpoints, configs, records, termination, train
-from bench.claims import Claims
-from bench.errors import BenchError
-from bench.profiles import get_profile
-from bench.schedule import (
+from bench.campaign.claims import Claims
+from bench.campaign.schedule import (
     PACKING_DIR,
     Scheduler,
     check_packing,
@@ -39,10 +36,19 @@ from bench.schedule import (
     make_scheduler,
     measured_packing,
 )
-from bench.spec import COMMITTED_RESULTS, DEFAULT_RESULTS, RunSpec, check_choice, device_kind, make_spec
-from bench.train import SELECTION_METRIC
-
-EXECUTORS = ("ray", "local")
+from bench.core import checkpoints, configs, identity, outcomes, records, termination, train
+from bench.core.errors import BenchError
+from bench.core.profiles import get_profile
+from bench.core.spec import (
+    COMMITTED_RESULTS,
+    DEFAULT_RESULTS,
+    EXECUTORS,
+    RunSpec,
+    check_choice,
+    device_kind,
+    make_spec,
+)
+from bench.core.train import SELECTION_METRIC
 
 
 @dataclass
@@ -106,7 +112,7 @@ def grid_specs(
     seeds), each built by `make_spec` with `options` (its keyword arguments), so every name and value is
     checked before any work starts. `set_pairs` are `--set` pairs, split per method by `split_overrides`.
     """
-    from bench.data import dataset_names
+    from bench.core.data import dataset_names
 
     for key in ("save_checkpoint", "overrides", "seed"):
         if options.get(key) is not None:
@@ -174,9 +180,9 @@ class _Progress:
 class WorkQueue:
     """The runs a grid still has to do, handed out one at a time as its slots free up.
 
-    The scheduler (bench/schedule.py) picks which run comes next (grid order, or under a time budget the
+    The scheduler (bench/campaign/schedule.py) picks which run comes next (grid order, or under a time budget the
     longest expected first, never one expected not to finish). A run is then handed out only once this grid
-    has claimed it (bench/claims.py) and only while no ok record exists for it, so two grids on one results
+    has claimed it (bench/campaign/claims.py) and only while no ok record exists for it, so two grids on one results
     folder share the runs between them: each run is trained once, by whichever grid claims it first. Runs
     another grid holds are left to it and reported.
     """
@@ -191,7 +197,7 @@ class WorkQueue:
     def take(self) -> RunSpec | None:
         """The next run to start now, claimed; None when nothing (more) can start now."""
         while (spec := self.scheduler.next_run()) is not None:
-            rid = train.run_identity(spec)[0]
+            rid = identity.run_identity(spec)[0]
             if not self.claims.try_claim(rid):
                 self.claimed_elsewhere.append((spec, self.claims.holder_of(rid)))
                 self.scheduler.dropped(spec)
@@ -220,7 +226,7 @@ def _run_local(queue: WorkQueue, on_done: Callable[[dict], None], progress: _Pro
         try:
             record = train.run(spec, progress=progress.enabled)
         except Exception as exc:  # recorded as failed; KeyboardInterrupt still stops the grid
-            record = train.failure_record(spec, exc)
+            record = outcomes.failure_record(spec, exc)
         on_done(record)  # after a SIGTERM: the run stopped at its last epoch boundary, recorded interrupted
 
 
@@ -255,12 +261,12 @@ def run_grid(
 
     `address`, `cpus_per_run` and `gpus_per_run` apply to the Ray executor only. A spec's device `cpu`
     means no GPU per run; `cuda` means one unless `gpus_per_run` packs several runs on a GPU.
-    `time_budget` (seconds) time-boxes the grid (bench/schedule.py): longest expected runs first, none
+    `time_budget` (seconds) time-boxes the grid (bench/campaign/schedule.py): longest expected runs first, none
     started that is not expected to finish, runs in flight at the budget recorded interrupted and
-    checkpointed (bench/checkpoints.py, default folder outside the working copy) so that the next
+    checkpointed (bench/core/checkpoints.py, default folder outside the working copy) so that the next
     invocation resumes them.
     """
-    from bench import data
+    from bench.core import data
 
     check_choice("executor", executor, EXECUTORS)
     ray_only = {"--address": address, "--cpus-per-run": cpus_per_run, "--gpus-per-run": gpus_per_run}
@@ -270,7 +276,7 @@ def run_grid(
     devices = {s.device for s in specs}
     if "cpu" in devices and gpus_per_run:
         raise BenchError("--device cpu contradicts --gpus-per-run > 0")
-    # ---- campaign hook (bench/schedule.py): the budget and the packing are checked before any work
+    # ---- campaign hook (bench/campaign/schedule.py): the budget and the packing are checked before any work
     if time_budget is not None and not (math.isfinite(time_budget) and time_budget > 0):
         raise BenchError(f"--time-budget must be more than 0, got {time_budget:g} s")
     deadline = None if time_budget is None else time.time() + time_budget
@@ -298,7 +304,7 @@ def run_grid(
     by_id: dict[str, RunSpec] = {}
     resumable: set[str] = set()
     for spec, asked in zip(specs, asked_checkpoints):  # resolving every config here: a bad one fails first
-        rid = train.run_identity(spec)[0]
+        rid = identity.run_identity(spec)[0]
         by_id.setdefault(rid, spec)
         if asked:
             resumable.add(rid)
@@ -352,7 +358,7 @@ def run_grid(
             if todo and executor == "local":
                 _run_local(queue, on_done, bar)
             elif todo:
-                from bench.ray_backend import run_specs_on_ray
+                from bench.campaign.executors import run_specs_on_ray
 
                 run_specs_on_ray(
                     queue.take,

@@ -1,0 +1,1 @@
+"""Grids of runs: scheduling, claims, executors, status, packing."""

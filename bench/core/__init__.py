@@ -1,0 +1,1 @@
+"""The harness's core: what a run is, the training loop, records."""

@@ -1,0 +1,70 @@
+"""A run's identity: its run id (what determines the result) and its variant (how faithful it ran).
+
+The run id is the first 12 hex digits of the sha256 of everything that determines a result
+(bench/core/records.py `run_id`): method, dataset, seed, budget, protocol, the resolved config. Execution
+options at their faithful (published) value are left out, so a faithful run keeps the id it had before an
+option existed; any other value enters the id, so a variant never shares an id with the faithful run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from bench.core import records
+from bench.core.configs import resolve_config
+from bench.core.spec import RunSpec, device_kind
+
+# Execution options that are RunSpec fields; the rest of records.FAITHFUL are config keys. At their faithful
+# values all are left out of the run id, so records made before an option existed keep their ids.
+SPEC_OPTIONS = ("precision", "compile")
+
+
+def execution_options(spec: RunSpec) -> dict:
+    """How a run executes, where that differs from the default (CPU, fp32, eager): part of its identity.
+
+    A GPU run is a different measurement of cost from a CPU run of the same spec, so both records are kept
+    (and neither is skipped because the other exists). "auto" is resolved where the id is computed.
+    """
+    options = {k: getattr(spec, k) for k in SPEC_OPTIONS if getattr(spec, k) != records.FAITHFUL[k]}
+    if device_kind(spec.device) == "cuda":
+        options["device"] = "cuda"
+    return options
+
+
+def variant_of(spec: RunSpec, config: dict) -> dict:
+    """What a record says about how faithful the run was: mode "faithful", "fast" or "modified", and every
+    option."""
+    options = {k: getattr(spec, k) for k in SPEC_OPTIONS}
+    options.update({k: config[k] for k in records.FAITHFUL if k in config})  # config keys of some methods
+    # compile and tf32 keep the published math (fused kernels, TF32 products); bf16 and a shared encoding
+    # of the views change what is computed to save time, so they make a run "fast"; a fresh k-means at
+    # every E-step changes it for no saving ("modified").
+    fast = options["precision"] == "bf16" or options.get("view_encoding", "separate") != "separate"
+    modified = options.get("kmeans_init", "warm") != "warm"
+    mode = "fast" if fast else "modified" if modified else "faithful"
+    return {"mode": mode, **options}
+
+
+def run_identity(spec: RunSpec) -> tuple[str, dict, str]:
+    """(run_id, resolved config, config source label) of a spec, known before the run starts (for resume)."""
+    config, label = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
+    return identity_of(spec, config), config.to_dict(), label
+
+
+def identity_of(spec: RunSpec, config, faithful: dict | None = None) -> str:
+    """The run id of `spec` trained with the resolved `config` (a method config or its dict).
+
+    `faithful` (default records.FAITHFUL): the config values left out of the id; the record migration
+    passes an older schema's.
+    """
+    budget = {"epochs": spec.epochs, "patience": spec.patience, "max_users": spec.max_users}
+    budget.update(execution_options(spec))
+    faithful = records.FAITHFUL if faithful is None else faithful
+    faithful_config = {k: v for k, v in faithful.items() if k not in SPEC_OPTIONS}
+    values = config if isinstance(config, dict) else config.to_dict()
+    values = {k: v for k, v in values.items() if not (k in faithful_config and faithful_config[k] == v)}
+    return records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, values, budget)
+
+
+def spec_fields(spec: RunSpec) -> dict:
+    return {k: v for k, v in asdict(spec).items() if k != "overrides"}

@@ -1,0 +1,1 @@
+"""Leaderboards, cost tables, plots, the page."""

@@ -1,0 +1,1 @@
+"""Studies of cost: scaling, profiling."""
