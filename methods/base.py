@@ -130,9 +130,12 @@ CPU_CHUNK_ROWS = 128  # rows per encoder call on CPU (see Method.encode_separate
 
 
 class Method(SASRecEncoder, metaclass=ABCMeta):
-    """Base class of all methods. Subclasses set `name`, `Config` and implement `training_step`."""
+    """Base class of all methods. Subclasses set `name`, `display_name`, `color`, `Config` and implement
+    `training_step`."""
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # registry name, used on the command line and in run ids
+    display_name: ClassVar[str] = ""  # in tables and plots (default: `name`)
+    color: ClassVar[str] = "#8172b3"  # its colour in every plot
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     num_views: ClassVar[int] = 0  # augmented views per user that the harness adds to every batch
 

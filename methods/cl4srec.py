@@ -21,6 +21,8 @@ class CL4SRecConfig(AugmentedConfig):
 
 class CL4SRec(AugmentedMethod):
     name = "cl4srec"
+    display_name = "CL4SRec"
+    color = "#dd8452"
     Config = CL4SRecConfig
 
     def training_step(self, batch) -> dict[str, torch.Tensor]:

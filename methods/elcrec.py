@@ -40,6 +40,8 @@ class ELCRecConfig(IntentConfig):
 
 class ELCRec(IntentMethod):
     name = "elcrec"
+    display_name = "ELCRec"
+    color = "#c44e52"
     Config = ELCRecConfig
 
     def __init__(self, config: ELCRecConfig, info, seed: int = 1):

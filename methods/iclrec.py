@@ -36,6 +36,8 @@ class ICLRecConfig(IntentConfig):
 
 class ICLRec(IntentMethod):
     name = "iclrec"
+    display_name = "ICLRec"
+    color = "#55a868"
     Config = ICLRecConfig
 
     def __init__(self, config: ICLRecConfig, info, seed: int = 1):

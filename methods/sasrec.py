@@ -17,6 +17,8 @@ class SASRecConfig(MethodConfig):
 
 class SASRec(Method):
     name = "sasrec"
+    display_name = "SASRec"
+    color = "#4c72b0"
     Config = SASRecConfig
 
     def training_step(self, batch) -> dict[str, torch.Tensor]:

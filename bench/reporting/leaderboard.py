@@ -28,10 +28,13 @@ from bench.core.errors import BenchError
 from bench.core.evaluate import rank_gains
 from bench.core.records import METRICS, find_corrupt, load_records, load_test_ranks, write_bytes_atomic
 from bench.reporting.published import PUBLISHED_ACCURACY, PUBLISHED_COST
+from methods import REGISTRY
 
 METHOD_ORDER = ("sasrec", "cl4srec", "iclrec", "elcrec")
-METHOD_NAMES = {"sasrec": "SASRec", "cl4srec": "CL4SRec", "iclrec": "ICLRec", "elcrec": "ELCRec"}
-METHOD_COLORS = {"sasrec": "#4c72b0", "cl4srec": "#dd8452", "iclrec": "#55a868", "elcrec": "#c44e52"}
+# Display names and colours are the methods' own class attributes; a record of a method no longer
+# registered keeps its registry name and a neutral colour.
+METHOD_NAMES = {name: cls.display_name or name for name, cls in REGISTRY.items()}
+METHOD_COLORS = {name: cls.color for name, cls in REGISTRY.items()}
 # The method the paper proposes; every other method in a table is a baseline it is compared with, so a method
 # added to methods/ is compared without a change here.
 PROPOSED = "elcrec"
