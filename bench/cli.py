@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of a single run (default: the profile's first seed, 1)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--protocol", default="reference", help="evaluation protocol: reference (published, default) | strict")
-    p.add_argument("--configs", default="paper", help="configuration source: paper (default) | tuned (methods/configs/tuned)")
+    p.add_argument("--configs", default="paper", help="configuration source: paper (default) | tuned (<results>/tuned, written by tune --export)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="override a config value (repeatable); in a grid, method.key=value scopes it to one method")
     p.add_argument("--json", action="store_true", help="print the run record as one JSON line at the end")
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--address", help="with --executor ray: Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
     tu.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0); trials train with the profile's seed")
     tu.add_argument("--device", default="auto", help=DEVICE_HELP)
-    tu.add_argument("--export", action="store_true", help="write the best config of each study to methods/configs/tuned")
+    tu.add_argument("--export", action="store_true", help="write the best config of each study to <results>/tuned")
 
     stt = sub.add_parser("status", help="the state of a protocol's runs: done, interrupted, failed, pending; GPU time left")
     stt.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--max-users", type=int, help="train on a sample of this many users (default: all)")
     pk.add_argument("--device", default="cuda", help="cuda (default) | cpu (c runs share the cores, cpus/c threads each)")
     pk.add_argument("--cpus", type=float, help="CPUs to share between the runs (default: all the machine's)")
-    pk.add_argument("--out", type=Path, help="output folder (default results/benchmarks)")
+    pk.add_argument("--out", type=Path, help="output folder (default <default results>/benchmarks)")
 
     lb = sub.add_parser("leaderboard", help="write leaderboard and cost tables and plots from run records")
     lb.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
@@ -541,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.command in ("run", "tune"):  # the commands that train stop gracefully on SIGTERM
         termination.install()
+    if getattr(args, "results", None) is not None and not os.environ.get("BENCH_TUNED_DIR"):
+        # tuned configs live in the results folder, beside the studies they come from (docs/tuned-configs.md)
+        os.environ["BENCH_TUNED_DIR"] = str(Path(args.results).expanduser().resolve() / "tuned")
     try:
         return handlers[args.command](args)
     except BenchError as exc:

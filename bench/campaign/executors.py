@@ -49,7 +49,10 @@ def _worker_env() -> dict[str, str]:
     pythonpath = [str(REPO_ROOT)]
     if os.environ.get("PYTHONPATH"):
         pythonpath.append(os.environ["PYTHONPATH"])
-    env = {"PYTHONPATH": os.pathsep.join(pythonpath), "BENCH_DATA_DIR": str(cache_dir())}
+    from bench.core.configs import tuned_dir
+
+    env = {"PYTHONPATH": os.pathsep.join(pythonpath), "BENCH_DATA_DIR": str(cache_dir()),
+           "BENCH_TUNED_DIR": str(tuned_dir().resolve())}
     mirror = os.environ.get("BENCH_DATA_MIRROR")
     if mirror:
         # A URL prefix is passed as is; a directory is made absolute against the driver's cwd.

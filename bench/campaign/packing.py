@@ -36,10 +36,10 @@ from pathlib import Path
 
 import torch
 
-from bench.campaign.schedule import FAITHFUL_COMPILE, PACKING_DIR, epoch_seconds, machine_name
+from bench.campaign.schedule import FAITHFUL_COMPILE, epoch_seconds, machine_name
 from bench.core import records
 from bench.core.errors import BenchError
-from bench.core.spec import check_positive, device_kind
+from bench.core.spec import DEFAULT_RESULTS, check_positive, device_kind
 from bench.core.stats import per_epoch_interval
 
 
@@ -142,7 +142,7 @@ def measure_packing(
         compile_modes = [FAITHFUL_COMPILE, "reduce-overhead"] if kind == "cuda" else [FAITHFUL_COMPILE]
     cpus = float(cpus or os.cpu_count() or 1)
     check_positive("--cpus", cpus)
-    out_dir = Path(out_dir) if out_dir is not None else PACKING_DIR
+    out_dir = Path(out_dir) if out_dir is not None else DEFAULT_RESULTS / "benchmarks"
     records.check_writable(out_dir, "benchmark output folder")
     levels = sorted(set(concurrency))
 

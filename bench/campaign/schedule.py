@@ -46,9 +46,10 @@ import torch
 from bench.core import records
 from bench.core.context import cpu_model
 from bench.core.errors import BenchError
-from bench.core.spec import REPO_ROOT, RunSpec, device_kind
+from bench.core.spec import COMMITTED_RESULTS, RunSpec, device_kind
 
-PACKING_DIR = REPO_ROOT / "results" / "benchmarks"  # where `bench packing` writes its measurements
+# The checkout's committed packing measurements, read beside the results folder's own <results>/benchmarks.
+PACKING_DIR = COMMITTED_RESULTS / "benchmarks"
 FAITHFUL_COMPILE = "off"  # the compile mode whose measured packing the grid follows by default
 GRACE_S = 120.0  # after the deadline, in-flight Ray tasks get this long to finish their epoch, then are cancelled
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}

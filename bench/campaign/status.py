@@ -77,10 +77,12 @@ def protocol_status(
         rid = run_identity(spec)[0]
         record = latest.get(rid)
         status = (record or {}).get("status", "pending")
-        in_checkpoint = checkpoints.epochs_done(folder, rid)
+        saved = checkpoints.progress(folder, rid)
+        in_checkpoint = None if saved is None else saved["epochs_done"]
         row = {"method": spec.method, "dataset": spec.dataset, "seed": spec.seed, "run_id": rid, "status": status,
-               "max_epochs": spec.epochs, "epochs_done": None, "best_epoch": None, f"test_{SELECTION_METRIC}": None,
-               "error": None, "expected_left_s": None}
+               "max_epochs": spec.epochs, "patience": spec.patience, "epochs_done": None, "best_epoch": None,
+               f"test_{SELECTION_METRIC}": None, f"best_valid_{SELECTION_METRIC}": None, "error": None,
+               "expected_left_s": None, "left_if_no_better_s": None}
         if status == "ok":
             row["best_epoch"] = record.get("best_epoch")
             row[f"test_{SELECTION_METRIC}"] = (record.get("test") or {}).get(SELECTION_METRIC)
@@ -93,12 +95,17 @@ def protocol_status(
             if row["status"] == "interrupted":
                 row["epochs_done"] = in_checkpoint if in_checkpoint is not None else len(record.get("epochs") or [])
                 row["resumable"] = in_checkpoint is not None  # without a checkpoint it starts over
+                if saved is not None:
+                    row["best_epoch"], row[f"best_valid_{SELECTION_METRIC}"] = saved["best_epoch"], saved["best_valid"]
             estimate = estimates.get(kind_of(spec))
             if estimate is None:
                 unknown += 1
             else:
                 row["expected_left_s"] = estimate.expected(spec.epochs - (in_checkpoint or 0))
                 left_s += row["expected_left_s"]
+                if row["best_epoch"] is not None:  # early stopping ends it at best + patience unless it improves
+                    stop_at = min(spec.epochs, row["best_epoch"] + spec.patience + 1)
+                    row["left_if_no_better_s"] = estimate.expected(stop_at - in_checkpoint)
         rows.append(row)
     whole, whole_unknown = projected_seconds(specs, estimates)
     per_100 = sum(100 * estimates[kind_of(s)].epoch_s for s in specs if kind_of(s) in estimates)
@@ -133,7 +140,11 @@ def _cell(row: dict) -> str:
     if status == "interrupted":
         done = row["epochs_done"]
         again = "" if row.get("resumable") else " (no checkpoint: starts over)"
-        return f"interrupted: epoch {done if done is not None else '?'} of {row['max_epochs']}{again}"
+        best = row.get(f"best_valid_{SELECTION_METRIC}")
+        so_far = f", best valid {SELECTION_METRIC} {best:.4f} at epoch {row['best_epoch']}" if best is not None else ""
+        if row.get("left_if_no_better_s") is not None:
+            so_far += f" ({format_duration(row['left_if_no_better_s'])} left if no better epoch comes)"
+        return f"interrupted: epoch {done if done is not None else '?'} of {row['max_epochs']}{so_far}{again}"
     if status == "failed":
         return f"failed: {(row['error'] or '')[:60]}"
     return "pending"

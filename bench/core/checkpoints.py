@@ -180,11 +180,22 @@ def restore_streams(resume: Resume, generator: torch.Generator) -> None:
 
 def epochs_done(folder: str | Path, run_id: str) -> int | None:
     """Epochs a run's checkpoint holds (for `bench status`), or None when it has none or it is unreadable."""
+    found = progress(folder, run_id)
+    return None if found is None else found["epochs_done"]
+
+
+def progress(folder: str | Path, run_id: str) -> dict | None:
+    """How far a checkpointed run got: epochs done, its best valid score so far and the epoch it came at
+    (`bench status`); None when it has no readable checkpoint."""
     try:
         resume = load(checkpoint_path(folder, run_id), run_id)
     except BenchError:
         return None
-    return None if resume is None else resume.next_epoch
+    if resume is None:
+        return None
+    best_epoch = resume.fit.get("best_epoch", -1)
+    return {"epochs_done": resume.next_epoch, "best_epoch": best_epoch if best_epoch >= 0 else None,
+            "best_valid": resume.fit.get("best_score") if best_epoch >= 0 else None}
 
 
 def remove(path: Path) -> None:

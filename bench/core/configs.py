@@ -1,13 +1,14 @@
 """Resolving a method's configuration: published (paper) settings or tuned ones, plus `--set` overrides.
 
 The data lives in `methods/configs/<method>.toml` (`[defaults]`, `[datasets.<Name>]`, `[search_space]`) and
-`methods/configs/tuned/<method>.toml` (written by `bench tune --export`). Every value is checked against
+`<results>/tuned/<method>.toml` (written by `bench tune --export`; docs/tuned-configs.md). Every value is checked against
 the method's typed config dataclass: unknown keys and wrong types are user errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import os
 import tomllib
@@ -17,8 +18,7 @@ from typing import Any
 from bench.core.errors import BenchError
 from methods import REGISTRY, Method, MethodConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "methods" / "configs"
-TUNED_DIR = CONFIG_DIR / "tuned"
+CONFIG_DIR = importlib.resources.files("methods") / "configs"  # package data: methods/configs/<method>.toml
 CONFIG_SOURCES = ("paper", "tuned")
 
 
@@ -96,8 +96,11 @@ def paper_values(method: str, dataset: str) -> dict:
 
 
 def tuned_dir() -> Path:
-    """Where tuned configs live: $BENCH_TUNED_DIR when set (read at each call, so tests can redirect it)."""
-    return Path(os.environ.get("BENCH_TUNED_DIR") or TUNED_DIR)
+    """Where tuned configs live: $BENCH_TUNED_DIR when set, else `tuned/` of the default results folder
+    ($BENCH_RESULTS, else ./results), beside the studies they were exported from (read at each call)."""
+    if os.environ.get("BENCH_TUNED_DIR"):
+        return Path(os.environ["BENCH_TUNED_DIR"])
+    return Path(os.environ.get("BENCH_RESULTS") or "results").resolve() / "tuned"
 
 
 def tuned_values(method: str, dataset: str) -> dict | None:

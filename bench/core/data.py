@@ -11,6 +11,7 @@ Everything a run needs is built once, as tensors on the run's device (docs/metho
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +29,23 @@ import torch
 from bench.core.errors import BenchError
 from methods import Batch
 
+# The checkout this package was imported from (its results/ holds committed records); in an installed
+# package this is site-packages, where no results/ exists and nothing reads one.
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MANIFEST_DIR = REPO_ROOT / "datasets"
 MIN_ITEMS = 3  # the split needs a train, a valid and a test item
 
 
+def manifest_dir() -> Traversable:
+    """The dataset manifests (datasets/*.toml in a checkout), shipped as package data."""
+    return importlib.resources.files("bench.manifests")
+
+
 def cache_dir() -> Path:
-    """Where downloaded datasets live: $BENCH_DATA_DIR, else `.cache/datasets` in the repo (git-ignored)."""
-    return Path(os.environ.get("BENCH_DATA_DIR") or REPO_ROOT / ".cache" / "datasets").resolve()
+    """Where downloaded datasets live: $BENCH_DATA_DIR, else ${XDG_CACHE_HOME:-~/.cache}/intent-bench/datasets."""
+    if os.environ.get("BENCH_DATA_DIR"):
+        return Path(os.environ["BENCH_DATA_DIR"]).expanduser().resolve()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return (cache / "intent-bench" / "datasets").resolve()
 
 
 # --------------------------------------------------------------------------------------------- manifests
@@ -50,16 +61,14 @@ class Manifest:
 
 
 def dataset_names() -> list[str]:
-    return sorted(p.stem for p in MANIFEST_DIR.glob("*.toml"))
+    return sorted(p.name.removesuffix(".toml") for p in manifest_dir().iterdir() if p.name.endswith(".toml"))
 
 
 def load_manifest(name: str) -> Manifest:
     known = dataset_names()
     if name not in known:  # matched against the known set first: a name never becomes a path by itself
         raise BenchError(f"unknown dataset {name!r}; known: {', '.join(known)}")
-    path = MANIFEST_DIR / f"{name}.toml"
-    with path.open("rb") as fh:
-        raw = tomllib.load(fh)
+    raw = tomllib.loads((manifest_dir() / f"{name}.toml").read_text(encoding="utf-8"))
     return Manifest(**raw)
 
 

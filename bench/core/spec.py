@@ -23,11 +23,13 @@ from bench.core.errors import BenchError
 from bench.core.evaluate import PROTOCOLS
 from bench.core.profiles import PROFILES, Profile, get_profile
 
-# Where records, studies and tables go unless --results says otherwise: $BENCH_RESULTS, else results/ in the
-# repository (the tests point it at a temporary folder so that they never write into the committed results).
-DEFAULT_RESULTS = Path(os.environ.get("BENCH_RESULTS") or REPO_ROOT / "results").resolve()
-# The repository's own records (measured runs, committed): the time-boxed grid and `bench status` read their
-# seconds per epoch as estimates wherever the results folder has none of its own.
+# Where records, studies, tuned configs and tables go unless --results says otherwise: $BENCH_RESULTS, else
+# results/ of the working directory (the tests point it at a temporary folder, so that they never write
+# into the committed results).
+DEFAULT_RESULTS = Path(os.environ.get("BENCH_RESULTS") or "results").resolve()
+# The checkout's own records (measured runs, committed): the time-boxed grid and `bench status` read their
+# seconds per epoch as estimates wherever the results folder has none of its own (an installed package has
+# none, and estimates then come from the results folder alone).
 COMMITTED_RESULTS = REPO_ROOT / "results"
 
 PRECISIONS = ("fp32", "tf32", "bf16")

@@ -2,7 +2,7 @@
 
 `write_reports` writes `<results>/studies/<study>/` (trials.csv, importances.csv, history.png, best.json),
 each file atomically; `export` writes the best parameters of each (method, dataset) to
-`methods/configs/tuned/<method>.toml`, which `run --configs tuned` reads. Nothing here trains or runs trials:
+`<results>/tuned/<method>.toml`, which `run --configs tuned` reads. Nothing here trains or runs trials:
 this module only reads studies (through bench/tuning/studies.py) and writes files.
 """
 

@@ -1,7 +1,7 @@
 """`python -m bench tune`: Optuna studies over a method's search space, run by one or K worker processes.
 
     python -m bench tune --method sasrec --dataset Beauty --profile quick --trials 20 --parallel 4
-    python -m bench tune --export            # best params of every study -> methods/configs/tuned/
+    python -m bench tune --export            # best params of every study -> <results>/tuned/
 
 This module runs a study: it checks every place it will write, opens the study (bench/tuning/studies.py), starts
 the workers (in this process, as local processes, or as Ray tasks), each of which calls Optuna's
