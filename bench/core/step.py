@@ -1,4 +1,5 @@
-"""A run's method and its training step, as the loop, the profiler and the scaling study all build them."""
+"""A run's method, its optimiser and its training step, as the loop, the profiler and the scaling study all
+build them: one place, so that what the tools time is what a run executes."""
 
 from __future__ import annotations
 
@@ -45,3 +46,15 @@ def step_function(method: Method, spec: RunSpec, device: torch.device) -> Callab
         return step(batch)
 
     return run_step
+
+
+def make_optimizer(method: Method) -> torch.optim.Optimizer:
+    """Adam with the method config's learning rate and weight decay, as the published code."""
+    return torch.optim.Adam(method.parameters(), lr=method.config.lr, weight_decay=method.config.weight_decay)
+
+
+def optimise(terms: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+    """Backpropagate the step's total loss ("loss") and take one optimiser step."""
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    optimizer.step()

@@ -25,7 +25,7 @@ from bench.core.evaluate import PROTOCOLS, evaluate
 from bench.core.identity import identity_of, spec_fields, variant_of
 from bench.core.outcomes import NonFiniteLoss, environment
 from bench.core.spec import RunSpec, check_choice, check_positive, resolve_device
-from bench.core.step import build_method, step_function
+from bench.core.step import build_method, make_optimizer, optimise, step_function
 from bench.core.weights import save_checkpoint
 
 SELECTION_METRIC = "NDCG@20"  # model selection on valid, as the published code
@@ -198,7 +198,7 @@ def fit_epochs(
     """
     device = data.device
     training_step = step_function(method, spec, device)
-    optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr, weight_decay=method.config.weight_decay)
+    optimizer = make_optimizer(method)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     timer = PhaseTimer(device)
     batch_size = method.config.batch_size
@@ -237,9 +237,7 @@ def fit_epochs(
                 for step, batch in enumerate(data.train_batches(batch_size, generator, method.view_maker)):
                     _stop_if_terminated()
                     terms = training_step(batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    terms["loss"].backward()
-                    optimizer.step()
+                    optimise(terms, optimizer)
                     for name, value in terms.items():  # summed on the device: no per-step host sync
                         loss_sums[name] = loss_sums.get(name, 0.0) + value.detach()
                     if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:

@@ -93,13 +93,13 @@ def quiet_native_stderr():
 
 def profile_steps(spec, data: SequenceData, device: torch.device, steps: int) -> None:
     from bench.core.configs import resolve_config
-    from bench.core.step import build_method, step_function
+    from bench.core.step import build_method, make_optimizer, step_function
 
     config, _ = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
     method = build_method(spec, config, data, device)
     method.train()
     method.on_epoch_start(0, data)  # ICLRec / ELCRec need their intents before a step
-    optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr, weight_decay=method.config.weight_decay)
+    optimizer = make_optimizer(method)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     batches = _batches(data, method, generator)
     training_step = step_function(method, spec, device)  # as the run would execute it
