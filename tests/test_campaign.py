@@ -1,4 +1,4 @@
-"""Campaigns on a GPU block (issue 15), checked on the CPU in seconds: mid-run checkpoints and resume parity,
+"""Campaigns, checked on the CPU in seconds: mid-run checkpoints and resume parity,
 the interrupted state, the time-boxed scheduler's order and refusals, the budget stop, `bench status`, and
 fractional-GPU packing through Ray with logical GPUs.
 """

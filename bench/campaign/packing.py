@@ -1,4 +1,4 @@
-"""`python -m bench packing`: how many runs to pack on one device, measured (issue 15, item 1).
+"""`python -m bench packing`: how many runs to pack on one device, measured.
 
 For each compile mode and each concurrency c (default 1, 2, 4, 8 on a GPU) it runs c copies of one run
 (seeds 1..c, same method, dataset and epochs) through the Ray executor of the grid, each reserving 1/c of

@@ -1,8 +1,8 @@
 """Execution context of a run: what else the machine was doing and what it was, recorded beside the timings.
 
-A second per epoch means little without its context: the same SASRec smoke epoch took 7.35 s in one clone
-and 2.91 s in another on this VM, and two runs sharing two cores with one thread each are not comparable
-with one run alone. `start()` is called where a run begins (after its thread count is set), `finish()`
+A second per epoch means little without its context: on a shared virtual machine the same epoch can take
+twice as long an hour later, and two runs sharing two cores with one thread each are not comparable with
+one run alone. `start()` is called where a run begins (after its thread count is set), `finish()`
 where it ends; the record keeps the result under "context" (docs/records.md). The cost tables compare two
 methods only where `comparable_key` of their records is equal.
 """
