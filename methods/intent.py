@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from methods.base import AugmentedConfig, AugmentedMethod, Batch, DatasetInfo, MethodConfig, TrainingSet
-from methods.clustering import BACKENDS
+from methods.clustering import BACKENDS, kmeans, resolve_backend
 
 
 @dataclass
@@ -75,22 +75,13 @@ class IntentMethod(AugmentedMethod):
         """
         return self.intent_kmeans(self.encode_mean_pooled(data.train_input), init=init)  # [N, H] -> [K, H]
 
-    def intent_kmeans(
-        self, pooled: torch.Tensor, backend: str | None = None, init: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """K-means of the mean-pooled encodings [N, H] with the config's settings: un-normalised [K, H].
-
-        `backend` (faiss | torch) replaces the config's; the scaling study times each backend this way.
-        """
-        from methods.clustering import kmeans
-
+    def intent_kmeans(self, pooled: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
+        """K-means of the mean-pooled encodings [N, H] with the config's settings: un-normalised [K, H]."""
         c = self.config
         return kmeans(
             pooled, c.num_intents, seed=self.seed, niter=c.kmeans_niter, nredo=c.kmeans_nredo,
-            max_points_per_centroid=c.kmeans_max_points_per_centroid, backend=backend or c.kmeans_backend, init=init,
+            max_points_per_centroid=c.kmeans_max_points_per_centroid, backend=c.kmeans_backend, init=init,
         )
 
     def run_info(self) -> dict:
-        from methods.clustering import resolve_backend
-
         return {"kmeans_backend": resolve_backend(self.config.kmeans_backend)}
