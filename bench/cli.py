@@ -27,6 +27,7 @@ from pathlib import Path
 from bench.core import termination
 from bench.core.errors import BenchError
 from bench.core.spec import DEFAULT_RESULTS
+from methods import KMEANS_BACKENDS
 
 METHOD_HELP = "method name: sasrec, cl4srec, iclrec, elcrec (or any method registered in methods/__init__.py)"
 DATASET_HELP = "dataset name: Beauty, Sports_and_Outdoors, Toys_and_Games, Yelp"
@@ -182,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--dataset", default="Beauty", help="dataset whose sequences are resampled (default Beauty)")
     sc.add_argument("--users", nargs="+", type=float, metavar="N", help="population sizes (default 1e4 3e4 1e5 3e5 1e6 3e6)")
     sc.add_argument("--device", default="auto", help=DEVICE_HELP)
-    sc.add_argument("--kmeans", nargs="+", default=["faiss", "torch"], metavar="BACKEND", help="faiss and/or torch (default both)")
+    timed = [b for b in KMEANS_BACKENDS if b != "auto"]  # the study times backends; auto only picks one
+    sc.add_argument("--kmeans", nargs="+", metavar="BACKEND", help=f"k-means backends to time: {', '.join(timed)} (default all)")
     sc.add_argument("--repeats", type=int, default=3, help="repeats per N below 1e6 (default 3)")
     sc.add_argument("--repeats-large", type=int, default=1, help="repeats per N from 1e6 on (default 1)")
     sc.add_argument("--steps", type=int, default=8, help="training steps timed per method and repeat (default 8)")
@@ -494,7 +496,7 @@ def cmd_scaling(args) -> int:
             dataset=args.dataset,
             users=tuple(args.users) if args.users else scaling.DEFAULT_USERS,
             device=args.device,
-            backends=tuple(args.kmeans),
+            backends=tuple(args.kmeans) if args.kmeans else scaling.TIMED_BACKENDS,
             repeats=args.repeats,
             repeats_large=args.repeats_large,
             step_sample=args.steps,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from methods.base import Batch, DatasetInfo, Method, MethodConfig, TrainingSet
 from methods.cl4srec import CL4SRec
+from methods.clustering import BACKENDS as KMEANS_BACKENDS
+from methods.clustering import kmeans
 from methods.elcrec import ELCRec
 from methods.iclrec import ICLRec
 from methods.sasrec import SASRec
@@ -18,4 +20,5 @@ REGISTRY: dict[str, type[Method]] = {
     "elcrec": ELCRec,
 }
 
-__all__ = ["REGISTRY", "Batch", "DatasetInfo", "Method", "MethodConfig", "TrainingSet"]
+# kmeans and KMEANS_BACKENDS: the k-means of the intent methods' E-step, for tools that time it apart.
+__all__ = ["KMEANS_BACKENDS", "REGISTRY", "Batch", "DatasetInfo", "Method", "MethodConfig", "TrainingSet", "kmeans"]

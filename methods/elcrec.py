@@ -80,7 +80,7 @@ class ELCRec(IntentMethod):
         Steps 1-3 of the module doc, in the published order: the prototypes are gathered with the centers as
         the last optimiser step left them, then the centers are projected onto the unit sphere in place, and
         the clustering loss and each user's center use the projected ones. The scaling study
-        (bench/tools/scaling.py) times exactly this call.
+        (bench/tools/scaling/measurement.py) times exactly this call.
         """
         centers = self.cluster_centers  # [K, H]
         with_centers = self.with_prototypes(instance_views)

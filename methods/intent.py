@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 
 from methods.base import AugmentedConfig, AugmentedMethod, Batch, DatasetInfo, MethodConfig, TrainingSet
+from methods.clustering import BACKENDS, kmeans, resolve_backend
 
 
 @dataclass
@@ -22,7 +23,7 @@ class IntentConfig(AugmentedConfig):
 
     num_intents: int = 256  # K
     intent_weight: float = 0.1
-    kmeans_backend: str = "auto"  # faiss | torch | auto (faiss when installed)
+    kmeans_backend: str = "auto"  # one of methods.clustering.BACKENDS; auto: faiss when installed, else torch
     kmeans_niter: int = 20
     kmeans_nredo: int = 5
     kmeans_max_points_per_centroid: int = 4096
@@ -36,8 +37,8 @@ class IntentConfig(AugmentedConfig):
         for name in ("num_intents", "kmeans_niter", "kmeans_nredo", "kmeans_max_points_per_centroid"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.kmeans_backend not in ("auto", "faiss", "torch"):
-            raise ValueError(f"kmeans_backend must be auto, faiss or torch, got {self.kmeans_backend!r}")
+        if self.kmeans_backend not in BACKENDS:
+            raise ValueError(f"kmeans_backend must be one of {', '.join(BACKENDS)}, got {self.kmeans_backend!r}")
         if self.view_encoding not in ("separate", "shared"):
             raise ValueError(f"view_encoding must be separate or shared, got {self.view_encoding!r}")
         if self.intent_weight < 0:
@@ -74,22 +75,13 @@ class IntentMethod(AugmentedMethod):
         """
         return self.intent_kmeans(self.encode_mean_pooled(data.train_input), init=init)  # [N, H] -> [K, H]
 
-    def intent_kmeans(
-        self, pooled: torch.Tensor, backend: str | None = None, init: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """K-means of the mean-pooled encodings [N, H] with the config's settings: un-normalised [K, H].
-
-        `backend` (faiss | torch) replaces the config's; the scaling study times each backend this way.
-        """
-        from methods.clustering import kmeans
-
+    def intent_kmeans(self, pooled: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
+        """K-means of the mean-pooled encodings [N, H] with the config's settings: un-normalised [K, H]."""
         c = self.config
         return kmeans(
             pooled, c.num_intents, seed=self.seed, niter=c.kmeans_niter, nredo=c.kmeans_nredo,
-            max_points_per_centroid=c.kmeans_max_points_per_centroid, backend=backend or c.kmeans_backend, init=init,
+            max_points_per_centroid=c.kmeans_max_points_per_centroid, backend=c.kmeans_backend, init=init,
         )
 
     def run_info(self) -> dict:
-        from methods.clustering import resolve_backend
-
         return {"kmeans_backend": resolve_backend(self.config.kmeans_backend)}

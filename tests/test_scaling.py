@@ -5,6 +5,10 @@ Timings themselves are not tested (a benchmark, not a timed test): the study run
 
 from __future__ import annotations
 
+import ast
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,8 +16,10 @@ import pytest
 from bench.cli import main
 from bench.core.errors import BenchError
 from bench.tools import scaling
+from bench.tools.scaling import fits, population, spec, table
 from tests.conftest import synthetic_sequences
 
+REPO = Path(__file__).resolve().parent.parent
 TINY = {"num_intents": 4, "hidden_size": 16, "num_heads": 2, "num_layers": 1, "batch_size": 16}
 
 
@@ -25,14 +31,14 @@ def beauty_seqs():
 
 
 def test_population_is_seeded_and_resamples_real_sequences(beauty_seqs):
-    a = scaling.build_population(beauty_seqs, 5000, seed=3)
-    b = scaling.build_population(beauty_seqs, 5000, seed=3)
-    c = scaling.build_population(beauty_seqs, 5000, seed=4)
+    a = population.build_population(beauty_seqs, 5000, seed=3)
+    b = population.build_population(beauty_seqs, 5000, seed=3)
+    c = population.build_population(beauty_seqs, 5000, seed=4)
     assert a.num_users == 5000
     assert np.array_equal(a.items, b.items) and np.array_equal(a.offsets, b.offsets)
     assert not np.array_equal(a.lengths, c.lengths)
     # every synthetic user is one real user's whole sequence
-    idx = scaling.resample_users(beauty_seqs.num_users, 5000, 3)
+    idx = population.resample_users(beauty_seqs.num_users, 5000, 3)
     for u in (0, 17, 4999):
         real = beauty_seqs.items[beauty_seqs.offsets[idx[u]] : beauty_seqs.offsets[idx[u] + 1]]
         assert np.array_equal(a.items[a.offsets[u] : a.offsets[u + 1]], real)
@@ -40,7 +46,7 @@ def test_population_is_seeded_and_resamples_real_sequences(beauty_seqs):
 
 def test_population_matches_lengths_and_item_frequencies(beauty_seqs):
     n = 100_000
-    pop = scaling.build_population(beauty_seqs, n, seed=0)
+    pop = population.build_population(beauty_seqs, n, seed=0)
     real_len = beauty_seqs.lengths.astype(float)
     # mean length within 4 standard errors of the dataset's
     assert abs(pop.lengths.mean() - real_len.mean()) < 4 * real_len.std() / np.sqrt(n)
@@ -56,8 +62,8 @@ def test_population_train_input_is_rows_of_the_real_one():
     import torch
 
     real = torch.randint(0, 100, (50, 7))
-    idx = scaling.resample_users(50, 300, 1)
-    got = scaling.population_train_input(real, idx, torch.device("cpu"))
+    idx = population.resample_users(50, 300, 1)
+    got = population.population_train_input(real, idx, torch.device("cpu"))
     assert got.dtype == torch.int32 and got.shape == (300, 7)
     assert torch.equal(got.long(), real[torch.from_numpy(idx)])
 
@@ -65,11 +71,11 @@ def test_population_train_input_is_rows_of_the_real_one():
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("scaling")
-    spec = scaling.ScalingSpec(
+    study = scaling.ScalingSpec(
         dataset="synthetic", users=(40, 80, 160), device="cpu", backends=("faiss", "torch"), repeats=1,
         step_sample=2, pool_users=64, results=out, overrides=TINY,
     )
-    paths = scaling.run_study(spec, progress=False, sequences=synthetic_sequences(300))
+    paths = scaling.run_study(study, progress=False, sequences=synthetic_sequences(300))
     return out, paths, pd.read_csv(out / scaling.CSV_NAME)
 
 
@@ -117,6 +123,46 @@ def test_estimates_and_extrapolations_are_labelled(tiny_study):
     assert "init_once" not in scaling.EPOCH_PHASES["elcrec"]
 
 
+def test_the_kmeans_cap_is_a_column_of_the_kmeans_rows(tiny_study):
+    _, _, frame = tiny_study
+    kmeans_rows = (frame["phase"] == "estep_kmeans") & (frame["kind"] == "measured")
+    assert (frame.loc[kmeans_rows, "kmeans_cap"] == TINY["num_intents"] * 4096).all()
+    assert frame.loc[~kmeans_rows, "kmeans_cap"].isna().all()
+    fit = fits.phase_fits(table.read_table(tiny_study[0] / scaling.CSV_NAME))
+    assert (fit[fit["phase"] == "estep_kmeans"]["seconds_cap"] == TINY["num_intents"] * 4096).all()
+
+
+def test_a_table_without_the_cap_column_gets_it_from_the_kmeans_notes():
+    legacy = REPO / "results" / "scaling" / scaling.CSV_NAME
+    assert "kmeans_cap" not in pd.read_csv(legacy, nrows=0).columns  # written before the column existed
+    frame = table.read_table(legacy)
+    kmeans_rows = (frame["phase"] == "estep_kmeans") & (frame["kind"] == "measured")
+    assert kmeans_rows.any() and (frame.loc[kmeans_rows, "kmeans_cap"] == 1_048_576).all()
+    assert frame.loc[~kmeans_rows, "kmeans_cap"].isna().all()
+
+
+def test_the_committed_table_regenerates_byte_identically(tmp_path):
+    committed = REPO / "results" / "scaling"
+    for name in (scaling.CSV_NAME, "context.json"):
+        shutil.copy(committed / name, tmp_path / name)
+    scaling.write_outputs(tmp_path)
+    assert (tmp_path / "scaling.md").read_bytes() == (committed / "scaling.md").read_bytes()
+
+
+def test_the_tool_writes_no_attribute_of_the_methods():
+    """Methods are used through their public calls only: the tool assigns attributes of its own objects
+    (`self.x = ...`) and nothing else, and never calls setattr."""
+    for path in sorted((REPO / "bench" / "tools" / "scaling").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AugAssign | ast.AnnAssign) else []
+            for target in targets:
+                if isinstance(target, ast.Attribute):
+                    assert isinstance(target.value, ast.Name) and target.value.id == "self", (path.name, ast.unparse(target))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id != "setattr", path.name
+
+
 def test_outputs_regenerate_from_the_csv(tiny_study, capsys):
     out, _, _ = tiny_study
     (out / "scaling.md").unlink()
@@ -126,10 +172,10 @@ def test_outputs_regenerate_from_the_csv(tiny_study, capsys):
 
 def test_fit_is_linear_and_capped():
     n = np.array([1e3, 1e4, 1e5, 1e6, 3e6])
-    a, b = scaling._fit(n, 2 + 0.001 * n, None)
+    a, b = fits.fit_line(n, 2 + 0.001 * n, None)
     assert a == pytest.approx(2, rel=1e-6) and b == pytest.approx(0.001, rel=1e-6)
     capped = 1 + 1e-5 * np.minimum(n, 1_048_576)
-    a, b = scaling._fit(n, capped, 1_048_576)
+    a, b = fits.fit_line(n, capped, 1_048_576)
     assert a == pytest.approx(1, rel=1e-6) and b == pytest.approx(1e-5, rel=1e-6)
 
 
@@ -152,5 +198,5 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, capsys, tmp_path):
 
 def test_user_counts_are_checked():
     with pytest.raises(BenchError, match="not a positive whole number"):
-        scaling.check_users((1e4 + 0.5,), 4)
-    assert scaling.check_users((3e4, 1e4, 1e4), 4) == (10_000, 30_000)
+        spec.check_users((1e4 + 0.5,), 4)
+    assert spec.check_users((3e4, 1e4, 1e4), 4) == (10_000, 30_000)
