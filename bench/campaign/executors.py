@@ -6,8 +6,8 @@ records with `ray.wait` as they finish and hands each to `on_done`, which writes
 
 Resources. Every task reserves `cpus_per_run` CPUs and `gpus_per_run` GPUs, and Ray starts as many tasks at
 once as the cluster's resources allow. Defaults: on a cluster with GPUs one GPU and one CPU per run (or the
-packing `bench packing` measured on that GPU model: bench/campaign/grid.py decides), else one CPU per run (a 2-core
-machine trains 2 runs at once). A run's torch uses `int(cpus_per_run)` threads so
+packing `bench packing` measured on that GPU model: bench/campaign/grid.py decides), else one CPU per run (a machine
+with 2 cores trains 2 runs at once). A run's torch uses `int(cpus_per_run)` threads so
 that concurrent runs do not oversubscribe the cores. Fractional GPUs share a device:
 `--gpus-per-run 0.25` packs 4 runs onto each GPU (small models leave a GPU mostly idle; each run must fit in
 a quarter of the device's memory, which Ray does not enforce).
