@@ -363,8 +363,10 @@ def cmd_grid(args) -> int:
     for line in summary.not_started:
         print(line)
     for i in summary.interrupted:
+        again = ("run the same command again to resume it" if i.get("checkpoint")
+                 else "no checkpoint (add --checkpoint-every): the same command runs it again from the start")
         print(f"interrupted: {i['method']} {i['dataset']} seed {i['seed']} at epoch {i.get('epochs_done')} of "
-              f"{i.get('max_epochs')} ({i.get('reason')}); run the same command again to resume it")
+              f"{i.get('max_epochs')} ({i.get('reason')}); {again}")
     if summary.claimed_elsewhere or summary.done_elsewhere:
         print(
             f"grid: {len(summary.claimed_elsewhere)} runs left to another grid that holds them, "
