@@ -47,10 +47,6 @@ class Board:
     groups: list[tuple]
     scaling: list[Block]
 
-    @property
-    def runs(self) -> pd.DataFrame:
-        return self.evidence.runs
-
     def answers(self) -> list[Block]:
         return summary.answer_blocks(self.evidence, self.header)
 

@@ -142,7 +142,8 @@ def scaling_answer(results_dir: Path) -> list[Block]:
         lines += _ratio_line(f"Rerun `scaling/{sub.name}/`", sub / "context.json")
     intro = ("Does ELCRec's epoch become cheaper than ICLRec's as the number of users N grows? From"
              " `scaling/scaling.md` (written by `python -m bench scaling`; `--from-csv` regenerates it):")
-    return [("p", intro), ("list", lines), *_png_images(folder, "Scaling study")]
+    images = sorted(_png_images(folder, "Scaling study"), key=lambda b: "_time_" not in b[1].name)  # time first
+    return [("p", intro), ("list", lines), *images]
 
 
 def _scaling_sections(results_dir: Path) -> list[Section]:

@@ -167,7 +167,6 @@ def completed_runs(records: pd.DataFrame) -> pd.DataFrame:
     options = runs["variant_options"].map(lambda o: o if isinstance(o, dict) else {})
     runs["variant"] = options.map(_group_variant)
     runs["method_options"] = options.map(lambda o: _options_label(o, METHOD_OPTIONS))
-    runs["column_mode"] = options.map(lambda o: variant_mode({k: o.get(k) for k in METHOD_OPTIONS if k in o}))
     runs["rec_loss"] = [
         loss if isinstance(loss, str) and loss else _method_default_loss(m)
         for loss, m in zip(runs["rec_loss"], runs["method"])
