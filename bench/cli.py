@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("leaderboard", help="write leaderboard and cost tables and plots from run records")
     lb.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
     lb.add_argument("--out", type=Path, help="output folder (default: the results folder)")
+    lb.add_argument("--readme", type=Path, help="README.md whose marked answers block to rewrite (default: the README.md"
+                    " beside the results folder, when writing into it; a README without the markers is left alone)")
 
     pr = sub.add_parser("profile", help="seconds per phase and the top operators of the training step")
     pr.add_argument("--method", required=True, help=METHOD_HELP)
@@ -435,7 +437,8 @@ def cmd_leaderboard(args) -> int:
     check_writable(args.out or args.results, "leaderboard output folder")
     for path in find_corrupt(args.results):  # skipped by the tables; said here too, not only inside them
         print(f"warning: skipped unreadable record {path}", file=sys.stderr)
-    for path in write_leaderboard(args.results, args.out):
+    readme = args.readme or (args.results.parent / "README.md" if args.out is None else None)
+    for path in write_leaderboard(args.results, args.out, readme):
         print(path)
     return 0
 

@@ -209,6 +209,7 @@ def bench(*args: str, timeout: float = 300, cache=None):
 def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path):
     from bench.core.records import completed_run_ids, load_records
     from bench.reporting import leaderboard
+    from bench.reporting.runs import completed_runs
 
     results = str(tmp_path)
     status_args = ["status", "--results", results, "--device", "cpu", "--methods", "sasrec", "--datasets", "Beauty",
@@ -225,7 +226,7 @@ def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path):
     assert (cache / record["run_id"] / "last.pt").is_file()
     # interrupted is not done, and no table shows it
     assert completed_run_ids(tmp_path) == set()
-    assert leaderboard._completed_runs(load_records(tmp_path)).empty
+    assert completed_runs(load_records(tmp_path)).empty
     with pytest.raises(BenchError, match="no completed run records"):
         leaderboard.write_leaderboard(tmp_path, tmp_path / "tables")
     report = bench(*status_args, cache=cache)
@@ -239,7 +240,7 @@ def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path):
     [record] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
     assert record["status"] == "ok" and record["resumed_from_epoch"] == 1 and record["test"] is not None
     assert not (cache / record["run_id"]).exists()
-    assert len(leaderboard._completed_runs(load_records(tmp_path))) == 1
+    assert len(completed_runs(load_records(tmp_path))) == 1
     report = bench(*status_args)
     assert f"done: best epoch {record['best_epoch']}, test NDCG@20 {record['test']['NDCG@20']:.4f}" in report.stdout
     assert "1 done, 0 interrupted, 0 failed, 0 pending" in report.stdout

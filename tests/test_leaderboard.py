@@ -25,7 +25,8 @@ from bench.core.records import (
     run_id,
     write_record_atomic,
 )
-from bench.reporting.leaderboard import _completed_runs, write_leaderboard
+from bench.reporting.leaderboard import write_leaderboard
+from bench.reporting.runs import completed_runs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
 CORRUPT = FIXTURES / "runs" / "iclrec-Toys_and_Games-s3-quick-0123456789ab.json"
@@ -64,7 +65,10 @@ def test_accuracy_markdown_without_tests_marks_nothing(board: tuple[Path, list[P
     assert row["ICLRec"] == "0.0490 ± 0.0014"
     assert row["ELCRec"] == "0.0510 ± 0.0014"
     assert row["ELCRec vs best baseline"] == "+0.0020 vs ICLRec (+4.1%)"  # (0.0510 - 0.0490) / 0.0490
-    assert row["ELCRec p (paired test)"].startswith("test unavailable (no per-user ranks")
+    # The same "test unavailable" in every row is said once, under the table, not in a column.
+    assert "ELCRec p (paired test)" not in row
+    body = md.split(f"## {QUICK}\n", 1)[1].split("\n## ", 1)[0]
+    assert "In every row: `ELCRec p (paired test)` test unavailable (no per-user ranks" in body
     # HR@5 Beauty: ICLRec (0.0510) beats ELCRec (0.0500), so the gain is negative; SASRec has two equal seeds.
     row = _row(md, QUICK, "dataset | metric", ("Beauty", "HR@5"))
     assert row["ICLRec"] == "0.0510 ± 0.0014" and row["SASRec"] == "0.0370 ± 0.0000"
@@ -201,7 +205,7 @@ def test_rerun_supersedes_older_record() -> None:
     rerun = records[records["path"].str.contains("elcrec-Beauty-s1-")].assign(
         run_id="ffffffffffff", finished_at="2027-01-01T00:00:00+00:00", **{"test_NDCG@20": 0.09}
     )
-    runs = _completed_runs(pd.concat([records, rerun], ignore_index=True))
+    runs = completed_runs(pd.concat([records, rerun], ignore_index=True))
     elc = runs[(runs["method"] == "elcrec") & (runs["dataset"] == "Beauty")]
     assert sorted(elc["test_NDCG@20"]) == [0.052, 0.09]  # the newer seed-1 record replaced the older one
 
@@ -339,3 +343,9 @@ def test_a_fifth_method_is_compared_as_a_baseline(tmp_path: Path) -> None:
     table = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
     assert "toy" in set(table["method"])
     assert set(table.loc[table["method"] == "elcrec", "best_baseline"].dropna()) == {"toy"}
+
+
+def test_a_second_run_writes_the_same_bytes(board: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    # Tables, plots and the page are committed: regenerating them from the same records must change nothing.
+    for path in write_leaderboard(FIXTURES, tmp_path):
+        assert path.read_bytes() == (board[0] / path.name).read_bytes(), path.name

@@ -189,7 +189,12 @@ def test_paper_budget_shows_published_numbers_and_no_banner(tmp_path) -> None:
     cost, md = _write(tmp_path, recs)
     assert "Budget:" not in md.split("## profile `paper`", 1)[1]
     row = _leader_row(md, "Beauty", "NDCG@20")
-    assert row["ELCRec published"] == "0.0509" and row["ICLRec published"] == "0.0491"
+    assert "ELCRec published" not in row  # beside ours in a table of their own, with their source
+    published = _leader_row(md.split("### Published numbers", 1)[1], "Beauty", "NDCG@20")
+    ours = {m: float(row[m].split(" ")[0]) for m in ("ICLRec", "ELCRec")}
+    assert published["ELCRec"] == f"0.0509 / {ours['ELCRec'] - 0.0509:+.4f}"
+    assert published["ICLRec"] == f"0.0491 / {ours['ICLRec'] - 0.0491:+.4f}"
+    assert "Sources: ICLRec: ELCRec paper, Table 1 (mean over 3 seeds); ELCRec: ELCRec paper, Table 1" in md
     smoke_cost, smoke_md = _write(tmp_path / "smoke", [make_record("iclrec"), make_record("elcrec")])
     for text in (smoke_cost, smoke_md):
         section = text.split("## profile `smoke`", 1)[1]
@@ -236,3 +241,32 @@ def test_per_run_interval_needs_two_runs() -> None:
     iv = verdicts.per_run_interval([100.0, 101.0, 99.0], [110.0, 111.0, 109.0])
     assert iv.high_pct < 0 and iv.change_pct == pytest.approx(-9.09, abs=0.05)
     assert verdicts.paired_t_seeds(np.array([0.1, 0.2]), np.array([0.1, 0.1])) is None  # < 3 seeds
+
+
+# ------------------------------------------------------------------------------ time to a target quality
+def test_time_to_target_from_valid_curves_and_phase_times(tmp_path) -> None:
+    import pandas as pd
+
+    from bench.reporting.comparisons import time_to_target
+
+    a = pd.DataFrame({"column": ["A"], "valid_curve": [[0.1, 0.2, 0.3]], "epoch_training_s": [[10.0, 10.0, 10.0]]})
+    b = pd.DataFrame({"column": ["B"], "valid_curve": [[0.05, 0.1, 0.2, 0.25]], "epoch_training_s": [[5.0] * 4]})
+    # B is the weaker (best 0.25): targets 0.125, 0.225, 0.25, first reached by A after 2, 3, 3 epochs and
+    # by B after 3, 4, 4.
+    out = time_to_target(a, b)
+    assert [(t.fraction, t.weaker) for t in out] == [(0.5, "B"), (0.9, "B"), (1.0, "B")]
+    assert [(t.seconds_a, t.seconds_b) for t in out] == [((20.0,), (15.0,)), ((30.0,), (20.0,)), ((30.0,), (20.0,))]
+    assert verdicts.cost_verdict(out[-1].interval, "A") == "no verdict: one run per method: no spread to measure (A +50.0%)"
+    # Two seeds each (A 30 and 33 s, B 20 and 22 s): an interval between seeds, entirely above zero.
+    a2 = pd.concat([a, a.assign(epoch_training_s=[[11.0] * 3])])
+    b2 = pd.concat([b, b.assign(epoch_training_s=[[5.5] * 4])])
+    iv = time_to_target(a2, b2)[-1].interval
+    assert iv.has_interval and iv.low_pct > 0 and verdicts.cost_verdict(iv, "A").startswith("A costs more: +50.0%")
+    # In cost.md, labelled with its profile: ELCRec, twice as accurate at every epoch and with half the epoch
+    # time, reaches ICLRec's best sooner in each of 2 seeds.
+    recs = [make_record("iclrec", seed=s, train_s=(10.0, 10.0 + s, 10.0, 10.0), ranks=_ranks(0.1, seed=s)) for s in (1, 2)]
+    recs += [make_record("elcrec", seed=s, train_s=(5.0, 5.0 + s, 5.0, 5.0), ranks=_ranks(0.2, seed=s)) for s in (1, 2)]
+    cost, _ = _write(tmp_path, recs)
+    section = cost.split("### Time to a target quality (valid NDCG@20), at the smoke profile's budget", 1)[1]
+    row = next(line for line in section.splitlines() if line.startswith("| Beauty | 100% of the best of ICLRec"))
+    assert "| ELCRec saves: -" in row and "(2+2 seeds)" in row

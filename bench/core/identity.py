@@ -36,13 +36,7 @@ def variant_of(spec: RunSpec, config: dict) -> dict:
     option."""
     options = {k: getattr(spec, k) for k in SPEC_OPTIONS}
     options.update({k: config[k] for k in records.FAITHFUL if k in config})  # config keys of some methods
-    # compile and tf32 keep the published math (fused kernels, TF32 products); bf16 and a shared encoding
-    # of the views change what is computed to save time, so they make a run "fast"; a fresh k-means at
-    # every E-step changes it for no saving ("modified").
-    fast = options["precision"] == "bf16" or options.get("view_encoding", "separate") != "separate"
-    modified = options.get("kmeans_init", "warm") != "warm"
-    mode = "fast" if fast else "modified" if modified else "faithful"
-    return {"mode": mode, **options}
+    return {"mode": records.variant_mode(options), **options}
 
 
 def run_identity(spec: RunSpec) -> tuple[str, dict, str]:

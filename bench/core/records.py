@@ -47,6 +47,9 @@ COLUMNS = [*_FIELDS, "device", "variant", "device_name", "best_epoch", *_SCORES,
 COLUMNS += [*_FIRST, *_STEADY, "num_users", "max_users", "spec_epochs", "spec_patience"]
 COLUMNS += ["machine", "threads", "concurrency", "context", "has_ranks", "hostname", "software"]
 COLUMNS += ["epoch_training_s", "valid_curve"]  # per-epoch lists: E-step + train seconds, valid NDCG@20
+# Every execution option's value (FAITHFUL's keys, defaults filled in) and the config's recommendation loss
+# (None where the record's config does not name one): the tables keep runs that differ in them apart.
+COLUMNS += ["variant_options", "rec_loss"]
 COLUMNS += ["peak_memory_bytes", "started_at", "finished_at", "path"]
 RANK_ENCODING = "uint8-zlib-base64"
 
@@ -207,6 +210,18 @@ def find_corrupt(results_dir: Path) -> list[Path]:
 FAITHFUL = {"precision": "fp32", "compile": "off", "view_encoding": "separate", "kmeans_init": "warm"}
 
 
+def variant_mode(options: dict) -> str:
+    """"fast", "modified" or "faithful" for execution options (missing ones at their faithful value).
+
+    compile and tf32 keep the published math (fused kernels, TF32 products); bf16 and a shared encoding of
+    the views change what is computed to save time, so they make a run "fast"; a fresh k-means at every
+    E-step changes it for no saving ("modified").
+    """
+    fast = options.get("precision", "fp32") == "bf16" or options.get("view_encoding", "separate") != "separate"
+    modified = options.get("kmeans_init", "warm") != "warm"
+    return "fast" if fast else "modified" if modified else "faithful"
+
+
 def variant_label(record: dict) -> str:
     """"faithful", or the mode and every non-default execution option, e.g. "fast (precision=bf16)".
 
@@ -227,6 +242,9 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     row: dict[str, Any] = {k: record.get(k) for k in (*_FIELDS, *_RUN_INFO)}
     row["device_name"] = (record.get("env") or {}).get("device_name")
     row["variant"] = variant_label(record)
+    variant = record.get("variant") or {}
+    row["variant_options"] = {k: variant.get(k, v) for k, v in FAITHFUL.items()}
+    row["rec_loss"] = (record.get("config") or {}).get("rec_loss")
     row.update({f"test_{m}": test.get(m) for m in METRICS})
     row.update({f"best_valid_{m}": valid.get(m) for m in METRICS})
     row["epochs_run"] = totals.get("epochs_run", len(epochs))

@@ -1,10 +1,13 @@
-"""`results/index.html`: one self-contained page with every table and plot of the leaderboard.
+"""`results/index.html`: one self-contained page that leads with the answers, then the evidence.
+
+Order: the answers per dataset (bench/reporting/summary.py), the scaling study's answer with its plots, a
+table of contents, then the details: one collapsible part per group of runs in order of authority (budget
+banner, accuracy, cost, ELCRec vs ICLRec, time to a target quality, plots), then every other study under
+the results folder (bench/reporting/measurements.py) and how to read the tables.
 
 Self-contained means it opens from a file, a mail attachment or a CI artifact alike: CSS inline, plots as
-base64 PNG data URIs, no script, no external address, and no path of the machine it was made on. The
-content is the same blocks as leaderboard.md and cost.md (bench/reporting/leaderboard.py builds both), laid out per
-group: budget banner, accuracy, cost, ELCRec vs ICLRec, then the four plots. `tests/test_report.py`
-renders it in headless Chromium and checks the screenshot.
+base64 PNG data URIs with alt text, no script, no external address, and no path of the machine it was made
+on. `tests/test_report.py` renders it in headless Chromium and checks the screenshot.
 """
 
 from __future__ import annotations
@@ -12,23 +15,50 @@ from __future__ import annotations
 import base64
 import html
 import re
+from dataclasses import dataclass
+
+from bench.reporting.measurements import Section
+from bench.reporting.rendering import Block, Image
 
 CSS = """
 body { font-family: "DejaVu Sans", Arial, sans-serif; margin: 24px auto; max-width: 1500px; color: #222;
        font-size: 14px; line-height: 1.4; padding: 0 16px; }
-h1 { font-size: 24px; } h2 { font-size: 19px; border-top: 2px solid #ccc; padding-top: 14px; margin-top: 34px; }
+h1 { font-size: 24px; } h2 { font-size: 19px; margin-top: 30px; }
 h3 { font-size: 16px; margin-top: 22px; }
-table { border-collapse: collapse; margin: 8px 0 16px; font-size: 12.5px; }
+section.top { border-top: 2px solid #ccc; }
+table { border-collapse: collapse; margin: 8px 0 6px; font-size: 12.5px; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; }
 tr:nth-child(even) td { background: #fafafa; }
+#answers { background: #eef4fb; padding: 2px 12px 10px; }
+#answers td { background: #fff; } #answers th { background: #dce8f5; }
+#answers td:first-child { font-weight: bold; white-space: nowrap; }
+#answers td:nth-child(3) { min-width: 420px; }
 .banner { background: #fff4d6; border-left: 5px solid #e0a800; padding: 8px 12px; font-weight: bold; }
+.note { color: #555; font-size: 12.5px; margin: 2px 0 14px; }
 .intro { color: #444; max-width: 1200px; }
-.plots img { max-width: 100%; border: 1px solid #ddd; margin: 6px 0; display: block; }
+figure { margin: 6px 0; } figure img { max-width: 100%; border: 1px solid #ddd; display: block; }
 .scroll { overflow-x: auto; }
+details.part { border-top: 1px solid #ccc; padding: 4px 0; }
+details.part > summary { cursor: pointer; } details.part > summary h2 { display: inline; font-size: 17px; }
 nav li { margin: 2px 0; }
 code { background: #f3f3f3; padding: 0 3px; }
 """
+
+
+# The browser itself refuses anything but the page's own styles and inline images: no network, no script.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+@dataclass
+class GroupPart:
+    """One group of runs on the page: title, anchor, accuracy and cost blocks, plots."""
+
+    title: str
+    anchor: str
+    accuracy: list[Block]
+    cost: list[Block]
+    plots: list[Image]
 
 
 def inline(text: str) -> str:
@@ -48,56 +78,84 @@ def _table(frame) -> str:
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
 
 
-def render_blocks(blocks: list) -> str:
+def _figure(image: Image) -> str:
+    data = base64.b64encode(image.png).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(image.alt)}"'
+            f' title="{html.escape(image.name)}"></figure>')
+
+
+def render_blocks(blocks: list[Block]) -> str:
     out = []
     for kind, content in blocks:
         if kind in ("h1", "h2", "h3"):
             out.append(f"<{kind}>{inline(content)}</{kind}>")
         elif kind == "banner":
             out.append(f'<p class="banner">{inline(content)}</p>')
-        elif kind == "p":
-            out.append(f"<p>{inline(content)}</p>")
+        elif kind in ("p", "note"):
+            out.append(f'<p class="{kind}">{inline(content)}</p>' if kind == "note" else f"<p>{inline(content)}</p>")
         elif kind == "table":
             out.append(_table(content))
         elif kind == "list":
             out.append("<ul>" + "".join(f"<li>{inline(x)}</li>" for x in content) + "</ul>")
+        elif kind == "image":
+            out.append(_figure(content))
     return "\n".join(out)
 
 
-def _img(name: str, png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" title="{html.escape(name)}">'
-
-
-def index_html(
-    header, accuracy_intro, cost_intro, groups, acc_blocks, cost_blocks, plots, files, title_of, plot_titles
-) -> str:
-    """The page: header, contents, then per group its banner, tables and plots (`plot_titles`: kind -> title)."""
-    anchors = {key: f"g{i}" for i, key in enumerate(groups)}
-    nav = "".join(f'<li><a href="#{anchors[k]}">{inline(title_of(k))}</a></li>' for k in groups)
+def _group_html(part: GroupPart) -> str:
+    banner = [b for b in part.accuracy if b[0] == "banner"][:1]  # one banner per group on the page
     body = [
-        "<h1>intent-bench: leaderboard and cost</h1>",
-        f"<p>{inline(header)}</p>",
-        f"<nav><ul>{nav}</ul></nav>",
-        f'<details><summary>How to read the accuracy tables</summary><p class="intro">{inline(accuracy_intro)}</p></details>',
-        f'<details><summary>How to read the cost tables</summary><p class="intro">{inline(cost_intro)}</p></details>',
+        f'<details class="part" id="{part.anchor}"><summary><h2>{inline(part.title)}</h2></summary>',
+        render_blocks(banner),
+        "<h3>Accuracy (test split)</h3>",
+        render_blocks([b for b in part.accuracy if b[0] != "banner"]),
+        "<h3>Cost</h3>",
+        render_blocks([b for b in part.cost if b[0] != "banner"]),
+        "<h3>Plots</h3>",
+        *(_figure(p) for p in part.plots),
+        "</details>",
     ]
-    for key in groups:
-        acc = list(acc_blocks[key])
-        cost = [b for b in cost_blocks[key] if b[0] != "banner"]  # one banner per group on the page
-        body.append(f'<h2 id="{anchors[key]}">{inline(title_of(key))}</h2>')
-        body.append(render_blocks(acc[:1] if acc and acc[0][0] == "banner" else []))
-        body.append("<h3>Accuracy (test split)</h3>")
-        body.append(render_blocks([b for b in acc if b[0] != "banner"]))
-        body.append("<h3>Cost</h3>")
-        body.append(render_blocks(cost))
-        body.append('<div class="plots">')
-        for kind, name in plots[key].items():
-            body.append(f"<h3>{inline(plot_titles[kind])}</h3>")
-            body.append(_img(name, files[name], f"{plot_titles[kind]}: {title_of(key)}"))
-        body.append("</div>")
+    return "\n".join(body)
+
+
+def _section_html(section: Section) -> str:
+    return (f'<details class="part" id="{section.anchor}"><summary><h2>{inline(section.title)}</h2></summary>\n'
+            f"{render_blocks(section.blocks)}\n</details>")
+
+
+def _contents(groups: list[GroupPart], sections: list[Section]) -> str:
+    def items(entries) -> str:
+        return "".join(f'<li><a href="#{e.anchor}">{inline(e.title)}</a></li>' for e in entries)
+
+    return (
+        '<nav><p>Groups of runs, most authoritative first (each opens on a click):</p>'
+        f"<ol>{items(groups)}</ol><p>Other measurements:</p><ul>{items(sections)}"
+        '<li><a href="#reading">How to read the tables</a></li></ul></nav>'
+    )
+
+
+def index_html(answers: list[Block], scaling: list[Block], groups: list[GroupPart], sections: list[Section],
+               intros: dict[str, str]) -> str:
+    """The page; `intros`: title -> how to read a kind of table."""
+    images = [b for b in scaling if b[0] == "image"]
+    body = [
+        "<h1>intent-bench: what the benchmark found</h1>",
+        '<section class="top" id="answers"><h2>Answers</h2>', render_blocks(answers), "</section>",
+    ]
+    if scaling:
+        body += [
+            '<section class="top" id="scaling"><h2>Scaling: does ELCRec save time as users grow?</h2>',
+            render_blocks([b for b in scaling if b[0] != "image"]),
+            *(_figure(i[1]) for i in images), "</section>",
+        ]
+    body += ['<section class="top" id="details"><h2>Details</h2>', _contents(groups, sections), "</section>"]
+    body += [_group_html(g) for g in groups]
+    body += [_section_html(s) for s in sections]
+    reading = "".join(f'<h3>{inline(t)}</h3><p class="intro">{inline(x)}</p>' for t, x in intros.items())
+    body.append(f'<details class="part" id="reading"><summary><h2>How to read the tables</h2></summary>{reading}</details>')
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        "<title>intent-bench leaderboard</title>"
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        "<title>intent-bench: what the benchmark found</title>"
         f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )

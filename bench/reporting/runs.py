@@ -1,0 +1,236 @@
+"""Completed runs as the tables see them: which records count, how they are grouped and ordered, and what
+each column of a table is called.
+
+A group is (profile, protocol, device, variant): numbers from a smoke run, from the strict protocol, from a
+GPU or from a run whose precision or compilation differs are not comparable with each other, so they never
+share a table. The variant of a group is made of the options every method has (precision, compile). Within
+a group, one column per method, further split wherever runs of a method differ in what was trained: the
+config source (`paper` or `tuned`), a method's own execution options (`view_encoding`, `kmeans_init`) and
+the recommendation loss (`bce`, `ce`, `ce_last`). The column's name says which, so no table averages over
+any of them.
+
+Groups are ordered by authority: the paper's budget first, then quick, smoke and custom; within a profile
+the reference protocol, the faithful variant and the GPU (where the papers measured) come first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from bench.core.identity import SPEC_OPTIONS
+from bench.core.records import FAITHFUL, METRICS, variant_mode
+from methods import REGISTRY
+
+GROUP = ["profile", "protocol", "device", "variant"]
+PAPER_PROFILE = "paper"
+PAPER_BUDGET = "all users, up to 300 epochs (patience 40), seeds 1, 2, 3"
+PROFILE_AUTHORITY = ("paper", "quick", "smoke", "custom")
+PROTOCOL_AUTHORITY = ("reference", "strict")
+DEVICE_AUTHORITY = ("cuda", "cpu")
+MODE_AUTHORITY = ("faithful", "modified", "fast")
+DATASET_ORDER = ("Beauty", "Sports_and_Outdoors", "Toys_and_Games", "Yelp")
+# Registry order; a record of a method no longer registered sorts after them, under its registry name.
+METHOD_ORDER = tuple(REGISTRY)
+METHOD_NAMES = {name: cls.display_name or name for name, cls in REGISTRY.items()}
+METHOD_COLORS = {name: cls.color for name, cls in REGISTRY.items()}
+# The method the ELCRec paper proposes, and the one its cost table compares it with. Every other method of
+# a table is one of its baselines, so a method added to methods/ is compared without a change here.
+PROPOSED = "elcrec"
+COST_BASELINE = "iclrec"
+# The recommendation loss of a record whose config does not name one and whose method has no such option:
+# the published loss of SASRec, CL4SRec, ICLRec and ELCRec.
+DEFAULT_REC_LOSS = "bce"
+MIB = 2**20  # the paper's "MB" are nvidia-smi MiB
+METHOD_OPTIONS = tuple(k for k in FAITHFUL if k not in SPEC_OPTIONS)
+
+_ORDERS = {
+    "dataset": DATASET_ORDER,
+    "metric": METRICS,
+    "method": METHOD_ORDER,
+    "profile": PROFILE_AUTHORITY,
+    "protocol": PROTOCOL_AUTHORITY,
+    "device": DEVICE_AUTHORITY,
+    "config_source": ("paper", "tuned"),  # the published configuration first
+}
+
+
+def _sort_key(col: pd.Series) -> pd.Series:
+    # Known names sort in their order, unknown ones after them alphabetically (the prefix keeps them apart).
+    if col.name == "variant":  # "faithful (compile=...)": by mode, then by the label
+        order = MODE_AUTHORITY
+        return col.map(lambda v: f"{_rank(order, str(v).split(' ')[0])}:{v}")
+    order = _ORDERS.get(str(col.name))
+    if order is None:
+        return col
+    return col.map(lambda v: f"{_rank(order, v)}:{v}")
+
+
+def _rank(order: tuple, value) -> str:
+    return f"{order.index(value) if value in order else len(order):02d}"
+
+
+def ordered(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """`frame` sorted by `by`, each known column in its authority or paper order (stable, index reset)."""
+    return frame.sort_values(by, key=_sort_key, kind="stable").reset_index(drop=True)
+
+
+def datasets_of(frame: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(ordered(frame, ["dataset"])["dataset"]))
+
+
+def group_title(key: tuple) -> str:
+    return ", ".join(f"{name} `{value}`" for name, value in zip(GROUP, key))
+
+
+def in_group(frame: pd.DataFrame, key: tuple) -> pd.Series:
+    mask = pd.Series(True, index=frame.index)
+    for name, value in zip(GROUP, key):
+        mask &= frame[name] == value
+    return mask
+
+
+def group_slug(key: tuple) -> str:
+    """A file-name part for a group that depends on the group alone, e.g. `smoke_reference_cpu_faithful`."""
+
+    def slug(value: str) -> str:
+        return "-".join("".join(ch if ch.isalnum() else " " for ch in str(value)).split())
+
+    return "_".join(slug(v) for v in key)
+
+
+def groups_by_authority(runs: pd.DataFrame) -> list[tuple]:
+    return list(dict.fromkeys(map(tuple, ordered(runs[GROUP], GROUP).to_numpy())))
+
+
+# ------------------------------------------------------------------------------------------------- runs
+def in_flight_from_times(records: pd.DataFrame) -> pd.Series:
+    """Most runs in flight at once during each run (itself included), from the records' start and finish
+    times on the same host: a lower bound (other work on the machine leaves no record here)."""
+    start = pd.to_datetime(records["started_at"], errors="coerce", utc=True)
+    end = pd.to_datetime(records["finished_at"], errors="coerce", utc=True)
+    host = records["hostname"].fillna("")
+    out = pd.Series(np.nan, index=records.index)
+    for i in records.index:
+        if pd.isna(start[i]) or pd.isna(end[i]):
+            continue
+        others = (host == host[i]) & (start < end[i]) & (end > start[i])
+        # The count at each moment a run inside the window started (or this one started) is the maximum.
+        moments = [max(start[i], t) for t in start[others]]
+        out[i] = max(int(((start[others] <= m) & (end[others] > m)).sum()) for m in moments)
+    return out
+
+
+def _options_label(options: dict, keys: tuple[str, ...]) -> str:
+    return ", ".join(f"{k}={options[k]}" for k in keys if options.get(k, FAITHFUL[k]) != FAITHFUL[k])
+
+
+def _group_variant(options: dict) -> str:
+    """The variant of the options every method has: "faithful", or e.g. "fast (precision=bf16)"."""
+    spec_level = {k: options.get(k, FAITHFUL[k]) for k in SPEC_OPTIONS}
+    label = _options_label(spec_level, SPEC_OPTIONS)
+    mode = variant_mode(spec_level)
+    return f"{mode} ({label})" if label else mode
+
+
+def _method_default_loss(method: str) -> str:
+    cls = REGISTRY.get(method)
+    config = getattr(cls, "Config", None)
+    if config is not None and dataclasses.is_dataclass(config):
+        for field in dataclasses.fields(config):
+            if field.name == "rec_loss" and isinstance(field.default, str):
+                return field.default
+    return DEFAULT_REC_LOSS
+
+
+def _column_names(runs: pd.DataFrame) -> pd.Series:
+    """Method name, with what tells its runs apart in the group in brackets: "ICLRec (kmeans_init=fresh)"."""
+    several_sources = runs.groupby([*GROUP, "method"])["config_source"].transform("nunique") > 1
+    several_losses = runs.groupby(GROUP)["rec_loss"].transform("nunique") > 1
+    names = []
+    for i, r in runs.iterrows():
+        parts = [r["config_source"]] if several_sources[i] else []
+        parts += [r["method_options"]] if r["method_options"] else []
+        parts += [r["rec_loss"]] if several_losses[i] else []
+        name = METHOD_NAMES.get(r["method"], r["method"])
+        names.append(f"{name} ({', '.join(parts)})" if parts else name)
+    return pd.Series(names, index=runs.index, dtype=object)
+
+
+def completed_runs(records: pd.DataFrame) -> pd.DataFrame:
+    """The ok runs, one per (group, column, dataset, seed), with `column` (their name in a table)."""
+    records = records.assign(in_flight_seen=in_flight_from_times(records))
+    runs = records[records["status"] == "ok"].copy()
+    runs["context"] = runs["context"].map(lambda c: c if isinstance(c, dict) else None)  # never NaN
+    options = runs["variant_options"].map(lambda o: o if isinstance(o, dict) else {})
+    runs["variant"] = options.map(_group_variant)
+    runs["method_options"] = options.map(lambda o: _options_label(o, METHOD_OPTIONS))
+    runs["rec_loss"] = [
+        loss if isinstance(loss, str) and loss else _method_default_loss(m)
+        for loss, m in zip(runs["rec_loss"], runs["method"])
+    ]
+    for key in [*GROUP, "config_source", "device_name"]:
+        runs[key] = runs[key].fillna("unknown")  # NaN keys would silently vanish from groupby
+    # A rerun of the same seed (new config or code) supersedes the older record instead of counting twice.
+    runs = runs.sort_values(["finished_at", "path"], na_position="first")
+    identity = [*GROUP, "config_source", "method_options", "rec_loss", "method", "dataset", "seed"]
+    runs = runs.drop_duplicates(identity, keep="last")
+    runs["column"] = _column_names(runs)
+    return ordered(runs, [*GROUP, "method", "config_source", "method_options", "rec_loss", "dataset", "seed"])
+
+
+def columns_of(frame: pd.DataFrame) -> list[str]:
+    """The columns of a group in table order: methods in registry order, then their variants."""
+    return list(dict.fromkeys(ordered(frame, ["method", "config_source", "method_options", "rec_loss"])["column"]))
+
+
+def budget_banner(g: pd.DataFrame) -> str | None:
+    """One line for a group whose budget is not the paper's: users, epochs, seeds, and the caveat."""
+    if g["profile"].iloc[0] == PAPER_PROFILE:
+        return None
+    parts = []
+    for (users, epochs, patience), b in g.groupby(["max_users", "spec_epochs", "spec_patience"], dropna=False):
+        pat = "" if pd.isna(patience) else f" (patience {int(patience)})"
+        parts.append(f"{_users(users)}, {_epochs(epochs)}{pat} on {', '.join(datasets_of(b))}")
+    return (
+        f"Budget: {g['profile'].iloc[0]} profile: {'; '.join(parts)}; {seeds_text(g)} seed(s) per cell. Not"
+        f" comparable with the published numbers (paper: {PAPER_BUDGET}), which are therefore not shown."
+    )
+
+
+def _users(users: float) -> str:
+    return "all users" if pd.isna(users) else f"{int(users):,} users sampled"
+
+
+def _epochs(epochs: float) -> str:
+    return "? epochs" if pd.isna(epochs) else f"{int(epochs)} epoch{'s' if epochs != 1 else ''}"
+
+
+def seeds_text(g: pd.DataFrame) -> str:
+    seeds = g.groupby(["column", "dataset"])["seed"].nunique()
+    return f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
+
+
+def group_brief(key: tuple, g: pd.DataFrame) -> str:
+    """A short name of a group and its budget for the answers: `smoke, cpu, faithful: 2,000 users, ...`."""
+    profile, protocol, device, variant = key
+    where = f"{profile}, {device}, {variant}" + ("" if protocol == "reference" else f", protocol {protocol}")
+    users = g["max_users"].dropna()
+    who = "all users" if users.empty else f"{int(users.max()):,} users"
+    epochs = g["spec_epochs"].dropna()
+    budget = f"{who}, {_epochs(epochs.max() if not epochs.empty else np.nan)}"
+    return f"{where} ({budget}, {seeds_text(g)} seed(s))"
+
+
+_FALLBACK_COLORS = ("#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd", "#17becf", "#bcbd22")
+
+
+def column_colors(runs: pd.DataFrame) -> dict[str, str]:
+    """A colour per column: its method's own, or for a method not registered one that no method uses."""
+    free = [c for c in _FALLBACK_COLORS if c not in METHOD_COLORS.values()] or list(_FALLBACK_COLORS)
+    unknown = sorted({m for m in runs["method"] if m not in METHOD_COLORS})
+    extra = {m: free[i % len(free)] for i, m in enumerate(unknown)}
+    pairs = runs[["column", "method"]].drop_duplicates("column")
+    return {c: METHOD_COLORS.get(m) or extra[m] for c, m in zip(pairs["column"], pairs["method"])}
