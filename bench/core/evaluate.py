@@ -134,52 +134,10 @@ def evaluate(
     totals = torch.zeros(len(METRICS), dtype=torch.float64, device=data.device)
     # Per-user ranks are kept only when asked for (the test split of a run), not at every epoch's validation.
     user_ranks = torch.full((data.num_users,), RANK_CLIP, dtype=torch.uint8, device=data.device) if return_ranks else None
-    fill = 0.0 if protocol == "reference" else float("-inf")
-    item_table = method.item_table()  # [item_size, H], or None: the method scores items its own way
-    by_dot = item_table is not None
-    if by_dot:
-        item_order, scan_position = data.popularity_order()
-        chunks = scan_chunks(item_table[item_order], data.device)
-    excluded = torch.tensor([0, data.item_size - 1], device=data.device)  # strict: padding and mask ids
-    # Users in order of history length, so that each block's inputs share their leading all-padding columns,
-    # which are cut off (most Beauty users have under 10 of the 50 slots filled). Padded keys get a -10000
-    # attention bias, i.e. a softmax weight of exactly 0 in fp32, and positions are right-aligned (see
-    # SASRecEncoder._encode), so the scores are those of the full-width input. The metrics are sums over
-    # users: the order does not change them.
-    order = torch.argsort(history_len)
-    used_columns = (inputs > 0).sum(dim=1)[order]
-    widths = torch.stack([block.max() for block in used_columns.split(batch_size)]).tolist()  # one sync
-    for start, width in zip(range(0, data.num_users, batch_size), widths):
-        rows = order[start : start + batch_size]
+    ranker = _Ranker(method, data, protocol)
+    for rows, width in _blocks_by_history_length(inputs, history_len, batch_size):
         block_inputs = inputs[rows, inputs.shape[1] - max(width, 1) :]
-        answer = answers[rows]
-        full = data.full[rows]  # [B, n_max]
-        in_history = data.columns < history_len[rows, None]
-        # History = first `history_len` items; columns past it repeat the first item, so that masking them
-        # writes the same value again.
-        history = torch.where(in_history, full, full[:, :1])
-        if by_dot:
-            users = method.user_repr(block_inputs)  # [B, H]
-            answer_score = (users * item_table[answer]).sum(dim=1)
-            answer_in_history = ((full == answer[:, None]) & in_history).any(dim=1)
-            answer_score = torch.where(answer_in_history, fill, answer_score)
-            # Masked: the history gets `fill`; the answer itself (not ahead of itself) and, under `strict`,
-            # the padding and mask ids get -inf.
-            minus_inf = [answer[:, None]] + ([excluded.expand(len(rows), 2)] if protocol == "strict" else [])
-            masked_ids = torch.cat([history, *minus_inf], dim=1)
-            masked_values = torch.full(masked_ids.shape, float("-inf"), device=data.device)
-            masked_values[:, : history.shape[1]] = fill
-            ahead = count_ahead(users, chunks, scan_position[masked_ids], masked_values, answer_score)
-        else:  # any other scoring: the whole score matrix
-            scores = method.score_items(block_inputs)  # [B, item_size]
-            scores.scatter_(1, history, fill)
-            if protocol == "strict":
-                scores[:, excluded] = float("-inf")
-            answer_score = scores.gather(1, answer[:, None]).squeeze(1)
-            scores.scatter_(1, answer[:, None], float("-inf"))
-            ahead = (scores >= answer_score[:, None]).sum(dim=1)
-        # A NaN score (a diverged model) ranks nowhere: never a hit.
-        ranks = torch.where(answer_score.isnan(), data.item_size, ahead)
+        ranks = ranker.ranks(rows, block_inputs, answers[rows], history_len[rows])
         totals += rank_metrics(ranks)
         if user_ranks is not None:
             user_ranks[rows] = ranks.clamp(max=RANK_CLIP).to(torch.uint8)
@@ -187,6 +145,73 @@ def evaluate(
     values = (totals / data.num_users).tolist()
     metrics = dict(zip(METRICS, values))
     return (metrics, user_ranks.cpu().numpy()) if return_ranks else metrics
+
+
+def _blocks_by_history_length(inputs: torch.Tensor, history_len: torch.Tensor, batch_size: int):
+    """(rows [B], used width) per block of users, in order of history length.
+
+    Each block's inputs then share their leading all-padding columns, which are cut off (most Beauty users
+    have under 10 of the 50 slots filled). Padded keys get a -10000 attention bias, i.e. a softmax weight of
+    exactly 0 in fp32, and positions are right-aligned (see SASRecEncoder._encode), so the scores are those
+    of the full-width input. The metrics are sums over users: the order does not change them.
+    """
+    order = torch.argsort(history_len)
+    used_columns = (inputs > 0).sum(dim=1)[order]
+    widths = torch.stack([block.max() for block in used_columns.split(batch_size)]).tolist()  # one sync
+    for start, width in zip(range(0, len(order), batch_size), widths):
+        yield order[start : start + batch_size], width
+
+
+class _Ranker:
+    """Each answer's rank among all item ids under a protocol: the number of other ids scoring at least as
+    high. Methods that score by dot product with an item table are scanned by popularity (`count_ahead`);
+    any other scoring ranks from the whole score matrix."""
+
+    def __init__(self, method, data: SequenceData, protocol: str):
+        self.method, self.data, self.protocol = method, data, protocol
+        self.fill = 0.0 if protocol == "reference" else float("-inf")
+        self.item_table = method.item_table()  # [item_size, H], or None: the method scores items its own way
+        if self.item_table is not None:
+            item_order, self.scan_position = data.popularity_order()
+            self.chunks = scan_chunks(self.item_table[item_order], data.device)
+        self.excluded = torch.tensor([0, data.item_size - 1], device=data.device)  # strict: padding and mask ids
+
+    def ranks(self, rows, block_inputs, answer, history_len) -> torch.Tensor:
+        data = self.data
+        full = data.full[rows]  # [B, n_max]
+        in_history = data.columns < history_len[:, None]
+        # History = first `history_len` items; columns past it repeat the first item, so that masking them
+        # writes the same value again.
+        history = torch.where(in_history, full, full[:, :1])
+        if self.item_table is not None:
+            answer_score, ahead = self._by_dot(block_inputs, answer, full, in_history, history)
+        else:
+            answer_score, ahead = self._from_scores(block_inputs, answer, history)
+        # A NaN score (a diverged model) ranks nowhere: never a hit.
+        return torch.where(answer_score.isnan(), data.item_size, ahead)
+
+    def _by_dot(self, block_inputs, answer, full, in_history, history):
+        users = self.method.user_repr(block_inputs)  # [B, H]
+        answer_score = (users * self.item_table[answer]).sum(dim=1)
+        answer_in_history = ((full == answer[:, None]) & in_history).any(dim=1)
+        answer_score = torch.where(answer_in_history, self.fill, answer_score)
+        # Masked: the history gets `fill`; the answer itself (not ahead of itself) and, under `strict`, the
+        # padding and mask ids get -inf.
+        strict = [self.excluded.expand(len(answer), 2)] if self.protocol == "strict" else []
+        masked_ids = torch.cat([history, answer[:, None], *strict], dim=1)
+        masked_values = torch.full(masked_ids.shape, float("-inf"), device=self.data.device)
+        masked_values[:, : history.shape[1]] = self.fill
+        ahead = count_ahead(users, self.chunks, self.scan_position[masked_ids], masked_values, answer_score)
+        return answer_score, ahead
+
+    def _from_scores(self, block_inputs, answer, history):
+        scores = self.method.score_items(block_inputs)  # [B, item_size]
+        scores.scatter_(1, history, self.fill)
+        if self.protocol == "strict":
+            scores[:, self.excluded] = float("-inf")
+        answer_score = scores.gather(1, answer[:, None]).squeeze(1)
+        scores.scatter_(1, answer[:, None], float("-inf"))
+        return answer_score, (scores >= answer_score[:, None]).sum(dim=1)
 
 
 def rank_gains(ranks, metric: str):
