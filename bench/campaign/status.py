@@ -72,41 +72,9 @@ def protocol_status(
                        patience=patience, max_users=max_users)
     latest = _latest_records(results_dir)
     estimates = load_estimates(results_dir, COMMITTED_RESULTS)
-    rows, left_s, unknown = [], 0.0, 0
-    for spec in specs:
-        rid = run_identity(spec)[0]
-        record = latest.get(rid)
-        status = (record or {}).get("status", "pending")
-        saved = checkpoints.progress(folder, rid)
-        in_checkpoint = None if saved is None else saved["epochs_done"]
-        row = {"method": spec.method, "dataset": spec.dataset, "seed": spec.seed, "run_id": rid, "status": status,
-               "max_epochs": spec.epochs, "patience": spec.patience, "epochs_done": None, "best_epoch": None,
-               f"test_{SELECTION_METRIC}": None, f"best_valid_{SELECTION_METRIC}": None, "error": None,
-               "expected_left_s": None, "left_if_no_better_s": None}
-        if status == "ok":
-            row["best_epoch"] = record.get("best_epoch")
-            row[f"test_{SELECTION_METRIC}"] = (record.get("test") or {}).get(SELECTION_METRIC)
-            row["epochs_done"] = len(record.get("epochs") or [])
-        else:
-            if status == "failed":
-                row["error"] = record.get("error")
-            if in_checkpoint is not None and status == "pending":
-                row["status"] = "interrupted"  # the grid died with it in flight: its checkpoint remains
-            if row["status"] == "interrupted":
-                row["epochs_done"] = in_checkpoint if in_checkpoint is not None else len(record.get("epochs") or [])
-                row["resumable"] = in_checkpoint is not None  # without a checkpoint it starts over
-                if saved is not None:
-                    row["best_epoch"], row[f"best_valid_{SELECTION_METRIC}"] = saved["best_epoch"], saved["best_valid"]
-            estimate = estimates.get(kind_of(spec))
-            if estimate is None:
-                unknown += 1
-            else:
-                row["expected_left_s"] = estimate.expected(spec.epochs - (in_checkpoint or 0))
-                left_s += row["expected_left_s"]
-                if row["best_epoch"] is not None:  # early stopping ends it at best + patience unless it improves
-                    stop_at = min(spec.epochs, row["best_epoch"] + spec.patience + 1)
-                    row["left_if_no_better_s"] = estimate.expected(stop_at - in_checkpoint)
-        rows.append(row)
+    rows = [_row(spec, run_identity(spec)[0], latest, folder, estimates) for spec in specs]
+    left_s = sum(r["expected_left_s"] or 0.0 for r in rows if r["status"] != "ok")
+    unknown = sum(r["status"] != "ok" and r["expected_left_s"] is None for r in rows)
     whole, whole_unknown = projected_seconds(specs, estimates)
     per_100 = sum(100 * estimates[kind_of(s)].epoch_s for s in specs if kind_of(s) in estimates)
     sources = sorted({estimates[kind_of(s)].source for s in specs if kind_of(s) in estimates})
@@ -130,6 +98,39 @@ def protocol_status(
         "estimates_from": sources,
         "packed": packed,
     }
+
+
+def _row(spec, rid: str, latest: dict[str, dict], folder: Path, estimates: dict) -> dict:
+    """One run of the protocol: its state, how far it got, and the time it is expected to need still."""
+    record = latest.get(rid)
+    status = (record or {}).get("status", "pending")
+    saved = checkpoints.progress(folder, rid)
+    in_checkpoint = None if saved is None else saved["epochs_done"]
+    row = {"method": spec.method, "dataset": spec.dataset, "seed": spec.seed, "run_id": rid, "status": status,
+           "max_epochs": spec.epochs, "patience": spec.patience, "epochs_done": None, "best_epoch": None,
+           f"test_{SELECTION_METRIC}": None, f"best_valid_{SELECTION_METRIC}": None, "error": None,
+           "expected_left_s": None, "left_if_no_better_s": None}
+    if status == "ok":
+        row["best_epoch"] = record.get("best_epoch")
+        row[f"test_{SELECTION_METRIC}"] = (record.get("test") or {}).get(SELECTION_METRIC)
+        row["epochs_done"] = len(record.get("epochs") or [])
+        return row
+    if status == "failed":
+        row["error"] = record.get("error")
+    if in_checkpoint is not None and status == "pending":
+        row["status"] = "interrupted"  # the grid died with it in flight: its checkpoint remains
+    if row["status"] == "interrupted":
+        row["epochs_done"] = in_checkpoint if in_checkpoint is not None else len(record.get("epochs") or [])
+        row["resumable"] = in_checkpoint is not None  # without a checkpoint it starts over
+        if saved is not None:
+            row["best_epoch"], row[f"best_valid_{SELECTION_METRIC}"] = saved["best_epoch"], saved["best_valid"]
+    estimate = estimates.get(kind_of(spec))
+    if estimate is not None:
+        row["expected_left_s"] = estimate.expected(spec.epochs - (in_checkpoint or 0))
+        if row["best_epoch"] is not None:  # early stopping ends it at best + patience unless it improves
+            stop_at = min(spec.epochs, row["best_epoch"] + spec.patience + 1)
+            row["left_if_no_better_s"] = estimate.expected(stop_at - in_checkpoint)
+    return row
 
 
 def _cell(row: dict) -> str:
