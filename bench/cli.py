@@ -19,7 +19,6 @@ that fails (a diverging loss, a crash) is recorded as failed and exits 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -100,7 +99,20 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="intent-bench: intent-learning recommenders, compared")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_data_command(sub)
+    _add_run_command(sub)
+    _add_evaluate_command(sub)
+    _add_tune_command(sub)
+    _add_status_command(sub)
+    _add_packing_command(sub)
+    _add_leaderboard_command(sub)
+    _add_profile_command(sub)
+    _add_records_command(sub)
+    _add_scaling_command(sub)
+    return parser
 
+
+def _add_data_command(sub) -> None:
     data = sub.add_parser("data", help="download and inspect datasets (offline: export BENCH_DATA_MIRROR=<folder>)")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     dl = data_sub.add_parser("download", help="fetch datasets into the cache and verify their checksums")
@@ -111,8 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("names", nargs="*", help="datasets (default: all)")
     st.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
 
+
+def _add_run_command(sub) -> None:
     _add_run_options(sub.add_parser("run", help="train and evaluate one run, or the grid with --all"))
 
+
+def _add_evaluate_command(sub) -> None:
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint in the published layout")
     ev.add_argument("--method", required=True, help=METHOD_HELP)
     ev.add_argument("--dataset", required=True, help=DATASET_HELP)
@@ -122,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
+
+def _add_tune_command(sub) -> None:
     tu = sub.add_parser("tune", help="Optuna study over a method's search space (workers through Ray or local processes)")
     tu.add_argument("--method", help="method to tune")
     tu.add_argument("--dataset", help="dataset to tune on")
@@ -137,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--device", default="auto", help=DEVICE_HELP)
     tu.add_argument("--export", action="store_true", help="write the best config of each study to <results>/tuned")
 
+
+def _add_status_command(sub) -> None:
     stt = sub.add_parser("status", help="the state of a protocol's runs: done, interrupted, failed, pending; GPU time left")
     stt.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
     _add_budget_options(stt)
@@ -148,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     stt.add_argument("--checkpoint-dir", type=Path, help="folder of mid-run checkpoints (default $BENCH_CHECKPOINTS, else ~/.cache/intent-bench/checkpoints)")
     stt.add_argument("--json", action="store_true", help="print the rows and totals as one JSON object")
 
+
+def _add_packing_command(sub) -> None:
     pk = sub.add_parser("packing", help="throughput of 1, 2, 4, 8 concurrent runs on one GPU (or the CPU's cores) through Ray")
     pk.add_argument("--method", default="iclrec", help=METHOD_HELP + " (default iclrec)")
     pk.add_argument("--dataset", default="Beauty", help=DATASET_HELP + " (default Beauty)")
@@ -160,12 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--cpus", type=float, help="CPUs to share between the runs (default: all the machine's)")
     pk.add_argument("--out", type=Path, help="output folder (default <default results>/benchmarks)")
 
+
+def _add_leaderboard_command(sub) -> None:
     lb = sub.add_parser("leaderboard", help="write leaderboard and cost tables and plots from run records")
     lb.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
     lb.add_argument("--out", type=Path, help="output folder (default: the results folder)")
     lb.add_argument("--readme", type=Path, help="README.md whose marked answers block to rewrite (default: the README.md"
                     " beside the results folder, when writing into it; a README without the markers is left alone)")
 
+
+def _add_profile_command(sub) -> None:
     pr = sub.add_parser("profile", help="seconds per phase and the top operators of the training step")
     pr.add_argument("--method", required=True, help=METHOD_HELP)
     pr.add_argument("--dataset", required=True, help=DATASET_HELP)
@@ -176,11 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="override a config value")
     _add_execution_options(pr)
 
+
+def _add_records_command(sub) -> None:
     rec = sub.add_parser("records", help="maintain run records")
     rec_sub = rec.add_subparsers(dest="records_command", required=True)
     mig = rec_sub.add_parser("migrate", help="upgrade records of an older schema to the current one, in place")
     mig.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
 
+
+def _add_scaling_command(sub) -> None:
     sc = sub.add_parser("scaling", help="where alternating k-means stops scaling: ICLRec vs ELCRec cost against N")
     sc.add_argument("--dataset", default="Beauty", help="dataset whose sequences are resampled (default Beauty)")
     sc.add_argument("--users", nargs="+", type=float, metavar="N", help="population sizes (default 1e4 3e4 1e5 3e5 1e6 3e6)")
@@ -194,358 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--threads", type=int, help="torch CPU threads")
     sc.add_argument("--results", type=Path, default=DEFAULT_RESULTS / "scaling", help="output folder (default <default results>/scaling)")
     sc.add_argument("--from-csv", action="store_true", help="only regenerate the table and plots from the CSV")
-    return parser
-
-
-# ------------------------------------------------------------------------------------------------ data
-def cmd_data(args) -> int:
-    from bench.core import data
-
-    names = data.dataset_names() if (getattr(args, "all", False) or not args.names) else args.names
-    if args.data_command == "download":
-        for name in names:
-            path = data.download(name, force=args.force)
-            print(f"{name}: {path} (sha256 verified)")
-        return 0
-    rows = []
-    for name in names:
-        manifest = data.load_manifest(name)
-        stats = data.sequence_stats(data.parse_sequences(data.dataset_path(name)))
-        rows.append({"dataset": name, **stats, "matches_manifest": stats == manifest.expected})
-    if args.json:
-        print(json.dumps(rows))
-    else:
-        print(f"{'dataset':<22}{'users':>9}{'items':>9}{'interactions':>14}{'avg len':>9}{'longest':>9}")
-        for r in rows:
-            print(
-                f"{r['dataset']:<22}{r['users']:>9,}{r['items']:>9,}{r['interactions']:>14,}"
-                f"{r['avg_length']:>9.2f}{r['longest']:>9}" + ("" if r["matches_manifest"] else "  (differs from manifest!)")
-            )
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------- run
-def _print_metrics(title: str, metrics: dict) -> None:
-    print(title)
-    print("  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-
-
-def _spec_options(args) -> dict:
-    """The `make_spec` keywords that single runs and grids share, from argv."""
-    from bench.core.configs import parse_overrides
-
-    return {
-        "profile": args.profile,
-        "epochs": args.epochs,
-        "patience": args.patience,
-        "max_users": args.max_users,
-        "protocol": args.protocol,
-        "config_source": args.configs,
-        "precision": args.precision,
-        "compile": args.compile,
-        "device": args.device,
-        "num_threads": args.threads,
-        "checkpoint_every": args.checkpoint_every,
-        "checkpoint_dir": _checkpoint_dir(args),
-    } | ({} if args.all else {"overrides": parse_overrides(args.overrides)})
-
-
-def _checkpoint_dir(args) -> str | None:
-    """Mid-run checkpoints: asked for by --checkpoint-every or --checkpoint-dir (a time-boxed grid sets them
-    itself); the default folder is the persistent cache of bench/core/checkpoints.py."""
-    from bench.core.checkpoints import default_folder
-
-    if args.checkpoint_dir is None and args.checkpoint_every is None:
-        return None
-    folder = args.checkpoint_dir if args.checkpoint_dir is not None else default_folder()
-    return str(folder.expanduser().resolve())
-
-
-def _check_checkpoint_path(path: str) -> None:
-    """The checkpoint file must be writable before training: a run is not spent to lose its output."""
-    from bench.core.records import check_writable
-
-    target = Path(path).expanduser()
-    if target.is_dir():
-        raise BenchError(f"--save-checkpoint {path} is a folder; give a file name")
-    check_writable(target.resolve().parent, "checkpoint folder")
-
-
-def single_run_spec(args):
-    """The spec of `run --method M --dataset D ...`."""
-    from bench.core.spec import make_spec
-
-    for flag, value in (("--methods", args.methods), ("--datasets", args.datasets), ("--seeds", args.seeds)):
-        if value:
-            raise BenchError(f"{flag} belongs to the grid: add --all, or use --method/--dataset/--seed")
-    return make_spec(args.method, args.dataset, seed=args.seed, save_checkpoint=args.save_checkpoint, **_spec_options(args))
-
-
-def cmd_run(args) -> int:
-    if args.all:
-        return cmd_grid(args)
-    if not args.method or not args.dataset:
-        raise BenchError("run needs --method and --dataset (or --all for the grid)")
-    from bench.core import identity, outcomes, records, train
-
-    if args.time_budget is not None:
-        raise BenchError("--time-budget time-boxes a grid: add --all")
-    spec = single_run_spec(args)
-    records.check_writable(args.results / "runs")
-    if spec.checkpoint_dir:
-        from bench.core import checkpoints
-
-        records.check_writable(Path(spec.checkpoint_dir), "checkpoint folder")
-        rid = identity.run_identity(spec)[0]
-        done = checkpoints.epochs_done(spec.checkpoint_dir, rid)
-        if done is not None:
-            print(f"resuming from {checkpoints.checkpoint_path(spec.checkpoint_dir, rid)} at epoch {done}", file=sys.stderr)
-    if spec.save_checkpoint:
-        _check_checkpoint_path(spec.save_checkpoint)
-    try:
-        record = train.run(spec, progress=True)  # the bars go to stderr; stdout stays clean for --json
-    except BenchError:
-        raise
-    except Exception as exc:  # a diverged or crashed run: recorded as failed, with its reason
-        record = outcomes.failure_record(spec, exc)
-        path = records.save(args.results, record)
-        print(f"error: run failed: {record['error']} (record: {path})", file=sys.stderr)
-        return 1
-    path = records.save(args.results, record)
-    print(f"record: {path}", file=sys.stderr)
-    if record["status"] == "interrupted":  # a SIGTERM (bench/core/termination.py)
-        stop = record["interrupted"]
-        kept = f"checkpoint {stop['checkpoint']}" if stop.get("checkpoint") else "no checkpoint (no --checkpoint-every)"
-        print(f"error: {stop['reason']} after {stop['epochs_done']} of {stop['max_epochs']} epochs; kept: {kept}; "
-              "run the same command again to resume", file=sys.stderr)
-        return termination.EXIT_CODE
-    if args.json:
-        print(json.dumps(record))
-    else:
-        t = record["totals"]
-        _print_metrics(f"test metrics at best epoch {record['best_epoch']}:", record["test"])
-        print(
-            f"time: estep {t['estep_s']:.1f}s, train {t['train_s']:.1f}s, eval {t['eval_s']:.1f}s over "
-            f"{t['epochs_run']} epochs; peak memory {record['peak_memory_bytes'] / 2**20:.0f} MiB"
-        )
-    return 0
-
-
-def cmd_grid(args) -> int:
-    """`run --all`: 0 when every run is ok (or was already), 1 when any failed."""
-    from bench.campaign import grid
-
-    if args.save_checkpoint:
-        raise BenchError("--save-checkpoint names one file: it cannot be used with --all")
-    if args.json:
-        raise BenchError("--json prints one run's record: with --all, read the records under --results")
-    from bench.campaign.schedule import parse_duration
-
-    time_budget = None if args.time_budget is None else parse_duration(args.time_budget)
-    methods = args.methods or ([args.method] if args.method else None)
-    datasets = args.datasets or ([args.dataset] if args.dataset else None)
-    seeds = args.seeds or ([args.seed] if args.seed is not None else None)
-    specs = grid.grid_specs(methods, datasets, seeds, set_pairs=args.overrides, **_spec_options(args))
-    summary = grid.run_grid(
-        specs,
-        args.results,
-        executor=args.executor,
-        address=args.address,
-        cpus_per_run=args.cpus_per_run,
-        gpus_per_run=args.gpus_per_run,
-        progress=True,
-        time_budget=time_budget,
-    )
-    print(
-        f"grid: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} skipped"
-        + (f", {len(summary.interrupted)} interrupted, {len(summary.not_started)} not started"
-           if time_budget or summary.interrupted else "")
-        + f" in {summary.wall_s:.1f} s"
-    )
-    for line in summary.not_started:
-        print(line)
-    for i in summary.interrupted:
-        again = ("run the same command again to resume it" if i.get("checkpoint")
-                 else "no checkpoint (add --checkpoint-every): the same command runs it again from the start")
-        print(f"interrupted: {i['method']} {i['dataset']} seed {i['seed']} at epoch {i.get('epochs_done')} of "
-              f"{i.get('max_epochs')} ({i.get('reason')}); {again}")
-    if summary.claimed_elsewhere or summary.done_elsewhere:
-        print(
-            f"grid: {len(summary.claimed_elsewhere)} runs left to another grid that holds them, "
-            f"{summary.done_elsewhere} finished by another grid meanwhile"
-        )
-        for c in summary.claimed_elsewhere:
-            print(f"held elsewhere: {c['method']} {c['dataset']} seed {c['seed']} by {c['holder']}", file=sys.stderr)
-    print(f"records: {summary.results_dir / 'runs'}")
-    for f in summary.failed:
-        print(f"failed: {f['method']} {f['dataset']} seed {f['seed']}: {f['error']}", file=sys.stderr)
-    if termination.requested():
-        print(f"error: {termination.reason()}: {len(summary.interrupted)} run(s) recorded interrupted at their last "
-              "epoch boundary, no further run started; run the same command again to resume", file=sys.stderr)
-        return termination.EXIT_CODE
-    return summary.exit_code
-
-
-# -------------------------------------------------------------------------------------------- evaluate
-def cmd_evaluate(args) -> int:
-    from bench.core import weights
-    from bench.core.evaluate import evaluate
-
-    method, data = weights.method_from_checkpoint(args.method, args.dataset, args.checkpoint, args.device)
-    metrics = evaluate(method, data, args.split, args.protocol)
-    if args.json:
-        print(json.dumps(metrics))
-    else:
-        _print_metrics(f"{args.method} checkpoint on {args.dataset} {args.split} ({args.protocol} protocol):", metrics)
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------ tune
-def cmd_tune(args) -> int:
-    from bench.core.profiles import get_profile
-    from bench.tuning import tune
-
-    if args.export:
-        tune.export(args.results, storage=args.storage, study=args.study, method=args.method, dataset=args.dataset)
-        return 0
-    if not args.method or not args.dataset:
-        raise BenchError("tune needs --method and --dataset (or --export to write tuned configs)")
-    tune.tune(
-        args.method,
-        args.dataset,
-        profile=get_profile(args.profile),
-        trials=args.trials,
-        parallel=args.parallel,
-        executor=args.executor,
-        storage=args.storage,
-        study=args.study,
-        results=args.results,
-        device=args.device,
-        seed=args.seed,
-        address=args.address,
-    )
-    return 0
-
-
-# ------------------------------------------------------------------------------------ leaderboard, profile
-def cmd_leaderboard(args) -> int:
-    from bench.core.records import check_writable, find_corrupt
-    from bench.reporting.leaderboard import write_leaderboard
-
-    if not (args.results / "runs").is_dir():
-        raise BenchError(f"no run records under {args.results / 'runs'}: run `python -m bench run` first")
-    check_writable(args.out or args.results, "leaderboard output folder")
-    for path in find_corrupt(args.results):  # skipped by the tables; said here too, not only inside them
-        print(f"warning: skipped unreadable record {path}", file=sys.stderr)
-    readme = args.readme or (args.results.parent / "README.md" if args.out is None else None)
-    for path in write_leaderboard(args.results, args.out, readme):
-        print(path)
-    return 0
-
-
-def cmd_profile(args) -> int:
-    from bench.core.configs import parse_overrides
-    from bench.core.spec import check_positive, make_spec
-    from bench.tools.profiling import profile_run
-
-    check_positive("--steps", args.steps)
-    spec = make_spec(
-        args.method,
-        args.dataset,
-        profile=None,
-        epochs=args.epochs,
-        patience=args.epochs,  # never stop early: every asked epoch is timed
-        max_users=args.max_users,
-        overrides=parse_overrides(args.overrides),
-        device=args.device,
-        precision=args.precision,
-        compile=args.compile,
-    )
-    return profile_run(spec, args.steps)
-
-
-# ---------------------------------------------------------------------------------------- status, packing
-def cmd_status(args) -> int:
-    from bench.campaign.status import print_status, protocol_status
-
-    status = protocol_status(
-        args.results, profile=args.profile, methods=args.methods, datasets=args.datasets, seeds=args.seeds,
-        device=args.device, compile=args.compile, checkpoint_dir=args.checkpoint_dir,
-        epochs=args.epochs, patience=args.patience, max_users=args.max_users,
-    )
-    if args.json:
-        print(json.dumps(status))
-    else:
-        print_status(status)
-    return 0
-
-
-def cmd_packing(args) -> int:
-    from bench.campaign.packing import measure_packing
-
-    for path in measure_packing(
-        args.method, args.dataset, concurrency=args.concurrency, compile_modes=args.compile_modes,
-        epochs=args.epochs, max_users=args.max_users, device=args.device, cpus=args.cpus, out_dir=args.out,
-    ):
-        print(path)
-    return 0
-
-
-def cmd_scaling(args) -> int:
-    from bench.tools import scaling
-
-    if args.from_csv:
-        paths = scaling.write_outputs(args.results)
-    else:
-        spec = scaling.ScalingSpec(
-            dataset=args.dataset,
-            users=tuple(args.users) if args.users else scaling.DEFAULT_USERS,
-            device=args.device,
-            backends=tuple(args.kmeans) if args.kmeans else scaling.TIMED_BACKENDS,
-            repeats=args.repeats,
-            repeats_large=args.repeats_large,
-            step_sample=args.steps,
-            validate_smallest=args.validate,
-            threads=args.threads,
-            results=args.results,
-        )
-        paths = scaling.run_study(spec, progress=True)
-    for path in paths:
-        print(path)
-    return 0
-
-
-# --------------------------------------------------------------------------------------------- records
-def cmd_records(args) -> int:
-    from bench.core.migrate import migrate
-    from bench.core.records import RECORD_SCHEMA
-
-    if not (args.results / "runs").is_dir():
-        raise BenchError(f"no records to migrate: {args.results / 'runs'} is not a folder")
-    done = migrate(args.results)
-    for old, new in done.migrated:
-        print(f"migrated {old.name}" + (f" -> {new.name}" if new != old else ""))
-    for line in done.refused:
-        print(f"not migrated: {line}", file=sys.stderr)
-    print(f"records: {len(done.migrated)} migrated to schema {RECORD_SCHEMA}, {done.current} already current, "
-          f"{len(done.refused)} not migrated")
-    return 1 if done.refused else 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench import commands
+
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {
-        "data": cmd_data,
-        "run": cmd_run,
-        "evaluate": cmd_evaluate,
-        "tune": cmd_tune,
-        "leaderboard": cmd_leaderboard,
-        "profile": cmd_profile,
-        "status": cmd_status,
-        "packing": cmd_packing,
-        "scaling": cmd_scaling,
-        "records": cmd_records,
+        "data": commands.cmd_data,
+        "run": commands.cmd_run,
+        "evaluate": commands.cmd_evaluate,
+        "tune": commands.cmd_tune,
+        "leaderboard": commands.cmd_leaderboard,
+        "profile": commands.cmd_profile,
+        "status": commands.cmd_status,
+        "packing": commands.cmd_packing,
+        "scaling": commands.cmd_scaling,
+        "records": commands.cmd_records,
     }
     if args.command in ("run", "tune"):  # the commands that train stop gracefully on SIGTERM
         termination.install()

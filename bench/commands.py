@@ -1,0 +1,349 @@
+"""What each `python -m bench` command does, given its parsed arguments (bench/cli.py builds the parser).
+
+Each `cmd_<name>(args)` returns the exit code. User errors raise BenchError, which the command line turns
+into one line `error: ...` and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from bench.core import termination
+from bench.core.errors import BenchError
+
+
+# ------------------------------------------------------------------------------------------------ data
+def cmd_data(args) -> int:
+    from bench.core import data
+
+    names = data.dataset_names() if (getattr(args, "all", False) or not args.names) else args.names
+    if args.data_command == "download":
+        for name in names:
+            path = data.download(name, force=args.force)
+            print(f"{name}: {path} (sha256 verified)")
+        return 0
+    rows = []
+    for name in names:
+        manifest = data.load_manifest(name)
+        stats = data.sequence_stats(data.parse_sequences(data.dataset_path(name)))
+        rows.append({"dataset": name, **stats, "matches_manifest": stats == manifest.expected})
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(f"{'dataset':<22}{'users':>9}{'items':>9}{'interactions':>14}{'avg len':>9}{'longest':>9}")
+        for r in rows:
+            print(
+                f"{r['dataset']:<22}{r['users']:>9,}{r['items']:>9,}{r['interactions']:>14,}"
+                f"{r['avg_length']:>9.2f}{r['longest']:>9}" + ("" if r["matches_manifest"] else "  (differs from manifest!)")
+            )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- run
+def _print_metrics(title: str, metrics: dict) -> None:
+    print(title)
+    print("  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
+def _spec_options(args) -> dict:
+    """The `make_spec` keywords that single runs and grids share, from argv."""
+    from bench.core.configs import parse_overrides
+
+    return {
+        "profile": args.profile,
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "max_users": args.max_users,
+        "protocol": args.protocol,
+        "config_source": args.configs,
+        "precision": args.precision,
+        "compile": args.compile,
+        "device": args.device,
+        "num_threads": args.threads,
+        "checkpoint_every": args.checkpoint_every,
+        "checkpoint_dir": _checkpoint_dir(args),
+    } | ({} if args.all else {"overrides": parse_overrides(args.overrides)})
+
+
+def _checkpoint_dir(args) -> str | None:
+    """Mid-run checkpoints: asked for by --checkpoint-every or --checkpoint-dir (a time-boxed grid sets them
+    itself); the default folder is the persistent cache of bench/core/checkpoints.py."""
+    from bench.core.checkpoints import default_folder
+
+    if args.checkpoint_dir is None and args.checkpoint_every is None:
+        return None
+    folder = args.checkpoint_dir if args.checkpoint_dir is not None else default_folder()
+    return str(folder.expanduser().resolve())
+
+
+def _check_checkpoint_path(path: str) -> None:
+    """The checkpoint file must be writable before training: a run is not spent to lose its output."""
+    from bench.core.records import check_writable
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise BenchError(f"--save-checkpoint {path} is a folder; give a file name")
+    check_writable(target.resolve().parent, "checkpoint folder")
+
+
+def single_run_spec(args):
+    """The spec of `run --method M --dataset D ...`."""
+    from bench.core.spec import make_spec
+
+    for flag, value in (("--methods", args.methods), ("--datasets", args.datasets), ("--seeds", args.seeds)):
+        if value:
+            raise BenchError(f"{flag} belongs to the grid: add --all, or use --method/--dataset/--seed")
+    return make_spec(args.method, args.dataset, seed=args.seed, save_checkpoint=args.save_checkpoint, **_spec_options(args))
+
+
+def cmd_run(args) -> int:
+    if args.all:
+        return cmd_grid(args)
+    if not args.method or not args.dataset:
+        raise BenchError("run needs --method and --dataset (or --all for the grid)")
+    from bench.core import identity, outcomes, records, train
+
+    if args.time_budget is not None:
+        raise BenchError("--time-budget time-boxes a grid: add --all")
+    spec = single_run_spec(args)
+    records.check_writable(args.results / "runs")
+    if spec.checkpoint_dir:
+        from bench.core import checkpoints
+
+        records.check_writable(Path(spec.checkpoint_dir), "checkpoint folder")
+        rid = identity.run_identity(spec)[0]
+        done = checkpoints.epochs_done(spec.checkpoint_dir, rid)
+        if done is not None:
+            print(f"resuming from {checkpoints.checkpoint_path(spec.checkpoint_dir, rid)} at epoch {done}", file=sys.stderr)
+    if spec.save_checkpoint:
+        _check_checkpoint_path(spec.save_checkpoint)
+    try:
+        record = train.run(spec, progress=True)  # the bars go to stderr; stdout stays clean for --json
+    except BenchError:
+        raise
+    except Exception as exc:  # a diverged or crashed run: recorded as failed, with its reason
+        record = outcomes.failure_record(spec, exc)
+        path = records.save(args.results, record)
+        print(f"error: run failed: {record['error']} (record: {path})", file=sys.stderr)
+        return 1
+    path = records.save(args.results, record)
+    print(f"record: {path}", file=sys.stderr)
+    if record["status"] == "interrupted":  # a SIGTERM (bench/core/termination.py)
+        stop = record["interrupted"]
+        kept = f"checkpoint {stop['checkpoint']}" if stop.get("checkpoint") else "no checkpoint (no --checkpoint-every)"
+        print(f"error: {stop['reason']} after {stop['epochs_done']} of {stop['max_epochs']} epochs; kept: {kept}; "
+              "run the same command again to resume", file=sys.stderr)
+        return termination.EXIT_CODE
+    if args.json:
+        print(json.dumps(record))
+    else:
+        t = record["totals"]
+        _print_metrics(f"test metrics at best epoch {record['best_epoch']}:", record["test"])
+        print(
+            f"time: estep {t['estep_s']:.1f}s, train {t['train_s']:.1f}s, eval {t['eval_s']:.1f}s over "
+            f"{t['epochs_run']} epochs; peak memory {record['peak_memory_bytes'] / 2**20:.0f} MiB"
+        )
+    return 0
+
+
+def cmd_grid(args) -> int:
+    """`run --all`: 0 when every run is ok (or was already), 1 when any failed."""
+    from bench.campaign import grid
+
+    if args.save_checkpoint:
+        raise BenchError("--save-checkpoint names one file: it cannot be used with --all")
+    if args.json:
+        raise BenchError("--json prints one run's record: with --all, read the records under --results")
+    from bench.campaign.schedule import parse_duration
+
+    time_budget = None if args.time_budget is None else parse_duration(args.time_budget)
+    methods = args.methods or ([args.method] if args.method else None)
+    datasets = args.datasets or ([args.dataset] if args.dataset else None)
+    seeds = args.seeds or ([args.seed] if args.seed is not None else None)
+    specs = grid.grid_specs(methods, datasets, seeds, set_pairs=args.overrides, **_spec_options(args))
+    summary = grid.run_grid(
+        specs,
+        args.results,
+        executor=args.executor,
+        address=args.address,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        progress=True,
+        time_budget=time_budget,
+    )
+    print(
+        f"grid: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} skipped"
+        + (f", {len(summary.interrupted)} interrupted, {len(summary.not_started)} not started"
+           if time_budget or summary.interrupted else "")
+        + f" in {summary.wall_s:.1f} s"
+    )
+    for line in summary.not_started:
+        print(line)
+    for i in summary.interrupted:
+        again = ("run the same command again to resume it" if i.get("checkpoint")
+                 else "no checkpoint (add --checkpoint-every): the same command runs it again from the start")
+        print(f"interrupted: {i['method']} {i['dataset']} seed {i['seed']} at epoch {i.get('epochs_done')} of "
+              f"{i.get('max_epochs')} ({i.get('reason')}); {again}")
+    if summary.claimed_elsewhere or summary.done_elsewhere:
+        print(
+            f"grid: {len(summary.claimed_elsewhere)} runs left to another grid that holds them, "
+            f"{summary.done_elsewhere} finished by another grid meanwhile"
+        )
+        for c in summary.claimed_elsewhere:
+            print(f"held elsewhere: {c['method']} {c['dataset']} seed {c['seed']} by {c['holder']}", file=sys.stderr)
+    print(f"records: {summary.results_dir / 'runs'}")
+    for f in summary.failed:
+        print(f"failed: {f['method']} {f['dataset']} seed {f['seed']}: {f['error']}", file=sys.stderr)
+    if termination.requested():
+        print(f"error: {termination.reason()}: {len(summary.interrupted)} run(s) recorded interrupted at their last "
+              "epoch boundary, no further run started; run the same command again to resume", file=sys.stderr)
+        return termination.EXIT_CODE
+    return summary.exit_code
+
+
+# -------------------------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args) -> int:
+    from bench.core import weights
+    from bench.core.evaluate import evaluate
+
+    method, data = weights.method_from_checkpoint(args.method, args.dataset, args.checkpoint, args.device)
+    metrics = evaluate(method, data, args.split, args.protocol)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        _print_metrics(f"{args.method} checkpoint on {args.dataset} {args.split} ({args.protocol} protocol):", metrics)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ tune
+def cmd_tune(args) -> int:
+    from bench.core.profiles import get_profile
+    from bench.tuning import tune
+
+    if args.export:
+        tune.export(args.results, storage=args.storage, study=args.study, method=args.method, dataset=args.dataset)
+        return 0
+    if not args.method or not args.dataset:
+        raise BenchError("tune needs --method and --dataset (or --export to write tuned configs)")
+    tune.tune(
+        args.method,
+        args.dataset,
+        profile=get_profile(args.profile),
+        trials=args.trials,
+        parallel=args.parallel,
+        executor=args.executor,
+        storage=args.storage,
+        study=args.study,
+        results=args.results,
+        device=args.device,
+        seed=args.seed,
+        address=args.address,
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------ leaderboard, profile
+def cmd_leaderboard(args) -> int:
+    from bench.core.records import check_writable, find_corrupt
+    from bench.reporting.leaderboard import write_leaderboard
+
+    if not (args.results / "runs").is_dir():
+        raise BenchError(f"no run records under {args.results / 'runs'}: run `python -m bench run` first")
+    check_writable(args.out or args.results, "leaderboard output folder")
+    for path in find_corrupt(args.results):  # skipped by the tables; said here too, not only inside them
+        print(f"warning: skipped unreadable record {path}", file=sys.stderr)
+    readme = args.readme or (args.results.parent / "README.md" if args.out is None else None)
+    for path in write_leaderboard(args.results, args.out, readme):
+        print(path)
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from bench.core.configs import parse_overrides
+    from bench.core.spec import check_positive, make_spec
+    from bench.tools.profiling import profile_run
+
+    check_positive("--steps", args.steps)
+    spec = make_spec(
+        args.method,
+        args.dataset,
+        profile=None,
+        epochs=args.epochs,
+        patience=args.epochs,  # never stop early: every asked epoch is timed
+        max_users=args.max_users,
+        overrides=parse_overrides(args.overrides),
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+    )
+    return profile_run(spec, args.steps)
+
+
+# ---------------------------------------------------------------------------------------- status, packing
+def cmd_status(args) -> int:
+    from bench.campaign.status import print_status, protocol_status
+
+    status = protocol_status(
+        args.results, profile=args.profile, methods=args.methods, datasets=args.datasets, seeds=args.seeds,
+        device=args.device, compile=args.compile, checkpoint_dir=args.checkpoint_dir,
+        epochs=args.epochs, patience=args.patience, max_users=args.max_users,
+    )
+    if args.json:
+        print(json.dumps(status))
+    else:
+        print_status(status)
+    return 0
+
+
+def cmd_packing(args) -> int:
+    from bench.campaign.packing import measure_packing
+
+    for path in measure_packing(
+        args.method, args.dataset, concurrency=args.concurrency, compile_modes=args.compile_modes,
+        epochs=args.epochs, max_users=args.max_users, device=args.device, cpus=args.cpus, out_dir=args.out,
+    ):
+        print(path)
+    return 0
+
+
+def cmd_scaling(args) -> int:
+    from bench.tools import scaling
+
+    if args.from_csv:
+        paths = scaling.write_outputs(args.results)
+    else:
+        spec = scaling.ScalingSpec(
+            dataset=args.dataset,
+            users=tuple(args.users) if args.users else scaling.DEFAULT_USERS,
+            device=args.device,
+            backends=tuple(args.kmeans) if args.kmeans else scaling.TIMED_BACKENDS,
+            repeats=args.repeats,
+            repeats_large=args.repeats_large,
+            step_sample=args.steps,
+            validate_smallest=args.validate,
+            threads=args.threads,
+            results=args.results,
+        )
+        paths = scaling.run_study(spec, progress=True)
+    for path in paths:
+        print(path)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- records
+def cmd_records(args) -> int:
+    from bench.core.migrate import migrate
+    from bench.core.records import RECORD_SCHEMA
+
+    if not (args.results / "runs").is_dir():
+        raise BenchError(f"no records to migrate: {args.results / 'runs'} is not a folder")
+    done = migrate(args.results)
+    for old, new in done.migrated:
+        print(f"migrated {old.name}" + (f" -> {new.name}" if new != old else ""))
+    for line in done.refused:
+        print(f"not migrated: {line}", file=sys.stderr)
+    print(f"records: {len(done.migrated)} migrated to schema {RECORD_SCHEMA}, {done.current} already current, "
+          f"{len(done.refused)} not migrated")
+    return 1 if done.refused else 0
