@@ -5,7 +5,7 @@ Adding a method: one file in this folder (a `Method` subclass), one line below, 
 
 from __future__ import annotations
 
-from methods.base import Batch, DatasetInfo, Method, MethodConfig, TrainingSet
+from methods.base import REC_LOSSES, TRAINING_EXAMPLES, Batch, DatasetInfo, Method, MethodConfig, TrainingSet
 from methods.cl4srec import CL4SRec
 from methods.elcrec import ELCRec
 from methods.iclrec import ICLRec
@@ -18,4 +18,6 @@ REGISTRY: dict[str, type[Method]] = {
     "elcrec": ELCRec,
 }
 
-__all__ = ["REGISTRY", "Batch", "DatasetInfo", "Method", "MethodConfig", "TrainingSet"]
+__all__ = [
+    "REC_LOSSES", "REGISTRY", "TRAINING_EXAMPLES", "Batch", "DatasetInfo", "Method", "MethodConfig", "TrainingSet",
+]

@@ -21,6 +21,7 @@ import pandas as pd
 
 from bench.core import context as run_context
 from bench.core.evaluate import METRICS
+from methods import REGISTRY
 
 RECORD_SCHEMA = 2  # 2: ICLRec records say kmeans_init (bench/core/migrate.py upgrades schema 1)
 STATUSES = ("ok", "failed", "interrupted")
@@ -203,17 +204,28 @@ def find_corrupt(results_dir: Path) -> list[Path]:
 
 # The faithful (published) value of every execution option: run ids leave these values out, records and
 # tables name the others. precision and compile are RunSpec fields; view_encoding and kmeans_init are
-# config keys (of the methods that have them).
+# config keys (of the methods that have them). rec_loss, a config key of every method, has a faithful value
+# per method (`faithful_values`).
 FAITHFUL = {"precision": "fp32", "compile": "off", "view_encoding": "separate", "kmeans_init": "warm"}
+PUBLISHED_REC_LOSS = "bce"  # of SASRec, CL4SRec, ICLRec, ELCRec, and of any record from before rec_loss existed
+
+
+def faithful_values(method: str | None) -> dict:
+    """FAITHFUL plus `rec_loss` at `method`'s own published value, its config's default (bce for the first
+    four methods, ce_last for ICSRec and DuoRec); bce for a method this harness does not know."""
+    cls = REGISTRY.get(method) if method is not None else None
+    return {**FAITHFUL, "rec_loss": cls.Config.rec_loss if cls is not None else PUBLISHED_REC_LOSS}
 
 
 def variant_label(record: dict) -> str:
     """"faithful", or the mode and every non-default execution option, e.g. "fast (precision=bf16)".
 
-    Records from before execution options existed have no `variant`: they ran the faithful defaults.
+    Records from before execution options existed have no `variant`: they ran the faithful defaults, and
+    records from before rec_loss existed ran bce.
     """
     variant = record.get("variant") or {}
-    options = [f"{k}={variant[k]}" for k, v in FAITHFUL.items() if variant.get(k, v) != v]
+    faithful = faithful_values(record.get("method"))
+    options = [f"{k}={variant[k]}" for k, v in faithful.items() if variant.get(k, v) != v]
     mode = variant.get("mode", "faithful")
     return f"{mode} ({', '.join(options)})" if options else mode
 

@@ -315,7 +315,9 @@ class _StepRunner:
         self._batches = None
 
     def epoch(self):
-        return self.data.train_batches(self.method.config.batch_size, self.generator, self.method.view_maker)
+        from bench.core.step import epoch_batches
+
+        return epoch_batches(self.method, self.data, self.generator)
 
     def next_batch(self):
         while True:
