@@ -9,6 +9,7 @@ from methods.base import REC_LOSSES, TRAINING_EXAMPLES, Batch, DatasetInfo, Meth
 from methods.cl4srec import CL4SRec
 from methods.elcrec import ELCRec
 from methods.iclrec import ICLRec
+from methods.icsrec import ICSRec
 from methods.sasrec import SASRec
 
 REGISTRY: dict[str, type[Method]] = {
@@ -16,6 +17,7 @@ REGISTRY: dict[str, type[Method]] = {
     "cl4srec": CL4SRec,
     "iclrec": ICLRec,
     "elcrec": ELCRec,
+    "icsrec": ICSRec,
 }
 
 __all__ = [
