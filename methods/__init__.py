@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from methods.base import REC_LOSSES, TRAINING_EXAMPLES, Batch, DatasetInfo, Method, MethodConfig, TrainingSet
 from methods.cl4srec import CL4SRec
+from methods.duorec import DuoRec
 from methods.elcrec import ELCRec
 from methods.iclrec import ICLRec
 from methods.icsrec import ICSRec
@@ -18,6 +19,7 @@ REGISTRY: dict[str, type[Method]] = {
     "iclrec": ICLRec,
     "elcrec": ELCRec,
     "icsrec": ICSRec,
+    "duorec": DuoRec,
 }
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""ICSRec: its step term by term, its k-means, the published checkpoint's row."""
+"""ICSRec and DuoRec: their steps term by term, ICSRec's k-means, the published ICSRec checkpoint's row."""
 
 from __future__ import annotations
 
@@ -116,6 +116,24 @@ def test_icsrec_settings_per_dataset():
         c, _ = configs.resolve_config("icsrec", dataset)
         assert (c.coarse_weight, c.fine_weight, c.num_intents, c.false_negative_masking) == values, dataset
         assert (c.rec_loss, c.rec_weight, c.num_layers, c.kmeans_seed) == ("ce_last", 1.0, 2, 1)
+
+
+def test_duorec_step_term_by_term_and_positives_drawn_per_batch(small_data):
+    method = build("duorec", small_data)
+    batch = first_batch(method, small_data)
+    assert torch.equal(small_data.prefix_target[batch.examples], batch.target_pos[:, -1])
+    g = torch.Generator().manual_seed(1)  # drawn anew at every batch: two draws for the same examples differ
+    draws = [method.same_target_examples(batch.examples, small_data, g) for _ in range(2)]
+    assert not torch.equal(*draws) and all(torch.equal(small_data.prefix_target[d], batch.target_pos[:, -1]) for d in draws)
+    method.eval()
+    with torch.no_grad():
+        terms = method.training_step(batch)
+        h, s = method.encode_last(batch.input_ids), method.encode_last(batch.positives)
+        rec = F.cross_entropy(h @ method.item_embeddings.weight.T, batch.target_pos[:, -1])
+        contrastive = nce_loss(h, s)  # no false-negative masking
+    assert terms["rec"].item() == pytest.approx(rec.item(), rel=1e-5)
+    assert terms["contrastive"].item() == pytest.approx(contrastive.item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx((rec + 0.1 * contrastive).item(), rel=1e-5)
 
 
 @pytest.mark.skipif(not ICSREC_CHECKPOINT.is_file(), reason="the published ICSRec checkpoint is not in ../shared")
