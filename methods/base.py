@@ -298,10 +298,21 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
 
     @torch.no_grad()
     def encode_last_eval(self, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """Eval-mode (no dropout) encoding of every row at its last position: [N, H]."""
+        """Eval-mode (no dropout) encoding of every row at its last position: [N, H].
+
+        Rows go through in order of their width (columns from the first item on), each block cut to its
+        widest row, as evaluation does (bench/core/evaluate.py): padded keys weigh exactly 0 and positions
+        are right-aligned, so the outputs are those of the full width (equal up to float rounding), for a
+        fraction of the work (ICSRec's Beauty prefixes fill 8.4 of 50 columns on average).
+        """
         was_training = self.training
         self.eval()
-        last = torch.cat([self.encode_last(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+        width = inputs.shape[1] - (inputs > 0).int().argmax(dim=1)  # [N]; a row of padding only: full width
+        order = torch.argsort(width)
+        widths = torch.stack([w.max() for w in width[order].split(batch_size)]).tolist()  # one host sync
+        last = torch.empty(len(inputs), self.item_embeddings.embedding_dim, device=inputs.device)
+        for block, w in zip(order.split(batch_size), widths):
+            last[block] = self.encode_last(inputs[block, inputs.shape[1] - w :])
         self.train(was_training)
         return last
 

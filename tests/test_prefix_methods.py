@@ -109,6 +109,18 @@ def test_icsrec_kmeans_every_epoch_seed_1_last_position_warm(small_data, monkeyp
     assert calls[0][1]["init"] is None
 
 
+def test_eval_encoding_of_every_example_cut_to_its_width_equals_the_full_width(small_data):
+    method = build("icsrec", small_data, num_intents=16)
+    method.train()
+    inputs = small_data.prefix_input  # rows of 1..19 items in 50 columns
+    got = method.encode_last_eval(inputs, batch_size=100)
+    assert method.training  # the mode is given back
+    method.eval()
+    with torch.no_grad():
+        full = method.encode_last(inputs)
+    assert torch.allclose(got, full, atol=1e-5) and got.shape == full.shape
+
+
 def test_icsrec_settings_per_dataset():
     expect = {"Beauty": (0.3, 0.1, 256, True), "Sports_and_Outdoors": (0.3, 0.1, 256, True),
               "Toys_and_Games": (0.2, 0.1, 1024, True), "Yelp": (0.1, 0.1, 512, False)}
