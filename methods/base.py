@@ -7,6 +7,8 @@ published settings and search space. That is all a new method needs (README, "Ad
 
 What the harness calls, and when (`bench/core/train.py`, `bench/core/evaluate.py`):
 
+    check_config(config)                when a config is resolved, before any data is loaded: ValueError
+                                        for what the method's training data cannot give (ce_last on users)
     Method(config, DatasetInfo, seed)   once per run, after `torch.manual_seed(seed)`
     on_epoch_start(epoch, data)         before each epoch, timed as the **estep** phase; optional
                                         (ICLRec's k-means every epoch, ELCRec's one-off initialisation)
