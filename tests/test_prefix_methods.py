@@ -190,3 +190,15 @@ def test_icsrec_is_faithful_with_ce_last_and_modified_with_bce(tiny_data):
     assert record["run_id"] == records.run_id("icsrec", "synthetic", 1, "custom", "reference", hashed, budget)
     bce = train.run(spec(rec_loss="bce"), progress=False, data=tiny_data)
     assert records.variant_label(bce) == "modified (rec_loss=bce)" and bce["run_id"] != record["run_id"]
+
+
+def test_a_file_that_is_no_checkpoint_is_one_line_naming_the_reason(tmp_path):
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a torch file")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "evaluate", "--method", "icsrec", "--dataset", "Beauty", "--checkpoint", str(bad)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith(f"error: cannot read checkpoint {bad}: not a file of tensors")
+    assert "weights_only" not in proc.stderr  # never the advice to unpickle an untrusted file
