@@ -5,12 +5,14 @@ Adding a method: one file in this folder (a `Method` subclass), one line below, 
 
 from __future__ import annotations
 
-from methods.base import Batch, DatasetInfo, Method, MethodConfig, TrainingSet
+from methods.base import REC_LOSSES, TRAINING_EXAMPLES, Batch, DatasetInfo, Method, MethodConfig, TrainingSet
 from methods.cl4srec import CL4SRec
 from methods.clustering import BACKENDS as KMEANS_BACKENDS
 from methods.clustering import kmeans
+from methods.duorec import DuoRec
 from methods.elcrec import ELCRec
 from methods.iclrec import ICLRec
+from methods.icsrec import ICSRec
 from methods.sasrec import SASRec
 
 REGISTRY: dict[str, type[Method]] = {
@@ -18,7 +20,12 @@ REGISTRY: dict[str, type[Method]] = {
     "cl4srec": CL4SRec,
     "iclrec": ICLRec,
     "elcrec": ELCRec,
+    "icsrec": ICSRec,
+    "duorec": DuoRec,
 }
 
 # kmeans and KMEANS_BACKENDS: the k-means of the intent methods' E-step, for tools that time it apart.
-__all__ = ["KMEANS_BACKENDS", "REGISTRY", "Batch", "DatasetInfo", "Method", "MethodConfig", "TrainingSet", "kmeans"]
+__all__ = [
+    "KMEANS_BACKENDS", "REC_LOSSES", "REGISTRY", "TRAINING_EXAMPLES", "Batch", "DatasetInfo", "Method", "MethodConfig",
+    "TrainingSet", "kmeans",
+]

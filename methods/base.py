@@ -7,9 +7,19 @@ published settings and search space. That is all a new method needs (README, "Ad
 
 What the harness calls, and when (`bench/core/train.py`, `bench/core/evaluate.py`):
 
+    check_config(config)                when a config is resolved, before any data is loaded: ValueError
+                                        for what the method's training data cannot give (ce_last on users)
     Method(config, DatasetInfo, seed)   once per run, after `torch.manual_seed(seed)`
     on_epoch_start(epoch, data)         before each epoch, timed as the **estep** phase; optional
                                         (ICLRec's k-means every epoch, ELCRec's one-off initialisation)
+    training_examples                   a class attribute: "users" (one example per user: input s[:-3],
+                                        a target at every position) or "prefixes" (one example per prefix
+                                        of s[:-3], docs/methods.md "Prefix examples"); the harness serves
+                                        batches of that set
+    same_target_examples(examples, data, generator)
+                                        prefix methods only, optional: for each example of the batch (rows
+                                        of `data.prefix_input`) the index of another example with the same
+                                        target, whose input arrives as `batch.positives`
     make_views(seqs, lengths, max_len, generator)
                                         only when `num_views > 0`: the batch's augmented views, built by the
                                         method itself from each user's training part (`AugmentedMethod` has
@@ -23,8 +33,14 @@ What the harness calls, and when (`bench/core/train.py`, `bench/core/evaluate.py
     run_info()                          facts for the run record (e.g. which k-means backend ran)
     state_dict()                        the checkpoint, in the published layout
 
-What a method may override: `on_epoch_start`, `make_views`, `user_repr`, `score_items`, `run_info`,
-`config_from_checkpoint`; it must implement `training_step`. Everything else is the harness's.
+What a method may override: `on_epoch_start`, `make_views`, `same_target_examples`, `user_repr`,
+`score_items`, `run_info`, `config_from_checkpoint`; it must implement `training_step`. Everything else is
+the harness's.
+
+The recommendation loss is a config option of every method, `rec_loss` (docs/methods.md, "Recommendation
+losses"): "bce" (one sampled negative per position; the published loss of SASRec, CL4SRec, ICLRec and
+ELCRec), "ce" (full softmax at every position with a target) or "ce_last" (full softmax at the last
+position; prefix examples only). `Method.rec_loss(hidden, batch)` computes whichever the config names.
 
 A method is an `SASRecEncoder` subclass rather than a wrapper around one so that its `state_dict` has
 exactly the published keys (`item_embeddings.weight`, ..., ELCRec's `cluster_centers`) with no renaming:
@@ -42,6 +58,7 @@ import torch
 
 from methods.augment import augment
 from methods.encoder import SASRecEncoder
+from methods.losses import full_softmax_ce, rec_bce_loss, rec_ce_loss
 
 
 @dataclass
@@ -49,18 +66,27 @@ class Batch:
     """One training batch, as the harness hands it to `training_step`. All tensors [B, L] (left-padded)
     unless noted."""
 
-    users: torch.Tensor  # [B] row indices into the dataset
-    input_ids: torch.Tensor  # s[:-3], last L items
-    target_pos: torch.Tensor  # s[1:-2], aligned with input_ids; 0 where there is no target
+    users: torch.Tensor  # [B] row indices into the dataset (for prefix examples: each example's user)
+    input_ids: torch.Tensor  # users: s[:-3], last L items; prefixes: the L items before the example's target
+    target_pos: torch.Tensor  # the next item at every position of input_ids; 0 where there is no target
     target_neg: torch.Tensor  # one sampled negative per position with a target, else 0
     views: tuple[torch.Tensor, ...] = ()  # augmented views of s[:-3], each [B, L]
+    examples: torch.Tensor | None = None  # [B] prefix examples only: rows of `TrainingSet.prefix_input`
+    positives: torch.Tensor | None = None  # [B, L] inputs of the same-target examples a method chose
 
 
 class TrainingSet(Protocol):
-    """What `on_epoch_start` sees of the data: the encoder input of every training user."""
+    """What `on_epoch_start` and `same_target_examples` see of the data: the encoder input of every training
+    user and of every prefix example (the prefix set is built on first use)."""
 
     num_users: int
     train_input: torch.Tensor  # [N, L] left-padded item ids, what `Batch.input_ids` rows are drawn from
+    prefix_input: torch.Tensor  # [P, L] one row per prefix example, users in file order, then targets in order
+    prefix_target: torch.Tensor  # [P] each prefix example's target item
+
+
+TRAINING_EXAMPLES = ("users", "prefixes")
+REC_LOSSES = ("bce", "ce", "ce_last")
 
 
 @dataclass
@@ -76,9 +102,12 @@ class MethodConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 256
+    rec_loss: str = "bce"  # bce (published for the first four methods) | ce | ce_last (prefix examples)
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid value. Subclasses extend it."""
+        if self.rec_loss not in REC_LOSSES:
+            raise ValueError(f"rec_loss must be {', '.join(REC_LOSSES[:-1])} or {REC_LOSSES[-1]}, got {self.rec_loss!r}")
         positive = ("num_layers", "hidden_size", "num_heads", "max_len", "batch_size", "lr")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -138,8 +167,10 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
     color: ClassVar[str] = "#8172b3"  # its colour in every plot
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     num_views: ClassVar[int] = 0  # augmented views per user that the harness adds to every batch
+    training_examples: ClassVar[str] = "users"  # or "prefixes" (see the module doc)
 
     def __init__(self, config: MethodConfig, info: DatasetInfo, seed: int = 1):
+        self.check_config(config)
         super().__init__(
             item_size=info.item_size,
             hidden=config.hidden_size,
@@ -152,6 +183,16 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
         self.config = config
         self.info = info
         self.seed = seed
+
+    @classmethod
+    def check_config(cls, config: MethodConfig) -> None:
+        """Raise ValueError when `config` asks for something this method's training data cannot give. The
+        harness calls it when it resolves a config, before any data is loaded."""
+        if config.rec_loss == "ce_last" and cls.training_examples != "prefixes":
+            raise ValueError(
+                f"rec_loss ce_last needs prefix examples, and {cls.__name__} trains on one example per user "
+                "(use bce or ce)"
+            )
 
     # -- hooks the harness calls ---------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, data: TrainingSet) -> None:  # noqa: B027 - optional by design
@@ -194,23 +235,59 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
         `lengths` [B]); draws only from `generator`. Methods with `num_views > 0` implement it."""
         raise NotImplementedError(f"{type(self).__name__} declares num_views={self.num_views} but no make_views")
 
+    @property
+    def positive_maker(self):
+        """What the harness's batch maker calls for `batch.positives`: `same_target_examples`, or None."""
+        if self.training_examples != "prefixes" or type(self).same_target_examples is Method.same_target_examples:
+            return None
+        return self.same_target_examples
+
+    def same_target_examples(
+        self, examples: torch.Tensor, data: TrainingSet, generator: torch.Generator
+    ) -> torch.Tensor:
+        """For each prefix example [B] of a batch, the index of an example with the same target [B] (a
+        positive); draws only from `generator`. Prefix methods that contrast such pairs implement it."""
+        raise NotImplementedError(f"{type(self).__name__} chooses no same-target examples")
+
     def run_info(self) -> dict:
         """Facts about how the run executed that belong in its record (e.g. which k-means backend ran)."""
         return {}
 
     # -- helpers shared by methods --------------------------------------------------------------------
-    def encode_separately(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Independent encoder passes over several inputs: [B_i, L, H] each.
+    def rec_loss(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The recommendation loss the config names, from the rec pass: `hidden` [B, L, H], or [B, H] (the
+        last position only) when the loss is ce_last (docs/methods.md, "Recommendation losses")."""
+        table = self.item_embeddings.weight
+        kind = self.config.rec_loss
+        if kind == "bce":
+            return rec_bce_loss(hidden, table, batch.target_pos, batch.target_neg)
+        if kind == "ce":
+            return rec_ce_loss(hidden, table, batch.target_pos)
+        last = hidden if hidden.dim() == 2 else hidden[:, -1]
+        return full_softmax_ce(last, table, batch.target_pos[:, -1])
+
+    def encode_separately(self, *inputs: torch.Tensor, last_only: bool = False) -> tuple[torch.Tensor, ...]:
+        """Independent encoder passes over several inputs: [B_i, L, H] each, or [B_i, H] with `last_only`
+        (the output at the last position, `encode_last`: same numbers, the last layer computes one row).
 
         Every row gets its own dropout draw, exactly as if each input had its own forward pass (the
         published code's passes per batch). How the rows are grouped only changes speed: on a GPU one large
         call keeps the device busy; on a CPU chunks of 128 rows keep activations in cache (measured on 2
         cores: 128-row chunks 0.35 s, three separate passes 0.39 s, one call 0.49 s per ICLRec step).
         """
+        encode = self.encode_last if last_only else self
         rows = torch.cat(inputs)  # [sum B_i, L]
         chunk = len(rows) if rows.is_cuda else CPU_CHUNK_ROWS
-        out = torch.cat([self(part) for part in rows.split(chunk)]) if len(rows) > chunk else self(rows)
+        out = torch.cat([encode(part) for part in rows.split(chunk)]) if len(rows) > chunk else encode(rows)
         return out.split([len(x) for x in inputs])
+
+    def encode_rec_and_last(self, rec_input: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Independent passes: the rec pass over `rec_input` ([B, L, H]; [B, H] when the loss is ce_last,
+        which reads the last position only) and a pass over each of `inputs`, read at the last position."""
+        if self.config.rec_loss == "ce_last":
+            return self.encode_separately(rec_input, *inputs, last_only=True)  # [B_i, H] each
+        (hidden,) = self.encode_separately(rec_input)
+        return (hidden, *self.encode_separately(*inputs, last_only=True))
 
     @torch.no_grad()
     def encode_mean_pooled(self, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
@@ -220,6 +297,26 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
         pooled = torch.cat([self(inputs[i : i + batch_size]).mean(dim=1) for i in range(0, len(inputs), batch_size)])
         self.train(was_training)
         return pooled
+
+    @torch.no_grad()
+    def encode_last_eval(self, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Eval-mode (no dropout) encoding of every row at its last position: [N, H].
+
+        Rows go through in order of their width (columns from the first item on), each block cut to its
+        widest row, as evaluation does (bench/core/evaluate.py): padded keys weigh exactly 0 and positions
+        are right-aligned, so the outputs are those of the full width (equal up to float rounding), for a
+        fraction of the work (ICSRec's Beauty prefixes fill 8.4 of 50 columns on average).
+        """
+        was_training = self.training
+        self.eval()
+        width = inputs.shape[1] - (inputs > 0).int().argmax(dim=1)  # [N]; a row of padding only: full width
+        order = torch.argsort(width)
+        widths = torch.stack([w.max() for w in width[order].split(batch_size)]).tolist()  # one host sync
+        last = torch.empty(len(inputs), self.item_embeddings.embedding_dim, device=inputs.device)
+        for block, w in zip(order.split(batch_size), widths):
+            last[block] = self.encode_last(inputs[block, inputs.shape[1] - w :])
+        self.train(was_training)
+        return last
 
     @classmethod
     def config_from_checkpoint(cls, state_dict: dict[str, torch.Tensor]) -> dict:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.base import AugmentedConfig, AugmentedMethod
-from methods.losses import nce_loss, rec_bce_loss
+from methods.losses import nce_loss
 
 
 @dataclass
@@ -28,7 +28,7 @@ class CL4SRec(AugmentedMethod):
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         # Two independent encodings (rec pass, instance pass), each with its own dropout.
         hidden, views = self.encode_separately(batch.input_ids, torch.cat(batch.views))  # [B|2B, L, H]
-        rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)
+        rec = self.rec_loss(hidden, batch)
         view1, view2 = views.flatten(1).chunk(2)  # [B, L*H] each
         instance = nce_loss(view1, view2, self.config.temperature)
         loss = rec + self.config.cl_weight * instance

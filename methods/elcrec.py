@@ -22,7 +22,7 @@ from torch import nn
 
 from methods.clustering import nearest_centroid
 from methods.intent import IntentConfig, IntentMethod
-from methods.losses import elcrec_cluster_loss, intent_loss, nce_loss, rec_bce_loss
+from methods.losses import elcrec_cluster_loss, intent_loss, nce_loss
 
 
 @dataclass
@@ -59,7 +59,7 @@ class ELCRec(IntentMethod):
         c = self.config
         # Three independent encodings (rec pass, instance pass, intent pass), each with its own dropout.
         hidden, instance_views, intent_views = self.encode_step_inputs(batch)
-        rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)  # [B, L, H]
+        rec = self.rec_loss(hidden, batch)  # [B, L, H]
 
         with_centers, cluster, user_centers = self.clustering_terms(hidden, instance_views)
         view1, view2 = with_centers.flatten(1).chunk(2)

@@ -1,4 +1,4 @@
-"""The SASRec transformer shared by all four methods (docs/methods.md, "Encoder").
+"""The SASRec transformer shared by every method (docs/methods.md, "Encoder").
 
 This is the S3-Rec / ICLRec re-implementation of SASRec: post-LayerNorm blocks, GELU (erf form), LayerNorm
 eps 1e-12, additive -10000 attention mask, N(0, 0.02) initialisation. Attribute names follow the published

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from methods.clustering import INITS, nearest_centroid
 from methods.intent import IntentConfig, IntentMethod
-from methods.losses import intent_loss, nce_loss, rec_bce_loss
+from methods.losses import intent_loss, nce_loss
 
 
 @dataclass
@@ -57,7 +57,7 @@ class ICLRec(IntentMethod):
         c = self.config
         # Three independent encodings (rec pass, instance pass, intent pass), each with its own dropout.
         hidden, instance_views, intent_views = self.encode_step_inputs(batch)
-        rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)  # [B, L, H]
+        rec = self.rec_loss(hidden, batch)  # [B, L, H]
 
         view1, view2 = instance_views.flatten(1).chunk(2)  # [B, L*H] each
         instance = nce_loss(view1, view2, c.temperature)

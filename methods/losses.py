@@ -1,4 +1,5 @@
-"""Training losses shared by the four methods (docs/methods.md, "Losses", "The methods"), in the published code's exact form."""
+"""Training losses of the methods (docs/methods.md, "Losses", "Recommendation losses", "The methods"), in the
+published code's exact form."""
 
 from __future__ import annotations
 
@@ -31,6 +32,22 @@ def rec_bce_loss(
     return (per_position * is_target).sum() / is_target.sum().clamp(min=1)
 
 
+def full_softmax_ce(vectors: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of softmax(vectors . item_weight^T) over all V rows of the table (padding and mask
+    id included, as ICSRec and DuoRec compute it). vectors [N, H], item_weight [V, H], targets [N]."""
+    return F.cross_entropy(vectors @ item_weight.T, targets)
+
+
+def rec_ce_loss(seq_out: torch.Tensor, item_weight: torch.Tensor, target_pos: torch.Tensor) -> torch.Tensor:
+    """Full-softmax cross-entropy at every position with target > 0, averaged over those positions.
+
+    seq_out [B, L, H], target_pos [B, L]. Only the target positions are scored: on user examples they are
+    about an eighth of the B*L, and each costs a row of V logits.
+    """
+    has_target = target_pos > 0  # [B, L]
+    return full_softmax_ce(seq_out[has_target], item_weight, target_pos[has_target])  # [T, H] -> scalar
+
+
 def nce_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Two-view InfoNCE: row i's positive is its partner view; every other vector of both views is a negative.
 
@@ -45,6 +62,24 @@ def nce_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 1.0) -> torc
     logits = torch.cat([torch.cat([sim_ab, sim_aa], dim=1), torch.cat([sim_bb, sim_ab.T], dim=1)])  # [2B, 2B]
     # Row i < B has its positive a_i.b_i at column i; row B+i has b_i.a_i at column B+i.
     return F.cross_entropy(logits, torch.arange(2 * n, device=a.device))
+
+
+def masked_nce_loss(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """ICSRec's InfoNCE with false-negative masking: a_i and b_i are a positive pair with label labels[i].
+
+    a, b [B, D], labels [B]. With z = [a; b], row r's logits are its partner's similarity followed by all 2B
+    similarities of z_r, where every column whose label equals row r's label is -inf (itself, its partner,
+    and every other sample of that label); the loss is the cross-entropy with target 0, mean over 2B rows.
+    """
+    z = torch.cat([a, b])  # [2B, D]
+    sim = z @ z.T / temperature  # [2B, 2B]
+    n = a.shape[0]
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(a.device)  # [2B]
+    positive = sim.gather(1, partner[:, None])  # [2B, 1]
+    both = torch.cat([labels, labels])  # [2B]
+    negatives = sim.masked_fill(both[:, None] == both[None, :], float("-inf"))  # [2B, 2B]
+    logits = torch.cat([positive, negatives], dim=1)  # [2B, 1 + 2B]
+    return F.cross_entropy(logits, torch.zeros(2 * n, dtype=torch.long, device=a.device))
 
 
 def intent_loss(

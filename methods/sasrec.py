@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from methods.base import Method, MethodConfig
-from methods.losses import rec_bce_loss
 
 
 @dataclass
@@ -23,5 +22,5 @@ class SASRec(Method):
 
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         hidden = self(batch.input_ids)  # [B, L, H]
-        rec = rec_bce_loss(hidden, self.item_embeddings.weight, batch.target_pos, batch.target_neg)
+        rec = self.rec_loss(hidden, batch)
         return {"rec": rec, "loss": rec}

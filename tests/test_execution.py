@@ -62,12 +62,14 @@ def test_faithful_run_is_recorded_as_faithful_and_keeps_the_id_it_had_before_the
     s = spec("iclrec")
     record = train.run(s, progress=False, data=tiny_data)
     assert record["variant"] == {"mode": "faithful", "precision": "fp32", "compile": "off", "view_encoding": "separate",
-                                 "kmeans_init": "warm"}
+                                 "kmeans_init": "warm", "rec_loss": "bce"}
     assert record["spec"]["precision"] == "fp32" and record["spec"]["compile"] == "off"
     assert record["config"]["view_encoding"] == "separate" and record["config"]["kmeans_init"] == "warm"
-    # Faithful values of the execution options stay out of the hash (and precision/compile out of the
-    # budget): the id of the faithful run is exactly the hash of the config without them ...
-    config_without = {k: v for k, v in record["config"].items() if k not in ("view_encoding", "kmeans_init")}
+    assert record["config"]["rec_loss"] == "bce"
+    # Faithful values of the execution options (and the method's published rec_loss) stay out of the hash
+    # (and precision/compile out of the budget): the id of the faithful run is exactly the hash of the config
+    # without them ...
+    config_without = {k: v for k, v in record["config"].items() if k not in ("view_encoding", "kmeans_init", "rec_loss")}
     assert record["run_id"] == records.run_id("iclrec", "synthetic", 1, "custom", "reference", config_without, budget_of(s))
     # ... and not the hash of the config as it is now (else the check above could not tell the two apart).
     assert record["run_id"] != records.run_id("iclrec", "synthetic", 1, "custom", "reference", record["config"], budget_of(s))
@@ -100,6 +102,34 @@ def test_records_written_before_the_options_existed_keep_their_run_ids():
         if identity.run_identity(s)[0] != record["run_id"]:
             mismatched.append(path.name)
     assert not mismatched, f"{len(mismatched)} of {len(paths)} old records would get a new id (and be re-run): {mismatched}"
+
+
+# --------------------------------------------------------------------------------------------- rec_loss
+def test_committed_records_keep_their_ids_now_that_every_config_has_rec_loss():
+    # Records from before rec_loss existed have none in their config; at the method's published value it
+    # stays out of the hash, so adding the field changes no id (and a grid re-runs nothing).
+    paths = sorted((REPO / "results" / "runs").glob("*.json"))
+    assert paths
+    for path in paths:
+        record = records.read_record(path)
+        fields = {k: v for k, v in record["spec"].items() if k in train.RunSpec.__dataclass_fields__}
+        s = train.RunSpec(**{**fields, "device": record["device"]})
+        published = records.faithful_values(record["method"])["rec_loss"]
+        assert identity.identity_of(s, record["config"]) == record["run_id"], path.name
+        assert identity.identity_of(s, {**record["config"], "rec_loss": published}) == record["run_id"], path.name
+
+
+def test_sasrec_with_ce_is_recorded_as_a_modified_run_with_its_own_id(tiny_data):
+    faithful = train.run(spec("sasrec"), progress=False, data=tiny_data)
+    s = spec("sasrec", overrides={"rec_loss": "ce"})
+    record = train.run(s, progress=False, data=tiny_data)
+    assert record["config"]["rec_loss"] == "ce" and record["variant"]["rec_loss"] == "ce"
+    assert record["variant"]["mode"] == "modified" and records.variant_label(record) == "modified (rec_loss=ce)"
+    assert records.variant_label(faithful) == "faithful"
+    assert record["run_id"] == records.run_id("sasrec", "synthetic", 1, "custom", "reference", record["config"], budget_of(s))
+    config_without = {k: v for k, v in faithful["config"].items() if k != "rec_loss"}
+    assert faithful["run_id"] == records.run_id("sasrec", "synthetic", 1, "custom", "reference", config_without, budget_of(s))
+    assert record["run_id"] != faithful["run_id"]
 
 
 # ----------------------------------------------------------------------------------- shared view encoding
@@ -137,10 +167,10 @@ def test_shared_view_encoding_saves_one_encoder_pass_and_is_a_fast_run_with_its_
     expected = {"mode": "fast", "precision": "fp32", "compile": "off", "view_encoding": "shared"}
     if method_name == "iclrec":
         expected["kmeans_init"] = "warm"
-    assert record["variant"] == expected
+    assert record["variant"] == {**expected, "rec_loss": "bce"}
     assert record["config"]["view_encoding"] == "shared" and record["config_source"] == "custom"
     # A non-default value stays in the hash, so the fast run never shares an id with the faithful one.
-    hashed = {k: v for k, v in record["config"].items() if k != "kmeans_init"}  # faithful "warm": left out
+    hashed = {k: v for k, v in record["config"].items() if k not in ("kmeans_init", "rec_loss")}  # faithful: left out
     assert record["run_id"] == records.run_id(method_name, "synthetic", 1, "custom", "reference", hashed, budget_of(s))
     assert record["run_id"] != identity.run_identity(spec(method_name))[0]
 
@@ -155,14 +185,14 @@ def test_bf16_runs_on_cpu_end_to_end_as_a_fast_run_with_its_own_id(method_name, 
         expected["view_encoding"] = "separate"
     if method_name == "iclrec":
         expected["kmeans_init"] = "warm"
-    assert record["variant"] == expected
+    assert record["variant"] == {**expected, "rec_loss": "bce"}
     assert record["spec"]["precision"] == "bf16"
     losses = record["epochs"][0]["losses"]
     assert "loss" in losses and all(math.isfinite(v) for v in losses.values()), losses
     assert all(math.isfinite(v) for v in record["test"].values())
     assert record["run_id"] == records.run_id(
         method_name, "synthetic", 1, "custom", "reference",
-        {k: v for k, v in record["config"].items() if k not in ("view_encoding", "kmeans_init")},
+        {k: v for k, v in record["config"].items() if k not in ("view_encoding", "kmeans_init", "rec_loss")},
         budget_of(s, precision="bf16"),
     )
     assert record["run_id"] != identity.run_identity(spec(method_name))[0]

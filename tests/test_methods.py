@@ -1,4 +1,4 @@
-"""The method interface and the four methods: contract, E-step, learnable centers, configs, CLI."""
+"""The method interface and the methods: contract, E-step, learnable centers, configs, CLI."""
 
 from __future__ import annotations
 
@@ -24,13 +24,19 @@ def build(name: str, data, **overrides):
     return cls(configs.build_config(cls.Config, values, "test"), DatasetInfo("synthetic", data.item_size, data.num_users))
 
 
+def batches(method, data, batch_size: int, generator: torch.Generator):
+    """An epoch of the batches `method` trains on (its kind of examples, its views or positives)."""
+    return data.train_batches(batch_size, generator, method.view_maker, examples=method.training_examples,
+                              same_target=method.positive_maker)
+
+
 def train_epochs(method, data, epochs: int, lr: float = 1e-3) -> None:
     optimizer = torch.optim.Adam(method.parameters(), lr=lr)
     g = torch.Generator().manual_seed(0)
     for epoch in range(epochs):
         method.train()
         method.on_epoch_start(epoch, data)
-        for batch in data.train_batches(64, g, method.view_maker):
+        for batch in batches(method, data, 64, g):
             terms = method.training_step(batch)
             optimizer.zero_grad()
             terms["loss"].backward()
@@ -50,12 +56,13 @@ def test_every_method_learns_in_two_epochs(name, small_data):
 def test_training_step_contract(name, small_data):
     method = build(name, small_data)
     method.on_epoch_start(0, small_data)
-    batch = next(small_data.train_batches(32, torch.Generator().manual_seed(0), method.view_maker))
+    batch = next(batches(method, small_data, 32, torch.Generator().manual_seed(0)))
     terms = method.training_step(batch)
     assert "loss" in terms and "rec" in terms
     assert all(t.dim() == 0 and torch.isfinite(t) for t in terms.values())
     expected = {"sasrec": {"rec"}, "cl4srec": {"rec", "instance"}, "iclrec": {"rec", "instance", "intent"},
-                "elcrec": {"rec", "instance", "cluster", "intent"}}[name]
+                "elcrec": {"rec", "instance", "cluster", "intent"}, "icsrec": {"rec", "coarse", "fine"},
+                "duorec": {"rec", "contrastive"}}[name]
     assert set(terms) - {"loss"} == expected
     assert method.score_items(batch.input_ids).shape == (32, small_data.item_size)
 
@@ -71,7 +78,7 @@ def test_iclrec_estep_every_epoch_with_unit_prototypes(small_data, monkeypatch):
     g = torch.Generator().manual_seed(0)
     for epoch in range(3):  # as the loop calls it: before every epoch, with training steps in between
         method.on_epoch_start(epoch, small_data)
-        batch = next(small_data.train_batches(64, g, method.view_maker))
+        batch = next(batches(method, small_data, 64, g))
         optimizer.zero_grad()
         method.training_step(batch)["loss"].backward()
         optimizer.step()
@@ -93,7 +100,7 @@ def test_elcrec_kmeans_only_once_and_centers_learn(small_data, monkeypatch):
     assert torch.allclose(before.norm(dim=1), torch.ones(16), atol=1e-5)
     optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
-    for batch in list(small_data.train_batches(64, g, method.view_maker))[:3]:
+    for batch in list(batches(method, small_data, 64, g))[:3]:
         terms = method.training_step(batch)
         # projected in place before the clustering term: unit norm when the losses were computed
         assert torch.allclose(method.cluster_centers.norm(dim=1), torch.ones(16), atol=1e-5)
@@ -178,3 +185,22 @@ def test_run_json_record_and_elcrec_checkpoint_roundtrip(tmp_path):
     proc = _bench("evaluate", "--method", "elcrec", "--dataset", "Beauty", "--checkpoint", str(ckpt), "--json", check=True)
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(metrics) == set(record["test"]) and all(0 <= v <= 1 for v in metrics.values())
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_method_trains_with_every_rec_loss_its_examples_allow(name, small_data):
+    prefixes = REGISTRY[name].training_examples == "prefixes"
+    assert REGISTRY[name].Config().rec_loss == ("ce_last" if prefixes else "bce")  # the published loss
+    for rec_loss in ("bce", "ce", "ce_last"):
+        if rec_loss == "ce_last" and not prefixes:
+            with pytest.raises(BenchError, match="rec_loss ce_last needs prefix examples"):
+                configs.resolve_config(name, "Beauty", overrides={"rec_loss": rec_loss})
+            with pytest.raises(ValueError, match="needs prefix examples"):
+                build(name, small_data, rec_loss=rec_loss)
+            continue
+        method = build(name, small_data, rec_loss=rec_loss)
+        method.on_epoch_start(0, small_data)
+        batch = next(batches(method, small_data, 32, torch.Generator().manual_seed(0)))
+        terms = method.training_step(batch)
+        terms["loss"].backward()
+        assert torch.isfinite(terms["rec"]) and method.item_embeddings.weight.grad.abs().sum() > 0, rec_loss

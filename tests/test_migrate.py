@@ -23,11 +23,13 @@ def _run(method: str, tiny_data, **overrides) -> dict:
 
 
 def _as_schema_1(record: dict) -> dict:
-    """A record as schema 1 wrote it: no kmeans_init anywhere, the id computed without it."""
+    """A record as schema 1 wrote it: no kmeans_init (nor rec_loss, which came later) anywhere, the id computed
+    without it."""
     old = json.loads(json.dumps(record))
     old["schema"] = 1
-    old["config"].pop("kmeans_init", None)
-    old["variant"].pop("kmeans_init", None)
+    for key in ("kmeans_init", "rec_loss"):
+        old["config"].pop(key, None)
+        old["variant"].pop(key, None)
     if old["variant"]["mode"] == "modified":
         old["variant"]["mode"] = "faithful"
     spec = train.RunSpec(**{k: v for k, v in old["spec"].items()})
@@ -57,7 +59,7 @@ def test_schema_1_records_are_upgraded_and_iclrec_gets_the_fresh_kmeans_id(tiny_
     upgraded = {r["method"]: r for r in map(records.read_record, (tmp_path / "runs").glob("*.json")) if r}
     assert upgraded["iclrec"]["run_id"] == fresh["run_id"]  # the id a fresh run gets today
     assert upgraded["iclrec"]["config"]["kmeans_init"] == "fresh"
-    assert upgraded["iclrec"]["variant"] == fresh["variant"]
+    assert upgraded["iclrec"]["variant"] == {k: v for k, v in fresh["variant"].items() if k != "rec_loss"}
     assert upgraded["sasrec"]["run_id"] == sasrec["run_id"] and upgraded["sasrec"]["schema"] == 2
     assert records.read_record(bad_path) is None  # still schema 1: unreadable until fixed, not half-used
     assert not records.record_path(tmp_path, old_iclrec).exists()  # moved, not copied

@@ -92,6 +92,8 @@ def test_a_diverging_run_in_the_grid_is_a_failed_record(tmp_path):
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--patience", "0"], "--patience must be >= 1"),
         (["--set", "lr=nan"], "not a finite number"),
+        (["--set", "rec_loss=softmax"], "rec_loss must be bce, ce or ce_last, got 'softmax'"),
+        (["--set", "rec_loss=ce_last"], "rec_loss ce_last needs prefix examples"),
     ],
 )
 def test_bad_run_values_are_one_line_errors(tmp_path, argv, needle):

@@ -102,19 +102,22 @@ def check_packing(gpus_per_run: float | None, gpus_here: int, remote: bool) -> N
 # ----------------------------------------------------------------------------------------------- estimates
 def kind_of(spec: RunSpec) -> tuple:
     """Runs of one kind cost the same per epoch: method, dataset, device, data size and execution options
-    (compile mode, precision, view encoding)."""
+    (compile mode, precision, view encoding), and the recommendation loss (ce scores every item)."""
     view_encoding = str(spec.overrides.get("view_encoding", "separate"))
+    rec_loss = str(spec.overrides.get("rec_loss", records.faithful_values(spec.method)["rec_loss"]))
     return (spec.method, spec.dataset, device_kind(spec.device), spec.max_users, spec.compile, spec.precision,
-            view_encoding)
+            view_encoding, rec_loss)
 
 
 def _record_kind(record: dict) -> tuple:
     spec = record.get("spec") or {}
     variant = record.get("variant") or {}
+    published_loss = records.faithful_values(record.get("method"))["rec_loss"]
     return (
         record.get("method"), record.get("dataset"), record.get("device") or device_kind(spec.get("device", "cpu")),
         spec.get("max_users"), variant.get("compile", spec.get("compile", "off")),
         variant.get("precision", spec.get("precision", "fp32")), variant.get("view_encoding", "separate"),
+        variant.get("rec_loss", published_loss),
     )
 
 

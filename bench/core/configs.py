@@ -130,7 +130,8 @@ def resolve_config(
     """
     if source not in CONFIG_SOURCES:
         raise BenchError(f"unknown config source {source!r}; choose one of {', '.join(CONFIG_SOURCES)}")
-    cls = method_class(method).Config
+    method_cls = method_class(method)
+    cls = method_cls.Config
     values = paper_values(method, dataset)
     label = "paper"
     if source == "tuned":
@@ -143,4 +144,9 @@ def resolve_config(
     if overrides:
         values = {**values, **check_values(cls, overrides, "--set")}
         label = "custom"
-    return build_config(cls, values, where), label
+    config = build_config(cls, values, where)
+    try:
+        method_cls.check_config(config)  # what the method's training data allows (rec_loss ce_last)
+    except ValueError as exc:
+        raise BenchError(f"{where}: {exc}") from None
+    return config, label

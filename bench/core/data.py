@@ -6,6 +6,9 @@ Everything a run needs is built once, as tensors on the run's device (docs/metho
   masking and negative sampling all read from it, so no Python loop over users runs during an epoch.
 - `train_input`/`train_target` [N, L] and `valid_input`/`test_input` [N, L]: right-aligned, left-padded
   windows of the last L = 50 items, as the published code builds them.
+- `prefixes` (built on first use, by the methods that train on them): one example per prefix of each
+  user's training part, the set ICSRec's published code writes to a second file (docs/methods.md, "Prefix
+  examples"), derived here from `full` by tensor ops.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import numpy as np
 import torch
 
 from bench.core.errors import BenchError
-from methods import Batch
+from bench.core.prefixes import PrefixExamples, SameTarget, build_prefix_examples, prefix_batches
+from methods import TRAINING_EXAMPLES, Batch
 
 # The checkout this package was imported from (its results/ holds committed records); in an installed
 # package this is site-packages, where no results/ exists and nothing reads one.
@@ -276,6 +280,7 @@ class SequenceData:
         self.test_answer = self.full[rows, lengths - 1]
         self._build_negative_table()
         self._popularity: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._prefixes: PrefixExamples | None = None
 
     @classmethod
     def load(cls, name: str, max_users: int | None = None, max_len: int = 50, device: str = "cpu") -> SequenceData:
@@ -284,6 +289,27 @@ class SequenceData:
         if max_users is not None:
             seqs = sample_users(seqs, max_users)
         return cls(name, seqs, item_size, max_len=max_len, device=device)
+
+    @property
+    def prefixes(self) -> PrefixExamples:
+        """The prefix examples, built on first use and then kept, like the split."""
+        if self._prefixes is None:
+            self._prefixes = build_prefix_examples(self.full, self.lengths, self.max_len)
+        return self._prefixes
+
+    @property
+    def prefix_input(self) -> torch.Tensor:
+        return self.prefixes.input
+
+    @property
+    def prefix_target(self) -> torch.Tensor:
+        return self.prefixes.target
+
+    def num_examples(self, kind: str = "users") -> int:
+        """Training examples per epoch: one per user, or one per prefix."""
+        if kind not in TRAINING_EXAMPLES:
+            raise BenchError(f"unknown kind of training examples {kind!r}; choose {' or '.join(TRAINING_EXAMPLES)}")
+        return self.num_users if kind == "users" else len(self.prefixes.target)
 
     def popularity_order(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(item ids by decreasing training count [item_size], each id's place in that order [item_size]).
@@ -321,14 +347,28 @@ class SequenceData:
         return r + 1 + torch.searchsorted(self.neg_gaps[users], r, right=True)
 
     def train_batches(
-        self, batch_size: int, generator: torch.Generator, make_views: MakeViews | None = None
+        self,
+        batch_size: int,
+        generator: torch.Generator,
+        make_views: MakeViews | None = None,
+        examples: str = "users",
+        same_target: SameTarget | None = None,
     ) -> Iterator[Batch]:
-        """One epoch: every user once, in a fresh random order; the last batch is smaller.
+        """One epoch: every example once, in a fresh random order; the last batch is smaller.
 
+        `examples` "users" (one per user) or "prefixes" (one per prefix, bench/core/prefixes.py).
         `make_views(sequences, lengths, max_len, generator)` is the method's own augmentation (a method
         that trains on views passes `Method.make_views`): it gets each user's training part s[:-3],
         left-aligned [B, n_max], and its length [B], and returns the views, each [B, L].
         """
+        self.num_examples(examples)  # an unknown kind is a clear error
+        if examples == "prefixes":
+            if make_views is not None:
+                raise BenchError("augmented views are made from users' training parts, not from prefix examples")
+            yield from prefix_batches(self, batch_size, generator, same_target)
+            return
+        if same_target is not None:
+            raise BenchError("same-target positives are chosen among prefix examples, not users")
         order = torch.randperm(self.num_users, generator=generator, device=self.device)
         for start in range(0, self.num_users, batch_size):
             users = order[start : start + batch_size]

@@ -34,9 +34,10 @@ def execution_options(spec: RunSpec) -> dict:
 def variant_of(spec: RunSpec, config: dict) -> dict:
     """What a record says about how faithful the run was: mode "faithful", "fast" or "modified", and every
     option."""
+    faithful = records.faithful_values(spec.method)
     options = {k: getattr(spec, k) for k in SPEC_OPTIONS}
-    options.update({k: config[k] for k in records.FAITHFUL if k in config})  # config keys of some methods
-    return {"mode": records.variant_mode(options), **options}
+    options.update({k: config[k] for k in faithful if k in config})  # config keys (of some or all methods)
+    return {"mode": records.variant_mode(options, faithful["rec_loss"]), **options}
 
 
 def run_identity(spec: RunSpec) -> tuple[str, dict, str]:
@@ -48,12 +49,13 @@ def run_identity(spec: RunSpec) -> tuple[str, dict, str]:
 def identity_of(spec: RunSpec, config, faithful: dict | None = None) -> str:
     """The run id of `spec` trained with the resolved `config` (a method config or its dict).
 
-    `faithful` (default records.FAITHFUL): the config values left out of the id; the record migration
-    passes an older schema's.
+    `faithful` (default records.faithful_values(spec.method)): the config values left out of the id; the
+    record migration passes an older schema's. A method's published rec_loss is left out like the
+    execution options, so that the ids of runs made before rec_loss existed stay what they were.
     """
     budget = {"epochs": spec.epochs, "patience": spec.patience, "max_users": spec.max_users}
     budget.update(execution_options(spec))
-    faithful = records.FAITHFUL if faithful is None else faithful
+    faithful = records.faithful_values(spec.method) if faithful is None else faithful
     faithful_config = {k: v for k, v in faithful.items() if k not in SPEC_OPTIONS}
     values = config if isinstance(config, dict) else config.to_dict()
     values = {k: v for k, v in values.items() if not (k in faithful_config and faithful_config[k] == v)}

@@ -58,7 +58,7 @@ def _upgrade_1_to_2(record: dict) -> dict:
         if variant.get("mode", "faithful") == "faithful":
             variant["mode"] = "modified"
         new["variant"] = variant
-        new["run_id"] = _id_of(record, new["config"], faithful=records.FAITHFUL)
+        new["run_id"] = _id_of(record, new["config"], faithful=records.faithful_values(record["method"]))
     new["schema"] = 2
     return new
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from bench.core import context as run_context
 from bench.core.evaluate import METRICS
+from methods import REGISTRY
 
 RECORD_SCHEMA = 2  # 2: ICLRec records say kmeans_init (bench/core/migrate.py upgrades schema 1)
 STATUSES = ("ok", "failed", "interrupted")
@@ -206,29 +207,42 @@ def find_corrupt(results_dir: Path) -> list[Path]:
 
 # The faithful (published) value of every execution option: run ids leave these values out, records and
 # tables name the others. precision and compile are RunSpec fields; view_encoding and kmeans_init are
-# config keys (of the methods that have them).
+# config keys (of the methods that have them). rec_loss, a config key of every method, has a faithful value
+# per method (`faithful_values`).
 FAITHFUL = {"precision": "fp32", "compile": "off", "view_encoding": "separate", "kmeans_init": "warm"}
+PUBLISHED_REC_LOSS = "bce"  # of SASRec, CL4SRec, ICLRec, ELCRec, and of any record from before rec_loss existed
 
 
-def variant_mode(options: dict) -> str:
+def faithful_values(method: str | None) -> dict:
+    """FAITHFUL plus `rec_loss` at `method`'s own published value, its config's default (bce for the first
+    four methods, ce_last for ICSRec and DuoRec); bce for a method this harness does not know."""
+    cls = REGISTRY.get(method) if method is not None else None
+    return {**FAITHFUL, "rec_loss": cls.Config.rec_loss if cls is not None else PUBLISHED_REC_LOSS}
+
+
+def variant_mode(options: dict, published_rec_loss: str | None = None) -> str:
     """"fast", "modified" or "faithful" for execution options (missing ones at their faithful value).
 
     compile and tf32 keep the published math (fused kernels, TF32 products); bf16 and a shared encoding of
     the views change what is computed to save time, so they make a run "fast"; a fresh k-means at every
-    E-step changes it for no saving ("modified").
+    E-step, or a recommendation loss other than the method's published one (`published_rec_loss`, when
+    known), changes it for no saving ("modified").
     """
     fast = options.get("precision", "fp32") == "bf16" or options.get("view_encoding", "separate") != "separate"
-    modified = options.get("kmeans_init", "warm") != "warm"
+    other_loss = published_rec_loss is not None and options.get("rec_loss", published_rec_loss) != published_rec_loss
+    modified = options.get("kmeans_init", "warm") != "warm" or other_loss
     return "fast" if fast else "modified" if modified else "faithful"
 
 
 def variant_label(record: dict) -> str:
     """"faithful", or the mode and every non-default execution option, e.g. "fast (precision=bf16)".
 
-    Records from before execution options existed have no `variant`: they ran the faithful defaults.
+    Records from before execution options existed have no `variant`: they ran the faithful defaults, and
+    records from before rec_loss existed ran bce.
     """
     variant = record.get("variant") or {}
-    options = [f"{k}={variant[k]}" for k, v in FAITHFUL.items() if variant.get(k, v) != v]
+    faithful = faithful_values(record.get("method"))
+    options = [f"{k}={variant[k]}" for k, v in faithful.items() if variant.get(k, v) != v]
     mode = variant.get("mode", "faithful")
     return f"{mode} ({', '.join(options)})" if options else mode
 

@@ -1,9 +1,9 @@
-"""A run's method, its optimiser and its training step, as the loop, the profiler and the scaling study all
-build them: one place, so that what the tools time is what a run executes."""
+"""A run's method, its training batches, its optimiser and its training step, as the loop, the profiler
+and the scaling study all build them: one place, so that what the tools time is what a run executes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -11,7 +11,7 @@ from bench.core.configs import method_class
 from bench.core.data import SequenceData
 from bench.core.errors import BenchError
 from bench.core.spec import RunSpec
-from methods import DatasetInfo, Method, MethodConfig
+from methods import Batch, DatasetInfo, Method, MethodConfig
 
 
 def build_method(spec: RunSpec, config: MethodConfig, data: SequenceData, device: torch.device) -> Method:
@@ -25,6 +25,18 @@ def build_method(spec: RunSpec, config: MethodConfig, data: SequenceData, device
     except ValueError as exc:
         raise BenchError(f"{spec.method} on {spec.dataset}: {exc}") from None
     return method
+
+
+def epoch_batches(method: Method, data: SequenceData, generator: torch.Generator) -> Iterator[Batch]:
+    """One epoch of the batches `method` trains on: its kind of examples, with its views or positives."""
+    return data.train_batches(
+        method.config.batch_size, generator, method.view_maker,
+        examples=method.training_examples, same_target=method.positive_maker,
+    )
+
+
+def steps_per_epoch(method: Method, data: SequenceData) -> int:
+    return -(-data.num_examples(method.training_examples) // method.config.batch_size)  # ceil
 
 
 def step_function(method: Method, spec: RunSpec, device: torch.device) -> Callable:

@@ -25,7 +25,8 @@ from bench.core.evaluate import PROTOCOLS, evaluate
 from bench.core.identity import identity_of, spec_fields, variant_of
 from bench.core.outcomes import NonFiniteLoss, environment
 from bench.core.spec import RunSpec, check_choice, check_positive, resolve_device
-from bench.core.step import build_method, make_optimizer, optimise, step_function
+from bench.core.step import build_method, epoch_batches, make_optimizer, optimise, step_function
+from bench.core.step import steps_per_epoch as epoch_steps
 from bench.core.weights import save_checkpoint
 
 SELECTION_METRIC = "NDCG@20"  # model selection on valid, as the published code
@@ -201,8 +202,7 @@ def fit_epochs(
     optimizer = make_optimizer(method)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     timer = PhaseTimer(device)
-    batch_size = method.config.batch_size
-    steps_per_epoch = math.ceil(data.num_users / batch_size)
+    steps_per_epoch = epoch_steps(method, data)
     check_every = FINITE_CHECK_EVERY.get(device.type, 50)
     fit = Fit()
     first_epoch = 0
@@ -234,7 +234,7 @@ def fit_epochs(
                 disable=not progress or steps_per_epoch < 20,  # a bar inside long epochs only
             )
             with timer.phase("train"):
-                for step, batch in enumerate(data.train_batches(batch_size, generator, method.view_maker)):
+                for step, batch in enumerate(epoch_batches(method, data, generator)):
                     _stop_if_terminated()
                     terms = training_step(batch)
                     optimise(terms, optimizer)

@@ -35,10 +35,10 @@ def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
     if os.path.getsize(path) == 0:
         raise BenchError(f"checkpoint {path} is empty (0 bytes)")
     try:
+        # weights_only reads both the zip format and the legacy one (the published ICSRec checkpoints)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        lines = str(exc).strip().splitlines()
-        raise BenchError(f"cannot read checkpoint {path}: {(lines[0] if lines else type(exc).__name__)[:200]}") from None
+        raise BenchError(f"cannot read checkpoint {path}: {_load_failure(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -50,6 +50,18 @@ def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
         if key not in state:
             raise BenchError(f"checkpoint {path} is not in the published layout: it has no {key}")
     return state
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load failed, in one line. Its weights-only message opens with advice to load with
+    weights_only=False, which would run whatever code the file pickles: the reason is given instead."""
+    text = str(exc).strip()
+    if text.startswith("Weights only load failed"):
+        detail = [line.strip() for line in text.split("WeightsUnpickler error:", 1)[-1].splitlines() if line.strip()]
+        reason = f" ({detail[0][:120]})" if detail else ""
+        return f"not a file of tensors that torch.load reads without running pickled code{reason}"
+    lines = text.splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def method_from_checkpoint(method: str, dataset: str, path: str, device: str = "auto") -> tuple[Method, SequenceData]:

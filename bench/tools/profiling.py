@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from bench.core.costs import PHASES, PhaseTimer, synchronize
 from bench.core.data import SequenceData
 from bench.core.spec import resolve_device
+from bench.core.step import epoch_batches
 from methods import Batch
 
 ENCODER = "encoder pass"
@@ -72,7 +73,7 @@ def print_phases(record: dict) -> None:
 def _batches(data: SequenceData, method, generator: torch.Generator) -> Iterator[Batch]:
     """Training batches for as many steps as asked: a new epoch's order whenever one is used up."""
     while True:
-        yield from data.train_batches(method.config.batch_size, generator, method.view_maker)
+        yield from epoch_batches(method, data, generator)
 
 
 @contextlib.contextmanager

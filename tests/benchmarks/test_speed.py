@@ -6,6 +6,9 @@ Run: `pytest tests/benchmarks -m benchmark_suite --benchmark-json=results/benchm
 - train step: forward + backward + Adam step of SASRec and CL4SRec at batch 256 (paper configs for Beauty);
 - iclrec step, elcrec step: the same for ICLRec / ELCRec, beside a published-style step on the same batch,
   weights and loss terms;
+- icsrec vs iclrec step: ICSRec's step (three passes on prefix examples, 2 layers) over ICLRec's (five
+  passes on users, 1 layer), both ours at batch 256; the ratio is ICSRec's step in ICLRec steps, and
+  `extra_info` has each one's steps per epoch (ICSRec: one per prefix example, about 6x more);
 - evaluation: all 22,363 test users, ours (popularity scan, counts) vs the reference (host argpartition);
 - clustering: ICLRec's E-step (encode all users + k-means) vs the terms ELCRec adds to a step instead, for
   one batch and summed over the batches of one epoch;
@@ -25,7 +28,9 @@ import torch.nn.functional as F
 
 from bench.core.configs import resolve_config
 from bench.core.evaluate import evaluate
+from bench.core.step import epoch_batches, steps_per_epoch
 from methods import REGISTRY, DatasetInfo, Method
+from methods.augment import augment
 from methods.clustering import nearest_centroid
 from methods.losses import elcrec_cluster_loss
 
@@ -54,19 +59,26 @@ def build(name: str, data, device: torch.device) -> Method:
     config, _ = resolve_config(name, DATASET, "paper", {})
     torch.manual_seed(1)
     method = REGISTRY[name](config, DatasetInfo(data.name, data.item_size, data.num_users), seed=1).to(device)
-    if name in ("iclrec", "elcrec"):
+    if name in ("iclrec", "elcrec", "icsrec"):
         method.on_epoch_start(0, data)
     return method
 
 
 def augment_args() -> dict:
-    return resolve_config("iclrec", DATASET, "paper", {})[0].augment_args()
+    """The published augmentation ratios, as the reference data loader takes them."""
+    config = resolve_config("iclrec", DATASET, "paper", {})[0]
+    return {"tao": config.tao, "gamma": config.gamma, "beta": config.beta}
+
+
+def two_views(seqs: torch.Tensor, lengths: torch.Tensor, max_len: int, generator: torch.Generator) -> tuple:
+    """Two augmented views per user with the published ratios, as `AugmentedMethod.make_views` makes them."""
+    return tuple(augment(seqs, lengths, max_len, generator, **augment_args()) for _ in range(2))
 
 
 def first_batch(method: Method, data, device: torch.device):
+    """The first batch of an epoch as the harness serves it to `method` (views, prefix examples, positives)."""
     generator = torch.Generator(device=device).manual_seed(1)
-    args = method.config.augment_args() if method.num_views else None
-    return next(iter(data.train_batches(BATCH, generator, method.num_views, args)))
+    return next(iter(epoch_batches(method, data, generator)))
 
 
 # ------------------------------------------------------------------------------------------- train step
@@ -77,6 +89,30 @@ def test_train_step(benchmark, beauty_data, device, name):
         benchmark.group = f"{name} step"
         benchmark.extra_info["ratio"] = "denominator"
     method = build(name, beauty_data, device)
+    method.train()
+    optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr)
+    batch = first_batch(method, beauty_data, device)
+
+    def step() -> float:
+        terms = method.training_step(batch)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        sync(device)
+        return terms["loss"].item()
+
+    loss = benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    assert math.isfinite(loss)
+
+
+@pytest.mark.benchmark(group="icsrec vs iclrec step")
+@pytest.mark.parametrize("name", ("icsrec", "iclrec"))
+def test_icsrec_step_against_iclrec_step(benchmark, beauty_data, device, name):
+    """One training step of each, as a run executes it: ICSRec on prefix examples with its fixed partners
+    (3 passes of 2 layers, the last layer at the last position only), ICLRec on users with two views."""
+    benchmark.extra_info["ratio"] = "numerator" if name == "icsrec" else "denominator"
+    method = build(name, beauty_data, device)
+    benchmark.extra_info["steps_per_epoch"] = steps_per_epoch(method, beauty_data)
     method.train()
     optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr)
     batch = first_batch(method, beauty_data, device)
@@ -247,11 +283,10 @@ def test_elcrec_cluster_terms_epoch(benchmark, elcrec_inputs, beauty_data, devic
 @pytest.mark.benchmark(group="batches")
 def test_batches_ours(benchmark, beauty_data, device):
     benchmark.extra_info["ratio"] = "denominator"
-    args = augment_args()
     generator = torch.Generator(device=device).manual_seed(1)
 
     def epoch() -> int:
-        batches = list(beauty_data.train_batches(BATCH, generator, 2, args))
+        batches = list(beauty_data.train_batches(BATCH, generator, two_views))
         sync(device)
         return len(batches)
 
@@ -284,7 +319,7 @@ def test_reference_batches_match_ours(beauty_data, beauty_seqs):
     drawn from the same distributions (compared by their means over one epoch)."""
     data = beauty_data
     args = augment_args()
-    ours = list(data.train_batches(BATCH, torch.Generator(device=data.device).manual_seed(1), 2, args))
+    ours = list(data.train_batches(BATCH, torch.Generator(device=data.device).manual_seed(1), two_views))
     ref = list(train_loader(beauty_seqs, data.item_size, BATCH, n_views=2, augment_args=args))
 
     def gather(batches, fields):
