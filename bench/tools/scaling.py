@@ -183,10 +183,24 @@ def memory_needed(n: int, hidden: int, max_len: int, k: int, cap: int, backends:
     return {"device": on_device, "host": host}
 
 
-def available_bytes(device: torch.device) -> dict:
-    import psutil
+def host_available_bytes() -> int:
+    """Memory the host can still give (Linux: MemAvailable, which counts reclaimable caches; elsewhere the
+    free pages, a lower bound). The standard library only: the study must run on a plain install."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # a platform without these names: no limit can be checked
+        return 2**63
 
-    host = int(psutil.virtual_memory().available)
+
+def available_bytes(device: torch.device) -> dict:
+    host = host_available_bytes()
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return {"device": int(free), "host": host}
