@@ -12,18 +12,26 @@ that concurrent runs do not oversubscribe the cores. Fractional GPUs share a dev
 `--gpus-per-run 0.25` packs 4 runs onto each GPU (small models leave a GPU mostly idle; each run must fit in
 a quarter of the device's memory, which Ray does not enforce).
 
-Using a cluster:
+Using a cluster (README, "On a Ray cluster"):
 
     # on the head machine (and `ray start --address=<head>:6379` on every other machine)
-    ray start --head
-    # on the driver, anywhere that can reach the head
+    ray start --head --port 6379
+    # the driver runs on a node of the cluster (a Ray driver attaches to one)
     python -m bench run --all --address <head>:6379          # or: export RAY_ADDRESS=<head>:6379
 
 The workers import this repository and read the dataset cache from the paths the driver has (sent as
 PYTHONPATH and BENCH_DATA_DIR), so every machine needs the repository and the data at the same absolute
 paths (a shared filesystem, or the same checkout and `python -m bench data download --all` on each).
-Records are written by the driver, so only the driver's machine needs the results directory.
-Without an address (and no RAY_ADDRESS) a local Ray is started for the grid and shut down after it.
+Records are written by the driver, so only the driver's machine needs the results directory; mid-run
+checkpoints are written by the workers, so a run resumes on another machine only from a shared folder.
+Without an address (and no RAY_ADDRESS) a new local Ray is started for the grid and shut down after it.
+
+Faults. Before joining, the address is probed (`_probe`): where no Ray head answers, one line says so within
+seconds instead of Ray's minutes of retries. While runs are in flight the head is probed every
+PROBE_EVERY_S; a head that stops answering, or a cluster left without a node that can take a run, ends the
+grid after LOST_AFTER_S with the runs in flight recorded interrupted. A task whose worker or node dies is run
+again once by Ray. After a SIGTERM the tasks are cancelled as Ctrl-C would, so that each writes its last
+epoch boundary as its checkpoint, and are recorded interrupted.
 """
 
 from __future__ import annotations
@@ -157,7 +165,7 @@ class _Ray:
         try:
             ray.init(runtime_env={"env_vars": _worker_env()}, logging_level=logging.WARNING, **options)
         finally:
-            if main:  # ray.init makes SIGTERM a plain exit; the driver's own stop (termination) comes back
+            if main and previous is not None:  # ray.init makes SIGTERM a plain exit; the driver's own stop comes back
                 signal.signal(signal.SIGTERM, previous)
 
     def _join(self, address: str, source: str) -> None:
