@@ -43,20 +43,21 @@ def _free_port() -> int:
 class Cluster:
     """Two Ray nodes started with `ray start`; `kill_worker` stops the second as a lost machine would."""
 
-    def __init__(self) -> None:
+    def __init__(self, head_cpus: int = 1) -> None:
+        self.head_cpus = head_cpus
         # Short: Ray's socket paths below it must fit in 107 bytes.
         self.temp = Path(tempfile.mkdtemp(prefix="bray-", dir="/tmp"))
         self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         self.tokens = {"head": reaper.new_token(), "worker": reaper.new_token()}
         self.address = f"127.0.0.1:{_free_port()}"
 
-    def _start(self, node: str, *args: str) -> None:
+    def _start(self, node: str, *args: str, cpus: int = 1) -> None:
         ports = {f"--{name}-port": str(_free_port()) for name in (
             "node-manager", "object-manager", "dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export",
             "runtime-env-agent")}
         env = {**os.environ, **self.auth, reaper.TOKEN_VAR: self.tokens[node], "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
-        cmd = [*RAY, "start", *args, "--num-cpus", "1", "--object-store-memory", str(80 * 2**20),
+        cmd = [*RAY, "start", *args, "--num-cpus", str(cpus), "--object-store-memory", str(80 * 2**20),
                "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *[x for kv in ports.items() for x in kv]]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, f"ray start ({node}) failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
@@ -64,7 +65,7 @@ class Cluster:
     def start(self) -> Cluster:
         port = self.address.rsplit(":", 1)[1]
         self._start("head", "--head", "--port", port, "--temp-dir", str(self.temp), "--include-dashboard", "false",
-                    "--dashboard-port", str(_free_port()))
+                    "--dashboard-port", str(_free_port()), cpus=self.head_cpus)
         self._start("worker", "--address", self.address)
         return self
 
@@ -241,4 +242,38 @@ def test_a_cluster_whose_head_dies_while_the_grid_waits_is_one_line(tmp_path):
     assert "2 run(s) in flight recorded interrupted" in errors[0]
     assert took < 30
     assert [r["status"] for r in _records(results)] == ["interrupted", "interrupted"]
+    assert not list((results / "claims").glob("*"))
+
+
+@pytest.mark.slow
+def test_a_cluster_left_without_a_node_that_can_take_a_run_is_one_line(tmp_path):
+    # The head has no CPU (as on many clusters): once the only worker node is lost, Ray would hold the run it
+    # retries until a node with a CPU joins; the grid says so after LOST_AFTER_S instead of waiting forever.
+    lonely = Cluster(head_cpus=0)
+    try:
+        lonely.start()
+        results, ckpts = tmp_path / "results", tmp_path / "checkpoints"
+        args = _grid_args(results, "--seeds", "1", "--epochs", "200", "--patience", "200", "--checkpoint-every", "1",
+                          "--address", lonely.address)
+        proc = subprocess.Popen(args, cwd=REPO, env=_env(lonely, ckpts), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for(lambda: len(list(ckpts.glob("*/last.pt"))) == 1, 180, "a checkpoint", proc)
+            lonely.kill_worker()
+            killed_at = time.monotonic()
+            out, err = proc.communicate(timeout=120)
+            took = time.monotonic() - killed_at
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        lonely.stop()
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and errors == [
+        "error: no node left in the Ray cluster can take a run of 1 CPU and 0 GPU (it has 0 CPU and 0 GPU: nodes "
+        "were lost); 1 run(s) in flight recorded interrupted; run the same command again once the cluster is back"
+    ], err[-3000:]
+    assert took < 30
+    [record] = _records(results)
+    assert record["status"] == "interrupted" and record["interrupted"]["checkpoint"]
     assert not list((results / "claims").glob("*"))

@@ -41,6 +41,30 @@ def _owned_by(pid: int) -> list[int]:
     return [p for p, token in reaper.tokens().items() if token.split(":")[0] == str(pid)]
 
 
+def test_the_next_local_ray_ends_the_processes_of_a_dead_owners_ray_and_no_other():
+    # What the watchdog does when the driver dies, the next start does when the watchdog died too.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    tokens = {"orphan": f"{dead.pid}:1:x", "owned": reaper.new_token(), "none": None}
+    procs = {}
+    for name, token in tokens.items():
+        env = {k: v for k, v in os.environ.items() if k != reaper.TOKEN_VAR}
+        procs[name] = subprocess.Popen(sleep, env=env if token is None else {**env, reaper.TOKEN_VAR: token})
+    try:
+        deadline = time.monotonic() + 10
+        while not {procs["orphan"].pid, procs["owned"].pid} <= set(reaper.tokens()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert procs["owned"].pid not in reaper.sweep_orphans()
+        assert procs["orphan"].wait(timeout=10) == -signal.SIGKILL
+        assert procs["owned"].poll() is None and procs["none"].poll() is None
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+
+
 def test_sigterm_stops_an_in_process_study_and_the_next_tune_runs_its_trial_again(tmp_path, capsys, monkeypatch):
     # A real SIGTERM to this process, sent once the first trial has reported its first epoch: the trial
     # stops at that boundary, is recorded FAIL and `interrupted` (before, it was recorded COMPLETE with the
