@@ -185,14 +185,18 @@ class _Ray:
     def _start(self, log_to_driver: bool) -> None:
         reaper.sweep_orphans()  # a local Ray of an earlier driver killed together with its watchdog
         token = reaper.new_token()
+        self.watchdog = reaper.start_watchdog(token)
         os.environ[reaper.TOKEN_VAR] = token  # inherited by every process of this Ray, and by nothing else
         try:
             # address="local": a new Ray, never one a `ray start` left running on this machine. Nobody looks at
             # a dashboard of a one-off local Ray; worker output would interleave with the bar.
             self._init(address="local", include_dashboard=False, log_to_driver=log_to_driver)
+        except BaseException:
+            reaper.stop_watchdog(self.watchdog)  # which ends what a failed start left running
+            raise
         finally:
             del os.environ[reaper.TOKEN_VAR]
-        self.started_here, self.watchdog = True, reaper.start_watchdog(token)
+        self.started_here = True
 
     def close(self) -> None:
         if self.started_here:
