@@ -227,7 +227,7 @@ def cmd_tune(args) -> int:
         return 0
     if not args.method or not args.dataset:
         raise BenchError("tune needs --method and --dataset (or --export to write tuned configs)")
-    tune.tune(
+    summary = tune.tune(
         args.method,
         args.dataset,
         profile=get_profile(args.profile),
@@ -241,6 +241,10 @@ def cmd_tune(args) -> int:
         seed=args.seed,
         address=args.address,
     )
+    if summary.get("stopped"):  # a SIGTERM (bench/core/termination.py)
+        print(f"error: {termination.reason()}: {summary['stopped']}; run the same command again to resume",
+              file=sys.stderr)
+        return termination.EXIT_CODE
     return 0
 
 

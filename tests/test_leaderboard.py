@@ -9,6 +9,7 @@ land in its own table. Expected numbers below are worked out by hand from those 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -223,9 +224,10 @@ def test_write_record_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     def fail(*args: object) -> None:
         raise OSError("disk full")
 
-    # A failure at the rename must leave the old record intact and remove the temp file.
+    # A failure at the rename must leave the old record intact and remove the temp file; it is one line
+    # naming the file (BenchError), as a full disk is.
     monkeypatch.setattr("bench.core.records.os.replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(BenchError, match=re.escape(f"cannot write {path}: disk full")):
         write_record_atomic(path, {"schema": 1, "method": "elcrec"})
     assert json.loads(path.read_text())["method"] == "sasrec"
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -45,7 +46,9 @@ def test_results_that_is_a_file_fails_before_any_training(tmp_path):
                  ["run", "--all", "--executor", "local", "--methods", "sasrec", "--datasets", "Beauty", *TINY]):
         start = time.perf_counter()
         proc = bench(*argv, "--results", str(target))
-        one_line_error(proc, f"cannot be made: {target} is a file, not a folder") and time.perf_counter() - start < 60
+        one_line_error(proc, f"cannot be made: {target} is a file, not a folder")
+        assert time.perf_counter() - start < 60
+        assert "sasrec/Beauty" not in proc.stderr  # the training loop's bar: no epoch was started
 
 
 def test_checkpoint_path_that_is_a_folder_fails_before_training(tmp_path):
@@ -238,3 +241,57 @@ def test_damaged_records_are_skipped_and_named_on_the_terminal(tmp_path):
 
     assert len(load_records(tmp_path)) == 1  # only the intact record enters the tables
     assert "4 unreadable file(s)" in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------ full disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs (root); elsewhere a folder whose writers get a 1 KiB file-size limit. Yields the folder
+    and `fill()`, which leaves one page free on the tmpfs (a claim fits, no record or checkpoint does) and
+    returns the limit to set in the next process (None on the tmpfs)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+                             capture_output=True).returncode == 0 if shutil.which("mount") else False
+
+    def fill() -> int | None:
+        if not mounted:
+            return 1024
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(b"\0" * (free - 4096))
+        return None
+
+    try:
+        yield disk, fill
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(small_disk):
+    import resource
+
+    disk, fill = small_disk
+    results = disk / "results"
+    grid = ["run", "--all", "--executor", "local", "--methods", "sasrec", "--datasets", "Beauty", *TINY,
+            "--results", str(results), "--checkpoint-every", "1", "--checkpoint-dir", str(disk / "checkpoints")]
+    assert bench(*grid, "--seeds", "1").returncode == 0
+    [earlier] = (results / "runs").glob("*.json")
+    kept = earlier.read_bytes()
+    limit = fill()
+
+    def limited() -> None:
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "bench", *grid, "--seeds", "1", "2", "3"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env={**ENV, "PYTHONDONTWRITEBYTECODE": "1"},
+                          preexec_fn=limited)
+    one_line_error(proc, f"cannot write {results / 'runs'}/sasrec-Beauty-s2-", code=2)
+    assert ("No space left on device" if limit is None else "File too large") in proc.stderr
+    assert earlier.read_bytes() == kept and [p.name for p in (results / "runs").iterdir()] == [earlier.name]
+    assert not list((results / "claims").iterdir())
+    left = [p.name for p in disk.rglob("*") if p.is_file() and p.name != "filler"]
+    assert not [name for name in left if name.startswith(".") or name.endswith(".tmp")], left
+    for path in (disk / "checkpoints").glob("*/last.pt"):  # none half-written: each one loads
+        torch.load(path, weights_only=False)

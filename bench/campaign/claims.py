@@ -20,6 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.core.errors import BenchError
+
 HEARTBEAT_S = 20.0
 STALE_AFTER_S = 120.0
 
@@ -84,8 +86,12 @@ class Claims:
                 if not self._take_over_if_stale(path):
                     return False
                 continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump({**self.owner, "claimed_at": time.time()}, fh)
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump({**self.owner, "claimed_at": time.time()}, fh)
+            except OSError as exc:  # a full disk: no half-written claim stays behind to look like a dead one
+                path.unlink(missing_ok=True)
+                raise BenchError(f"cannot write claim {path}: {exc.strerror or exc}") from None
             with self._lock:
                 self.held.add(rid)
             return True

@@ -12,18 +12,26 @@ that concurrent runs do not oversubscribe the cores. Fractional GPUs share a dev
 `--gpus-per-run 0.25` packs 4 runs onto each GPU (small models leave a GPU mostly idle; each run must fit in
 a quarter of the device's memory, which Ray does not enforce).
 
-Using a cluster:
+Using a cluster (README, "On a Ray cluster"):
 
     # on the head machine (and `ray start --address=<head>:6379` on every other machine)
-    ray start --head
-    # on the driver, anywhere that can reach the head
+    ray start --head --port 6379
+    # the driver runs on a node of the cluster (a Ray driver attaches to one)
     python -m bench run --all --address <head>:6379          # or: export RAY_ADDRESS=<head>:6379
 
 The workers import this repository and read the dataset cache from the paths the driver has (sent as
 PYTHONPATH and BENCH_DATA_DIR), so every machine needs the repository and the data at the same absolute
 paths (a shared filesystem, or the same checkout and `python -m bench data download --all` on each).
-Records are written by the driver, so only the driver's machine needs the results directory.
-Without an address (and no RAY_ADDRESS) a local Ray is started for the grid and shut down after it.
+Records are written by the driver, so only the driver's machine needs the results directory; mid-run
+checkpoints are written by the workers, so a run resumes on another machine only from a shared folder.
+Without an address (and no RAY_ADDRESS) a new local Ray is started for the grid and shut down after it.
+
+Faults. Before joining, the address is probed (`_probe`): where no Ray head answers, one line says so within
+seconds instead of Ray's minutes of retries. While runs are in flight the head is probed every
+PROBE_EVERY_S; a head that stops answering, or a cluster left without a node that can take a run, ends the
+grid after LOST_AFTER_S with the runs in flight recorded interrupted. A task whose worker or node dies is run
+again once by Ray. After a SIGTERM the tasks are cancelled as Ctrl-C would, so that each writes its last
+epoch boundary as its checkpoint, and are recorded interrupted.
 """
 
 from __future__ import annotations
@@ -31,12 +39,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import ray
 
+from bench.campaign import reaper
 from bench.core import termination
 from bench.core.errors import BenchError
 from bench.core.spec import REPO_ROOT
@@ -96,20 +109,142 @@ def _check_fits(resources: dict, cpus_per_run: float, gpus_per_run: float) -> in
     return max(1, slots)
 
 
-def _connect(address: str | None, log_to_driver: bool = False) -> bool:
-    """Connect to the cluster at `address` / $RAY_ADDRESS, or start a local Ray; True if started here."""
-    if ray.is_initialized():
-        return False
-    # Ray's default (token authentication on for a local cluster) is kept; only its notice saying so, printed
-    # on every start, is kept off the terminal.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    options: dict = {"runtime_env": {"env_vars": _worker_env()}, "logging_level": logging.WARNING}
-    if address is None:
-        # Nobody looks at a dashboard of a one-off local Ray; worker output would interleave with the bar.
-        options.update(include_dashboard=False, log_to_driver=log_to_driver)
-    ray.init(address=address, **options)
-    return True
+# ------------------------------------------------------------------------------------------ the cluster
+PROBE_S = 5.0  # how long a probe of the head waits for its answer
+PROBE_EVERY_S = 2.0  # while runs are in flight, how often the head is probed
+LOST_AFTER_S = 10.0  # how long the head may not answer (or the cluster not fit a run) before the driver gives up
+# The start of an HTTP/2 connection: a gRPC server (a Ray head's GCS) answers with its SETTINGS frame.
+_H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    host, sep, port = address.rpartition(":")
+    return (host.strip("[]") or "127.0.0.1", int(port)) if sep and port.isdigit() else None
+
+
+def _probe(host: str, port: int, timeout: float = PROBE_S) -> str | None:
+    """None when a gRPC server answers at host:port, as a Ray head does; else why not, in a few words.
+
+    Ray's own connection retries for minutes when nothing answers; this answers in at most 2 x `timeout`.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(_H2_HELLO)
+            reply = b""
+            while len(reply) < 9 and (chunk := sock.recv(9 - len(reply))):
+                reply += chunk
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return (exc.strerror or type(exc).__name__).lower()
+    return None if len(reply) == 9 and reply[3] == 4 else "something that is not a Ray head listens there"
+
+
+class _Ray:
+    """The Ray this driver uses: a cluster it joins (`address`, else $RAY_ADDRESS) or a local Ray started
+    here, which is shut down at the end and whose processes end with the driver (bench/campaign/reaper.py)."""
+
+    def __init__(self, address: str | None, log_to_driver: bool = False) -> None:
+        self.started_here, self.watchdog = False, None
+        if not ray.is_initialized():
+            address, source = (address, "--address") if address else (os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS")
+            if address:
+                self._join(address, source)
+            else:
+                self._start(log_to_driver)
+        self.address = ray.get_runtime_context().gcs_address
+        self.head = _host_port(self.address)
+        self.bad_since: float | None = None
+        self.next_probe = 0.0
+
+    @staticmethod
+    def _init(**options) -> None:
+        # Ray's default (token authentication on for a local cluster) is kept; only its notice saying so,
+        # printed on every start, is kept off the terminal.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM) if main else None
+        try:
+            ray.init(runtime_env={"env_vars": _worker_env()}, logging_level=logging.WARNING, **options)
+        finally:
+            if main and previous is not None:  # ray.init makes SIGTERM a plain exit; the driver's own stop comes back
+                signal.signal(signal.SIGTERM, previous)
+
+    def _join(self, address: str, source: str) -> None:
+        target = _host_port(address) if "://" not in address and address != "auto" else None
+        if "://" not in address and address != "auto" and target is None:
+            raise BenchError(f"{source} {address!r} is not a Ray address: give <host>:<port> of the head")
+        if target is not None and (why := _probe(*target)) is not None:
+            raise BenchError(
+                f"no Ray cluster answers at {address} ({source}): {why}; start its head there "
+                f"(ray start --head --port {target[1]}), or leave out --address and RAY_ADDRESS for a local Ray"
+            )
+        try:
+            self._init(address=address)
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+            raise BenchError(f"cannot join the Ray cluster at {address} ({source}): {_first_line(exc)}") from None
+
+    def _start(self, log_to_driver: bool) -> None:
+        reaper.sweep_orphans()  # a local Ray of an earlier driver killed together with its watchdog
+        token = reaper.new_token()
+        self.watchdog = reaper.start_watchdog(token)
+        os.environ[reaper.TOKEN_VAR] = token  # inherited by every process of this Ray, and by nothing else
+        try:
+            # address="local": a new Ray, never one a `ray start` left running on this machine. Nobody looks at
+            # a dashboard of a one-off local Ray; worker output would interleave with the bar.
+            self._init(address="local", include_dashboard=False, log_to_driver=log_to_driver)
+        except BaseException:
+            reaper.stop_watchdog(self.watchdog)  # which ends what a failed start left running
+            raise
+        finally:
+            del os.environ[reaper.TOKEN_VAR]
+        self.started_here = True
+
+    def close(self) -> None:
+        if self.started_here:
+            ray.shutdown()
+            reaper.stop_watchdog(self.watchdog)
+
+    def trouble(self, cpus: float, gpus: float) -> str | None:
+        """Why the cluster cannot go on, once that has lasted LOST_AFTER_S: its head does not answer, or no
+        node left can hold a task of `cpus` CPUs and `gpus` GPUs (nodes lost). None while all is well."""
+        now = time.monotonic()
+        if now < self.next_probe:
+            return None
+        self.next_probe = now + PROBE_EVERY_S
+        why = _probe(*self.head, timeout=PROBE_EVERY_S) if self.head else None
+        if why is not None:
+            why = f"the Ray cluster at {self.address} stopped answering ({why})"
+        else:
+            have = ray.cluster_resources()
+            if have.get("CPU", 0.0) < cpus or have.get("GPU", 0.0) < gpus:
+                why = (f"no node left in the Ray cluster can take a run of {cpus:g} CPU and {gpus:g} GPU "
+                       f"(it has {have.get('CPU', 0.0):g} CPU and {have.get('GPU', 0.0):g} GPU: nodes were lost)")
+        self.bad_since = None if why is None else (self.bad_since or now)
+        return why if why is not None and now - self.bad_since >= LOST_AFTER_S else None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+STOP_WAIT_S = 60.0  # after a SIGTERM, how long cancelled tasks get to write their last epoch boundary
+
+
+def _end_tasks(refs: list, grace_s: float = STOP_WAIT_S) -> None:
+    """Cancel tasks, with `grace_s` > 0 first as Ctrl-C would (a KeyboardInterrupt in each worker, which the
+    training loop answers by writing its last epoch boundary, bench/core/train.py) and waiting up to `grace_s`
+    for them to end; then end the ones still running."""
+    if not refs:
+        return
+    if grace_s > 0:
+        for ref in refs:
+            ray.cancel(ref, force=False)
+    _, running = ray.wait(refs, num_returns=len(refs), timeout=grace_s)
+    for ref in running:  # never a task that has ended: Ray 2.60's driver aborts on a forced cancel of one
+        ray.cancel(ref, force=True)
 
 
 def run_workers_on_ray(
@@ -118,41 +253,51 @@ def run_workers_on_ray(
     """Run `fn(*args)` once per tuple as Ray tasks (the tuning study's workers); returns problems found.
 
     With GPUs in the cluster and `use_gpus`, the workers share them (fractional GPUs when there are fewer
-    GPUs than workers).
+    GPUs than workers). After a SIGTERM (bench/core/termination.py) the workers are cancelled, which stops
+    their trials as interrupted, and this returns once they ended (at most STOP_WAIT_S).
     """
-    started_here = _connect(address, log_to_driver=True)
+    cluster = _Ray(address, log_to_driver=True)
+    pending: dict = {}
     try:
         gpus = ray.cluster_resources().get("GPU", 0.0) if use_gpus else 0.0
         per_worker_gpu = min(1.0, gpus / len(worker_args)) if gpus else 0.0
         task = ray.remote(num_cpus=cpus_per_worker, num_gpus=per_worker_gpu, max_retries=0)(fn)
-        refs = [task.remote(*args) for args in worker_args]
-        problems = []
-        for i, ref in enumerate(refs):
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                problems.append(f"worker {i} failed: {str(exc).strip().splitlines()[-1][:300]}")
+        pending = {task.remote(*args): i for i, args in enumerate(worker_args)}
+        problems, stopped = [], False
+        while pending:
+            if termination.requested() and not stopped:
+                _end_tasks(list(pending))
+                stopped = True
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                i = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except ray.exceptions.TaskCancelledError:
+                    problems.append(f"worker {i} stopped: {termination.reason()}")
+                except ray.exceptions.RayError as exc:
+                    problems.append(f"worker {i} failed: {str(exc).strip().splitlines()[-1][:300]}")
+            if pending and (why := cluster.trouble(cpus_per_worker, per_worker_gpu)) is not None:
+                raise BenchError(f"{why}; the study's running trials are run again when it is next opened")
         return problems
     finally:
-        if started_here:
-            ray.shutdown()
+        _end_tasks(list(pending), 0.0)
+        cluster.close()
 
 
-STOP_WAIT_S = 60.0  # after a SIGTERM, how long cancelled tasks get to write their last epoch boundary
-
-
-def _stop_tasks(pending: dict, on_done: Callable[[dict], None], reason: str) -> None:
-    """Cancel every running task (a KeyboardInterrupt in its worker: the training loop writes the last epoch
-    boundary as its checkpoint, bench/core/train.py) and record each run interrupted with what its checkpoint holds."""
+def _stop_tasks(pending: dict, on_done: Callable[[dict], None], reason: str, grace_s: float = STOP_WAIT_S) -> None:
+    """Cancel every running task (see `_end_tasks`) and record each run interrupted with what its checkpoint
+    holds; a task that finished meanwhile keeps its own record."""
     from bench.core.outcomes import interrupted_record
 
-    for ref in pending:
-        ray.cancel(ref, force=False)
-    ray.wait(list(pending), num_returns=len(pending), timeout=STOP_WAIT_S)
+    _end_tasks(list(pending), grace_s)
     for ref, spec in list(pending.items()):
-        ray.cancel(ref, force=True)  # no-op for a task that has ended
         pending.pop(ref)
-        on_done(interrupted_record(spec, reason))
+        try:
+            record = ray.get(ref, timeout=0)
+        except Exception:  # cancelled (or lost): the driver records it from its checkpoint
+            record = interrupted_record(spec, reason)
+        on_done(record)
 
 
 def run_specs_on_ray(
@@ -174,16 +319,19 @@ def run_specs_on_ray(
     once lets the grid's scheduler pick each run when a slot frees (bench/campaign/schedule.py) and claim it only
     then (bench/campaign/claims.py). After `deadline` (epoch seconds) plus `GRACE_S`, tasks still running are
     cancelled and recorded interrupted; runs stop by themselves at the deadline after their current epoch.
+    After a SIGTERM (bench/core/termination.py) no run starts and the running ones are cancelled and recorded
+    interrupted at their last epoch boundary. A task whose worker or node dies is run again once (Ray's
+    `max_retries`; from its checkpoint when it has one the driver can read); a second loss records it failed
+    with that reason. When the cluster's head stops answering, or no node left can take a run, for
+    LOST_AFTER_S, the runs in flight are recorded interrupted and BenchError says why.
     `on_start(slots)`, if given, is called once Ray is up with the number of runs that fit at once.
     `task_device` forces the device of every task (tests: "cpu" under logical GPUs). A local Ray started
     here is shut down at the end; a cluster (address or RAY_ADDRESS) is left running.
     """
-    import time
-
     from bench.campaign.schedule import GRACE_S
     from bench.core.outcomes import failure_record, interrupted_record
 
-    started_here = _connect(address)
+    cluster = _Ray(address)
     pending: dict = {}
     try:
         resources = ray.cluster_resources()
@@ -194,9 +342,9 @@ def run_specs_on_ray(
         slots = _check_fits(resources, cpus_per_run, gpus_per_run)
         if on_start is not None:
             on_start(slots)
-        task = _run_task.options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
+        task = _run_task.options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=1)
         while True:
-            while len(pending) < slots and (spec := take()) is not None:
+            while len(pending) < slots and not termination.requested() and (spec := take()) is not None:
                 pending[task.remote(spec, cpus_per_run, gpus_per_run, slots, task_device)] = spec
             if not pending:
                 return
@@ -207,22 +355,23 @@ def run_specs_on_ray(
                 _stop_tasks(pending, on_done, termination.reason())
                 return
             if not ready and left <= 0:  # past the deadline and its grace: stop what is left, record it interrupted
-                for ref, spec in list(pending.items()):
-                    ray.cancel(ref, force=True)
-                    pending.pop(ref)
-                    on_done(interrupted_record(spec, f"cancelled {GRACE_S:.0f} s after the time budget"))
+                _stop_tasks(pending, on_done, f"cancelled {GRACE_S:.0f} s after the time budget", grace_s=0.0)
                 return
             if not ready:
+                if (why := cluster.trouble(cpus_per_run, gpus_per_run)) is not None:
+                    for spec in pending.values():
+                        on_done(interrupted_record(spec, why))
+                    raise BenchError(f"{why}; {len(pending)} run(s) in flight recorded interrupted; "
+                                     "run the same command again once the cluster is back")
                 continue
             ref = ready[0]
             spec = pending.pop(ref)
             try:
                 record = ray.get(ref)
-            except Exception as exc:  # tasks never raise: the worker died (killed for memory, node lost)
-                record = failure_record(spec, exc)
+            except Exception as exc:  # tasks never raise: its worker or node died, and again on the retry
+                lost = f"the Ray worker or node running it was lost, also on its retry: {_first_line(exc)}"
+                record = failure_record(spec, RuntimeError(lost))
             on_done(record)
     finally:
-        for ref in pending:  # interrupted: do not leave runs training for nobody
-            ray.cancel(ref, force=True)
-        if started_here:
-            ray.shutdown()
+        _end_tasks(list(pending), 0.0)  # interrupted: do not leave runs training for nobody
+        cluster.close()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,13 +112,18 @@ def snapshot(
 def write(path: Path, state: dict) -> Path:
     """Write a `snapshot` to `path`, atomically: readers see the previous file or this one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        # torch.save reports a failed write (a full disk, a file-size limit) as a RuntimeError of its writer
+        if isinstance(exc, OSError | RuntimeError):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+            free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+            raise BenchError(f"cannot write checkpoint {path}: {reason} ({free / 2**20:.1f} MiB free there)") from None
         raise
     return path
 

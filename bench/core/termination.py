@@ -19,15 +19,23 @@ EXIT_CODE = 128 + signal.SIGTERM  # 143: what a shell reports for a process ende
 _state = {"signal": None}
 
 
-def install() -> None:
-    """Catch SIGTERM in this process from now on (main thread only; elsewhere a no-op)."""
+def install(second_ends: bool = True) -> None:
+    """Catch SIGTERM in this process from now on (main thread only; elsewhere a no-op).
+
+    `second_ends=False` (a study's local workers) catches every SIGTERM: a worker may get two at once, its
+    process group's and the one its driver passes on, and must still record its trial.
+    """
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal if second_ends else _on_every_signal)
 
 
 def _on_signal(signum, _frame) -> None:
     _state["signal"] = signum
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+
+
+def _on_every_signal(signum, _frame) -> None:
+    _state["signal"] = signum
 
 
 def requested() -> bool:

@@ -14,22 +14,17 @@ by a second policy in Tune's scheduler; every trial is persisted by Optuna's sto
 study resumes from its journal or database with no Tune experiment folder to restore; and the project's
 GPU machine has no Ray, so `--executor local` must run the very same workers without it.
 
-Model selection uses the valid split only: a trial trains with `evaluate_test=False`, so the training loop
-ends before it would touch test, and `EpochReporter` reports each epoch's valid NDCG@20 and prunes. The only
-test evaluation of a study is the final run of its best configuration, saved like any other run record.
-
-Local workers die with the driver (Linux: PR_SET_PDEATHSIG; elsewhere a thread watching the parent), so a
-killed `tune` leaves no orphan training for nobody; the trials they held are failed and re-run the next time
-the study is opened (bench/tuning/studies.py).
+Model selection uses the valid split only (bench/tuning/trials.py). The only test evaluation of a study is
+the final run of its best configuration, saved like any other run record. Where the workers run, and how
+they stop with the driver, is bench/tuning/workers.py. After a SIGTERM, `tune` returns once the workers
+stopped their trials (marked to run again) without the final run or the reports; the summary's `stopped`
+says what was left for the next invocation.
 """
 
 from __future__ import annotations
 
-import math
-import multiprocessing
 import os
 import sys
-import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -37,15 +32,14 @@ from typing import Any
 
 import optuna
 
-from bench.core import configs, identity, outcomes, records, train
+from bench.core import configs, identity, outcomes, records, termination, train
 from bench.core.errors import BenchError
 from bench.core.profiles import Profile
-from bench.core.spec import EXECUTORS, check_choice, make_spec
+from bench.core.spec import EXECUTORS, check_choice
 from bench.tuning import search_space
 from bench.tuning.reports import complete_trials, counts, export, fmt, space_entry, write_reports
 from bench.tuning.studies import (
     DEFAULT_SEED,
-    INTERRUPTED,
     METRIC,
     PRUNER_STARTUP_TRIALS,
     PRUNER_WARMUP_STEPS,
@@ -63,172 +57,8 @@ from bench.tuning.studies import (
     studies_dir,
     study_exists,
 )
-
-# Errors that fail one trial (an unlucky combination, a diverging loss) without stopping the study.
-TRIAL_ERRORS = (BenchError, RuntimeError, ValueError, FloatingPointError)
-
-
-# -------------------------------------------------------------------------------------------- trials
-class EpochReporter:
-    """The training loop's epoch callback inside a trial: report valid NDCG@20 to Optuna, and prune.
-
-    Stopping (epoch budget, patience) is the training loop's own; the trial runs it with
-    `evaluate_test=False`, so the loop ends after its last epoch without touching the test split.
-    """
-
-    def __init__(self, trial: Any) -> None:
-        self.trial = trial
-        self.best = -math.inf
-        self.best_epoch = -1
-        self.epochs_run = 0
-
-    def __call__(self, epoch: int, row: dict) -> None:
-        value = float(row["valid"][METRIC])
-        self.epochs_run = epoch + 1
-        if value > self.best:
-            self.best, self.best_epoch = value, epoch
-        self.trial.report(value, epoch)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"valid {METRIC} {value:.4f} at epoch {epoch} is below the median")
-
-
-def trial_spec(setup: StudySetup, params: dict, num_threads: int | None = None) -> train.RunSpec:
-    """A trial's run: the study's budget (its profile) with the trial's params as overrides."""
-    p = setup.profile
-    return make_spec(
-        setup.method,
-        setup.dataset,
-        profile=p,
-        seed=p.seeds[0],
-        protocol=setup.protocol,
-        overrides=dict(params),  # typed values: configs.check_values accepts them as they are
-        device=setup.device,
-        num_threads=num_threads,
-    )
-
-
-def objective(trial: optuna.Trial, setup: StudySetup, space: search_space.SearchSpace, data: Any) -> float:
-    """Best valid NDCG@20 over the trial's epochs."""
-    params = search_space.suggest(trial, space)
-    spec = trial_spec(setup, params, setup.threads)
-    reporter = EpochReporter(trial)
-    start = time.perf_counter()
-    try:
-        train.run(spec, progress=False, epoch_callback=reporter, data=data, evaluate_test=False)
-    except TRIAL_ERRORS as exc:
-        trial.set_user_attr("error", str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
-        raise
-    except KeyboardInterrupt:
-        # Optuna records the trial FAIL; marked so, it is run again when the study is next opened.
-        trial.set_user_attr(INTERRUPTED, True)
-        raise
-    finally:
-        trial.set_user_attr("best_epoch", reporter.best_epoch)
-        trial.set_user_attr("epochs_run", reporter.epochs_run)
-        trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
-    return reporter.best
-
-
-def optimize(
-    setup: StudySetup, n_trials: int, worker: int = 0, trials_before: int = 0, study: optuna.Study | None = None
-) -> None:
-    """One worker: load the data once, then run `n_trials` trials of the shared study."""
-    from bench.core.data import SequenceData
-
-    study = study or open_study(setup, worker, trials_before)
-    space = search_space.load(setup.method)
-    device = train.resolve_device(setup.device)
-    data = SequenceData.load(setup.dataset, max_users=setup.profile.max_users, device=str(device))
-    study.optimize(
-        lambda trial: objective(trial, setup, space, data), n_trials=n_trials, catch=TRIAL_ERRORS, gc_after_trial=True
-    )
-
-
-def _die_with(parent: int) -> None:
-    """Make this process end when `parent` does, so that a killed driver leaves no orphan worker."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            pr_set_pdeathsig = 1
-            if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0:
-                if os.getppid() != parent:  # the driver died before the prctl took effect
-                    os._exit(1)
-                return
-        except (OSError, AttributeError):
-            pass
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _local_worker(setup: StudySetup, n_trials: int, worker: int, trials_before: int, parent: int) -> None:
-    # Entry point of a spawned process: a user error is one line, as on the command line.
-    _die_with(parent)
-    try:
-        optimize(setup, n_trials, worker, trials_before)
-    except BenchError as exc:
-        print(f"error: worker {worker}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:  # Ctrl-C: its trial is recorded (interrupted); the driver says the one line
-        raise SystemExit(130) from None
-
-
-def split_trials(trials: int, parallel: int) -> list[int]:
-    """`trials` shared among at most `parallel` workers: exactly `trials` in total, none left empty."""
-    shares = [trials // parallel + (1 if i < trials % parallel else 0) for i in range(parallel)]
-    return [s for s in shares if s > 0]
-
-
-def run_local(setup: StudySetup, shares: list[int], trials_before: int) -> list[str]:
-    """The workers as local processes; returns a line per worker that did not finish cleanly."""
-    # spawn, not fork: the parent has torch (OpenMP pools, maybe CUDA) and Optuna's threads initialised,
-    # which a forked child inherits in a broken state.
-    ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_local_worker, args=(setup, n, i, trials_before, os.getpid()), name=f"tune-worker-{i}")
-        for i, n in enumerate(shares)
-    ]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join()
-    except KeyboardInterrupt:
-        for p in procs:  # the children got the same SIGINT; give them a moment to record their trial
-            p.join(timeout=10)
-            if p.is_alive():
-                p.terminate()  # its trial stays RUNNING until the study is next opened: then FAIL and re-run
-        raise
-    return [f"worker {i} exited with code {p.exitcode}" for i, p in enumerate(procs) if p.exitcode != 0]
-
-
-def _ray_worker(setup: StudySetup, n_trials: int, worker: int, trials_before: int) -> int:
-    optimize(setup, n_trials, worker, trials_before)
-    return n_trials
-
-
-def run_ray(setup: StudySetup, shares: list[int], trials_before: int, address: str | None) -> list[str]:
-    """The same workers as Ray tasks, on a local Ray or the cluster at `address` / $RAY_ADDRESS."""
-    # Imported here, not at the top: the GPU machine of this project has no Ray, and `bench.tuning.tune` must
-    # import (and `--executor local` work) there. bench/campaign/executors.py is the one module that imports ray.
-    from bench.campaign.executors import run_workers_on_ray
-
-    args = [(setup, n, i, trials_before) for i, n in enumerate(shares)]
-    return run_workers_on_ray(
-        _ray_worker, args, address=address, cpus_per_worker=setup.threads or 1, use_gpus=setup.device != "cpu"
-    )
-
-
-def ray_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("ray") is not None
+from bench.tuning.trials import TRIAL_ERRORS, EpochReporter, StudyStopped, objective, optimize, trial_spec
+from bench.tuning.workers import ray_available, run_local, run_ray, split_trials
 
 
 def final_run(setup: StudySetup, params: dict) -> dict:
@@ -324,18 +154,24 @@ def tune(
     )
     start = time.perf_counter()
     problems: list[str] = []
-    if len(shares) == 1:  # one worker needs no second process: run it here
-        optimize(setup, shares[0], 0, before, study=the_study)
-    elif len(shares) > 1 and executor == "local":
-        problems = run_local(setup, shares, before)
-    elif len(shares) > 1:
-        problems = run_ray(setup, shares, before, address)
+    try:
+        if len(shares) == 1:  # one worker needs no second process: run it here
+            optimize(setup, shares[0], 0, before, study=the_study)
+        elif len(shares) > 1 and executor == "local":
+            problems = run_local(setup, shares, before)
+        elif len(shares) > 1:
+            problems = run_ray(setup, shares, before, address)
+    except StudyStopped:
+        pass
     wall = time.perf_counter() - start
-    for line in problems:
-        print(f"warning: {line}; its remaining trials were not run", file=sys.stderr)
-
     the_study = optuna.load_study(study_name=name, storage=open_storage(store))
     fail_stale_trials(the_study)  # a worker that crashed (killed, out of memory) leaves its trial RUNNING
+    if termination.requested():  # SIGTERM: queue the stopped trials now, and leave the rest for next time
+        requeue_interrupted(the_study)
+        waiting = counts(the_study)["waiting"]
+        return {"study": name, "stopped": f"{waiting} trial(s) of study {name} stopped and queued to run again"}
+    for line in problems:
+        print(f"warning: {line}; its remaining trials were not run", file=sys.stderr)
     n = counts(the_study)
     if n["waiting"]:
         print(
@@ -370,6 +206,8 @@ def tune(
     if run_final:
         done = final_run(setup, best.params)
         record = done["record"]
+        if record["status"] == "interrupted":  # SIGTERM: recorded as such; the next `tune` trains it again
+            return summary | {"stopped": f"the final run of study {name} recorded interrupted ({done['path']})"}
         summary["final_run"] = {
             "run_id": record["run_id"], "record": _shown(done["path"], results), "best_epoch": record["best_epoch"],
             "valid": record["best_valid"], "test": record["test"],
@@ -382,7 +220,7 @@ def tune(
     return summary
 
 
-__all__ = ["EpochReporter", "StudySetup", "export", "tune"]
+__all__ = ["EpochReporter", "StudySetup", "export", "objective", "split_trials", "trial_spec", "tune"]
 
 
 def _shown(path: str, results: Path) -> str:
