@@ -114,9 +114,10 @@ def test_committed_records_keep_their_ids_now_that_every_config_has_rec_loss():
         record = records.read_record(path)
         fields = {k: v for k, v in record["spec"].items() if k in train.RunSpec.__dataclass_fields__}
         s = train.RunSpec(**{**fields, "device": record["device"]})
-        published = records.faithful_values(record["method"])["rec_loss"]
         assert identity.identity_of(s, record["config"]) == record["run_id"], path.name
-        assert identity.identity_of(s, {**record["config"], "rec_loss": published}) == record["run_id"], path.name
+        if "rec_loss" not in record["config"]:  # written before the field: the run it would be today
+            published = records.faithful_values(record["method"])["rec_loss"]
+            assert identity.identity_of(s, {**record["config"], "rec_loss": published}) == record["run_id"], path.name
 
 
 def test_sasrec_with_ce_is_recorded_as_a_modified_run_with_its_own_id(tiny_data):

@@ -186,8 +186,8 @@ def test_unknown_names_stop_the_grid_before_any_work(tmp_path, option, message):
 # ------------------------------------------------------------------------------ in-process, no training
 def test_profile_label_is_custom_only_when_the_budget_differs():
     smoke = grid.grid_specs(datasets=["Beauty"], profile="smoke", epochs=3)
-    assert {s.profile for s in smoke} == {"smoke"} and len(smoke) == 4  # four methods x one dataset x seed 1
-    assert [s.method for s in smoke] == ["sasrec", "cl4srec", "iclrec", "elcrec"]
+    assert {s.profile for s in smoke} == {"smoke"} and len(smoke) == 6  # six methods x one dataset x seed 1
+    assert [s.method for s in smoke] == ["sasrec", "cl4srec", "iclrec", "elcrec", "icsrec", "duorec"]
     custom = grid.grid_specs(datasets=["Beauty"], profile="smoke", epochs=2)
     assert {s.profile for s in custom} == {"custom"} and {s.epochs for s in custom} == {2}
     paper = grid.grid_specs(["sasrec"])
