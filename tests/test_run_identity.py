@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bench.campaign import grid
-from bench.cli import build_parser, single_run_spec
+from bench.cli import build_parser
+from bench.commands import single_run_spec
 from bench.core import identity, records, train
 from bench.core.errors import BenchError
 from bench.core.profiles import get_profile

@@ -11,7 +11,7 @@ import torch
 
 from bench.core.costs import PeakMemory, synchronize
 from bench.core.spec import RunSpec
-from bench.core.step import make_optimizer, optimise, step_function
+from bench.core.step import epoch_batches, make_optimizer, optimise, step_function
 from methods import Method, MethodConfig, kmeans
 
 ENCODE_CHUNK = 65_536  # users per call of the harness's encode_mean_pooled (which batches by 1024 inside)
@@ -111,7 +111,7 @@ class StepRunner:
     def epoch(self, data=None):
         """The batches of one epoch over `data` (default: the runner's pool)."""
         data = self.data if data is None else data
-        return data.train_batches(self.method.config.batch_size, self.generator, self.method.view_maker)
+        return epoch_batches(self.method, data, self.generator)
 
     def next_batch(self):
         while True:
