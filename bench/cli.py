@@ -19,11 +19,10 @@ that fails (a diverging loss, a crash) is recorded as failed and exits 1.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from bench.core import termination
+from bench.core import configs, termination
 from bench.core.errors import BenchError
 from bench.core.spec import DEFAULT_RESULTS
 from methods import KMEANS_BACKENDS
@@ -245,9 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.command in ("run", "tune"):  # the commands that train stop gracefully on SIGTERM
         termination.install()
-    if getattr(args, "results", None) is not None and not os.environ.get("BENCH_TUNED_DIR"):
-        # tuned configs live in the results folder, beside the studies they come from (docs/tuned-configs.md)
-        os.environ["BENCH_TUNED_DIR"] = str(Path(args.results).expanduser().resolve() / "tuned")
+    # tuned configs live in the results folder, beside the studies they come from (docs/tuned-configs.md)
+    configs.use_results_folder(getattr(args, "results", None))
     try:
         return handlers[args.command](args)
     except BenchError as exc:

@@ -274,7 +274,7 @@ def test_two_drivers_on_one_journal_lose_nothing_and_fail_nothing(tmp_path):
 def test_heartbeat_decides_for_workers_of_other_machines(tmp_path):
     # A trial owned by another machine cannot be checked by pid: it is stale only once its heartbeat is
     # older than the grace period. A trial of a live process here is never stale while it beats.
-    from bench.tuning import studies
+    from bench.tuning import liveness, studies
 
     storage = studies.open_storage(str(tmp_path / "hb.journal"))
     study = optuna.create_study(study_name="hb", storage=storage, direction="maximize")
@@ -282,13 +282,13 @@ def test_heartbeat_decides_for_workers_of_other_machines(tmp_path):
     cases = {
         "silent elsewhere": ({"host": "elsewhere", "boot": "b", "pid": 1, "started": 0.0}, now - 10_000),
         "beating elsewhere": ({"host": "elsewhere", "boot": "b", "pid": 1, "started": 0.0}, now),
-        "alive here": (studies.current_owner(), now),
+        "alive here": (liveness.current_owner(), now),
     }
     ids = {}
     for name, (owner, beat) in cases.items():
         ids[name] = storage.create_new_trial(study._study_id)
-        storage.set_trial_system_attr(ids[name], studies.OWNER_KEY, owner)
-        storage.set_trial_system_attr(ids[name], studies.HEARTBEAT_KEY, beat)
+        storage.set_trial_system_attr(ids[name], liveness.OWNER_KEY, owner)
+        storage.set_trial_system_attr(ids[name], liveness.HEARTBEAT_KEY, beat)
     assert storage._get_stale_trial_ids(study._study_id) == [ids["silent elsewhere"]]
 
 
@@ -363,7 +363,7 @@ def test_postgres_study_with_two_workers_loses_no_trial(tmp_path, postgres_url):
 def test_postgres_trial_of_a_dead_worker_is_failed_and_rerun(tmp_path, postgres_url):
     # The same dead-worker check as for a journal, on a database: a RUNNING trial whose owner process is
     # gone from this machine fails at once (not after the 180 s grace) and its parameters run again.
-    from bench.tuning import studies
+    from bench.tuning import liveness, studies
 
     tune.tune("sasrec", "Beauty", profile=ONE_EPOCH, trials=1, storage=postgres_url, results=tmp_path,
               study="pgz", run_final=False)
@@ -374,7 +374,7 @@ def test_postgres_trial_of_a_dead_worker_is_failed_and_rerun(tmp_path, postgres_
     lr = optuna.distributions.FloatDistribution(1e-4, 5e-3, log=True)
     zombie = storage.create_new_trial(study._study_id)
     storage.set_trial_param(zombie, "lr", lr.to_internal_repr(0.0021), lr)
-    storage.set_trial_system_attr(zombie, studies.OWNER_KEY, {**studies.current_owner(), "pid": gone.pid})
+    storage.set_trial_system_attr(zombie, liveness.OWNER_KEY, {**liveness.current_owner(), "pid": gone.pid})
 
     tune.tune("sasrec", "Beauty", profile=ONE_EPOCH, trials=1, storage=postgres_url, results=tmp_path,
               study="pgz", run_final=False)

@@ -95,12 +95,21 @@ def paper_values(method: str, dataset: str) -> dict:
     return {**raw.get("defaults", {}), **raw.get("datasets", {}).get(dataset, {})}
 
 
+_results_folder: dict[str, Path | None] = {"path": None}  # the command's --results (set by the CLI)
+
+
+def use_results_folder(results: Path | str | None) -> None:
+    """Tuned configs are read from and exported to `<results>/tuned` of the command being run."""
+    _results_folder["path"] = None if results is None else Path(results).expanduser().resolve()
+
+
 def tuned_dir() -> Path:
-    """Where tuned configs live: $BENCH_TUNED_DIR when set, else `tuned/` of the default results folder
-    ($BENCH_RESULTS, else ./results), beside the studies they were exported from (read at each call)."""
+    """Where tuned configs live: $BENCH_TUNED_DIR when set, else `tuned/` of the command's results folder
+    (`use_results_folder`), else of the default one ($BENCH_RESULTS, else ./results); read at each call."""
     if os.environ.get("BENCH_TUNED_DIR"):
         return Path(os.environ["BENCH_TUNED_DIR"])
-    return Path(os.environ.get("BENCH_RESULTS") or "results").resolve() / "tuned"
+    results = _results_folder["path"] or Path(os.environ.get("BENCH_RESULTS") or "results").resolve()
+    return results / "tuned"
 
 
 def tuned_values(method: str, dataset: str) -> dict | None:

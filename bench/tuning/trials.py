@@ -6,7 +6,7 @@ ends before it would touch test, and `EpochReporter` reports each epoch's valid 
 A trial stopped from outside is not a result: Ctrl-C (or Ray's cancellation, which is the same
 KeyboardInterrupt) and SIGTERM (bench/core/termination.py: the loop stops at its last epoch boundary) both
 leave it FAIL and marked `interrupted`, so that the next `tune` of the study runs its parameters again
-(bench/tuning/studies.py, `requeue_interrupted`), and the worker takes no further trial.
+(bench/tuning/liveness.py, `requeue_interrupted`), and the worker takes no further trial.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from bench.core import termination, train
 from bench.core.errors import BenchError
 from bench.core.spec import make_spec
 from bench.tuning import search_space
-from bench.tuning.studies import INTERRUPTED, METRIC, StudySetup, open_study
+from bench.tuning.liveness import INTERRUPTED
+from bench.tuning.studies import METRIC, StudySetup, open_study
 
 # Errors that fail one trial (an unlucky combination, a diverging loss) without stopping the study.
 TRIAL_ERRORS = (BenchError, RuntimeError, ValueError, FloatingPointError)

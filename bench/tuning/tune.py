@@ -37,6 +37,7 @@ from bench.core.errors import BenchError
 from bench.core.profiles import Profile
 from bench.core.spec import EXECUTORS, check_choice
 from bench.tuning import search_space
+from bench.tuning.liveness import fail_stale_trials, requeue_interrupted
 from bench.tuning.reports import complete_trials, counts, export, fmt, space_entry, write_reports
 from bench.tuning.studies import (
     DEFAULT_SEED,
@@ -46,14 +47,12 @@ from bench.tuning.studies import (
     StudySetup,
     check_study_name,
     default_study_name,
-    fail_stale_trials,
     is_url,
     journal_path,
     make_sampler,
     open_storage,
     open_study,
     public_storage,
-    requeue_interrupted,
     studies_dir,
     study_exists,
 )
