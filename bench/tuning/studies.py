@@ -144,7 +144,7 @@ def study_exists(storage: BaseStorage, name: str) -> bool:
 
 def make_sampler(seed: int, worker: int, trials_before: int) -> optuna.samplers.TPESampler:
     # One stream per (seed, worker, study size): parallel workers must not propose the same points, and a
-    # resumed study must not replay the random start-up points of the first session.
+    # resumed study must not replay the random start-up points of its first run.
     digest = hashlib.sha256(f"{seed}:{worker}:{trials_before}".encode()).digest()
     # constant_liar: running trials count as bad points, so parallel workers spread out.
     return optuna.samplers.TPESampler(seed=int.from_bytes(digest[:4], "little"), constant_liar=True)

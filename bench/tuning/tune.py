@@ -132,7 +132,7 @@ def tune(
     setup = StudySetup(method, dataset, profile, name, store, str(results), device, seed)
 
     the_study = open_study(setup, storage=storage_obj)
-    fail_stale_trials(the_study)  # trials of workers that died with an earlier session: FAIL, and queued again
+    fail_stale_trials(the_study)  # trials of workers that died with an earlier run of tune: FAIL, and queued again
     requeue_interrupted(the_study)  # trials stopped by Ctrl-C: run again
     before = len(the_study.get_trials(deepcopy=False))
     the_study.sampler = make_sampler(seed, 0, before)  # seeded by the study's size, as every worker's
