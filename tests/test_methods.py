@@ -68,11 +68,11 @@ def test_training_step_contract(name, small_data):
 
 
 def test_iclrec_estep_every_epoch_with_unit_prototypes(small_data, monkeypatch):
-    import methods.clustering as clustering
+    import methods.intent as intent  # the intent family's E-step calls the k-means it imported
 
     calls = []
-    real = clustering.kmeans
-    monkeypatch.setattr(clustering, "kmeans", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = intent.kmeans
+    monkeypatch.setattr(intent, "kmeans", lambda *a, **k: calls.append(1) or real(*a, **k))
     method = build("iclrec", small_data)
     optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
@@ -89,11 +89,11 @@ def test_iclrec_estep_every_epoch_with_unit_prototypes(small_data, monkeypatch):
 
 
 def test_elcrec_kmeans_only_once_and_centers_learn(small_data, monkeypatch):
-    import methods.clustering as clustering
+    import methods.intent as intent  # the intent family's E-step calls the k-means it imported
 
     calls = []
-    real = clustering.kmeans
-    monkeypatch.setattr(clustering, "kmeans", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = intent.kmeans
+    monkeypatch.setattr(intent, "kmeans", lambda *a, **k: calls.append(1) or real(*a, **k))
     method = build("elcrec", small_data)
     method.on_epoch_start(0, small_data)
     before = method.cluster_centers.detach().clone()
