@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from bench.core.errors import BenchError
+from bench.core.paths import cache_folder
 
 CHECKPOINT_NAME = "last.pt"
 FORMAT = 1
@@ -41,10 +42,7 @@ FORMAT = 1
 
 def default_folder() -> Path:
     """Where mid-run checkpoints go unless --checkpoint-dir says otherwise (see the module doc)."""
-    if os.environ.get("BENCH_CHECKPOINTS"):
-        return Path(os.environ["BENCH_CHECKPOINTS"]).expanduser().resolve()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return (cache / "intent-bench" / "checkpoints").resolve()
+    return cache_folder("BENCH_CHECKPOINTS", "checkpoints")
 
 
 def checkpoint_path(folder: str | Path, run_id: str) -> Path:

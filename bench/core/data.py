@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from bench.core.errors import BenchError
+from bench.core.paths import cache_folder
 from bench.core.prefixes import PrefixExamples, SameTarget, build_prefix_examples, prefix_batches
 from methods import TRAINING_EXAMPLES, Batch
 
@@ -46,10 +47,7 @@ def manifest_dir() -> Traversable:
 
 def cache_dir() -> Path:
     """Where downloaded datasets live: $BENCH_DATA_DIR, else ${XDG_CACHE_HOME:-~/.cache}/intent-bench/datasets."""
-    if os.environ.get("BENCH_DATA_DIR"):
-        return Path(os.environ["BENCH_DATA_DIR"]).expanduser().resolve()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return (cache / "intent-bench" / "datasets").resolve()
+    return cache_folder("BENCH_DATA_DIR", "datasets")
 
 
 # --------------------------------------------------------------------------------------------- manifests
