@@ -103,7 +103,7 @@ def cmd_run(args) -> int:
         return cmd_grid(args)
     if not args.method or not args.dataset:
         raise BenchError("run needs --method and --dataset (or --all for the grid)")
-    from bench.core import identity, outcomes, records, train
+    from bench.core import outcomes, records, train
 
     if args.time_budget is not None:
         raise BenchError("--time-budget time-boxes a grid: add --all")
@@ -113,10 +113,9 @@ def cmd_run(args) -> int:
         from bench.core import checkpoints
 
         records.check_writable(Path(spec.checkpoint_dir), "checkpoint folder")
-        rid = identity.run_identity(spec)[0]
-        done = checkpoints.epochs_done(spec.checkpoint_dir, rid)
+        done = checkpoints.epochs_done(spec.checkpoint_dir, spec.run_id)
         if done is not None:
-            print(f"resuming from {checkpoints.checkpoint_path(spec.checkpoint_dir, rid)} at epoch {done}", file=sys.stderr)
+            print(f"resuming from {checkpoints.checkpoint_path(spec.checkpoint_dir, spec.run_id)} at epoch {done}", file=sys.stderr)
     if spec.save_checkpoint:
         _check_checkpoint_path(spec.save_checkpoint)
     try:

@@ -2,7 +2,7 @@
 
 A method is the shared SASRec encoder (`methods/encoder.py`) plus whatever its training adds (losses,
 cluster centers). It subclasses `Method` (or `AugmentedMethod` when it trains on augmented views), declares
-a typed config dataclass, and is listed in `methods/__init__.py`; `methods/configs/<name>.toml` holds its
+a typed config dataclass (frozen: a run's resolved config never changes after it is resolved), and is listed in `methods/__init__.py`; `methods/configs/<name>.toml` holds its
 published settings and search space. That is all a new method needs (README, "Adding a method").
 
 What the harness calls, and when (`bench/core/train.py`, `bench/core/evaluate.py`):
@@ -89,7 +89,7 @@ TRAINING_EXAMPLES = ("users", "prefixes")
 REC_LOSSES = ("bce", "ce", "ce_last")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MethodConfig:
     """Hyperparameters every method has: the shared encoder and the optimiser (docs/methods.md, "Encoder")."""
 
@@ -124,7 +124,7 @@ class MethodConfig:
         return dataclasses.asdict(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentedConfig(MethodConfig):
     """Config of methods that also train on two augmented views per user (CL4SRec, ICLRec, ELCRec)."""
 

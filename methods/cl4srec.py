@@ -14,7 +14,7 @@ from methods.base import AugmentedConfig, AugmentedMethod
 from methods.losses import nce_loss
 
 
-@dataclass
+@dataclass(frozen=True)
 class CL4SRecConfig(AugmentedConfig):
     pass
 

@@ -24,7 +24,7 @@ from methods.losses import nce_loss
 from methods.same_target import SameTargetIndex
 
 
-@dataclass
+@dataclass(frozen=True)
 class DuoRecConfig(MethodConfig):
     rec_loss: str = "ce_last"
     cl_weight: float = 0.1  # lmd_sem, the supervised contrastive term's weight

@@ -25,7 +25,7 @@ from methods.intent import IntentConfig, IntentMethod
 from methods.losses import elcrec_cluster_loss, intent_loss, nce_loss
 
 
-@dataclass
+@dataclass(frozen=True)
 class ELCRecConfig(IntentConfig):
     trade_off: float = 1.0  # weight of the clustering loss
     prototype: str = "concat"  # how a view's positions use their nearest center: shift | concat

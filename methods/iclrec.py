@@ -24,7 +24,7 @@ from methods.intent import IntentConfig, IntentMethod
 from methods.losses import intent_loss, nce_loss
 
 
-@dataclass
+@dataclass(frozen=True)
 class ICLRecConfig(IntentConfig):
     kmeans_init: str = "warm"  # E-steps after the first: warm (published) | fresh
 

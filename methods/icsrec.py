@@ -29,7 +29,7 @@ from methods.losses import masked_nce_loss, nce_loss
 from methods.same_target import fixed_partners
 
 
-@dataclass
+@dataclass(frozen=True)
 class ICSRecConfig(MethodConfig):
     """Defaults are the published code's argparse defaults; methods/configs/icsrec.toml holds the settings
     of its published scripts per dataset."""

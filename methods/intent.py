@@ -17,7 +17,7 @@ from methods.base import AugmentedConfig, AugmentedMethod, Batch, DatasetInfo, M
 from methods.clustering import BACKENDS, kmeans, resolve_backend
 
 
-@dataclass
+@dataclass(frozen=True)
 class IntentConfig(AugmentedConfig):
     """Config of the intent-learning methods (ICLRec, ELCRec): K intents found by k-means."""
 

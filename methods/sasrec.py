@@ -9,7 +9,7 @@ import torch
 from methods.base import Method, MethodConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class SASRecConfig(MethodConfig):
     pass
 

@@ -74,3 +74,13 @@ def tiny_data():
 
     seqs = synthetic_sequences(num_users=300)
     return SequenceData("synthetic", seqs, item_size=int(seqs.items.max()) + 2, max_len=20)
+
+
+def synthetic_spec(method: str, *, overrides: dict | None = None, **fields):
+    """A RunSpec on the synthetic data of these fixtures (no manifest, so not `make_spec`): the config
+    resolved as `make_spec` resolves it (the method's defaults plus `overrides`), on the CPU."""
+    from bench.core.configs import resolve_config
+    from bench.core.spec import RunSpec
+
+    config, label = resolve_config(method, "synthetic", "paper", dict(overrides or {}))
+    return RunSpec(method=method, dataset="synthetic", config=config, config_source=label, **{"device": "cpu", **fields})

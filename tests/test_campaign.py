@@ -5,6 +5,7 @@ fractional-GPU packing through Ray with logical GPUs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -12,8 +13,9 @@ import time
 import pytest
 import torch
 
-from bench.core import checkpoints, identity, train
+from bench.core import checkpoints, train
 from bench.core.errors import BenchError
+from tests.conftest import synthetic_spec
 
 MAX_LEN = 20
 TINY = {"num_layers": 1, "hidden_size": 32, "batch_size": 64, "max_len": MAX_LEN}
@@ -25,8 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py, a
 
 def tiny_spec(method: str, epochs: int = 4, **kwargs) -> train.RunSpec:
     intents = {"num_intents": 16} if method in ("iclrec", "elcrec") else {}
-    return train.RunSpec(method=method, dataset="synthetic", epochs=epochs, patience=epochs, device="cpu",
-                         overrides={**TINY, **intents}, **kwargs)
+    return synthetic_spec(method, epochs=epochs, patience=epochs, overrides={**TINY, **intents}, **kwargs)
 
 
 def stop_after(n: int):
@@ -61,7 +62,7 @@ def test_a_checkpoint_of_another_spec_is_refused(tiny_data, tmp_path):
     a = tiny_spec("sasrec", epochs=2, checkpoint_dir=str(tmp_path))
     rec = train.run(a, data=tiny_data, progress=False, stop_when=stop_after(1))
     b = tiny_spec("sasrec", epochs=3, checkpoint_dir=str(tmp_path))
-    other_id = identity.run_identity(b)[0]
+    other_id = b.run_id
     target = checkpoints.checkpoint_path(tmp_path, other_id)
     target.parent.mkdir(parents=True)
     shutil.copy(checkpoints.checkpoint_path(tmp_path, rec["run_id"]), target)
@@ -110,7 +111,7 @@ def planned_grid(epochs: int = 10):
     for method in ("sasrec", "iclrec", "elcrec"):
         for seed in (1, 2):
             spec = tiny_spec(method, epochs=epochs)
-            spec = train.RunSpec(**{**spec.__dict__, "seed": seed})
+            spec = dataclasses.replace(spec, seed=seed)
             runs.append(Planned(spec, f"{method}-{seed}"))
     return runs
 
@@ -362,7 +363,7 @@ def test_status_shows_every_state_and_the_time_left(tmp_path, capsys):
     from bench.core import records
 
     specs = grid_specs(["sasrec"], ["Beauty"], [1, 2, 3, 4], profile="smoke", device="cpu")
-    ids = [identity.run_identity(s)[0] for s in specs]
+    ids = [s.run_id for s in specs]
     epochs = [{"epoch": i, "valid": {"NDCG@20": 0.01}, "estep_s": 0.0, "train_s": 2.0, "eval_s": 1.0} for i in range(3)]
     base = {"method": "sasrec", "dataset": "Beauty", "profile": "smoke", "device": "cpu",
             "spec": {"max_users": 2000, "compile": "off"}, "variant": {"compile": "off", "precision": "fp32"}}

@@ -21,9 +21,10 @@ from bench.core import identity, records, train
 from bench.core.configs import resolve_config
 from bench.core.data import SequenceData
 from bench.core.errors import BenchError
+from bench.core.migrate import recorded_spec
 from bench.core.step import build_method, step_function
 from methods.base import CPU_CHUNK_ROWS
-from tests.conftest import REPO
+from tests.conftest import REPO, synthetic_spec
 
 MIB = 2**20
 INTENT_METHODS = ("iclrec", "elcrec")
@@ -44,8 +45,8 @@ def overrides_for(method: str, **extra) -> dict:
 
 
 def spec(method: str, epochs: int = 1, overrides: dict | None = None, **kwargs) -> train.RunSpec:
-    return train.RunSpec(method=method, dataset="synthetic", epochs=epochs, patience=epochs, device="cpu",
-                         overrides=overrides_for(method, **(overrides or {})), **kwargs)
+    return synthetic_spec(method, epochs=epochs, patience=epochs, overrides=overrides_for(method, **(overrides or {})),
+                          **kwargs)
 
 
 def budget_of(s: train.RunSpec, **options) -> dict:
@@ -74,7 +75,7 @@ def test_faithful_run_is_recorded_as_faithful_and_keeps_the_id_it_had_before_the
     # ... and not the hash of the config as it is now (else the check above could not tell the two apart).
     assert record["run_id"] != records.run_id("iclrec", "synthetic", 1, "custom", "reference", record["config"], budget_of(s))
     # The id a resume computes before running (to skip finished runs) is the id the record got.
-    assert identity.run_identity(s)[0] == record["run_id"]
+    assert s.run_id == record["run_id"]
 
 
 def _records_from_before_the_options() -> list[Path]:
@@ -96,10 +97,9 @@ def test_records_written_before_the_options_existed_keep_their_run_ids():
     for path in paths:
         record = json.loads(path.read_text())
         assert "view_encoding" not in record["config"] and "precision" not in record["spec"]
-        fields = {k: v for k, v in record["spec"].items() if k in train.RunSpec.__dataclass_fields__}
         # The device the run resolved to ("auto" would resolve to this machine's device).
-        s = train.RunSpec(**{**fields, "device": record["device"]})
-        if identity.run_identity(s)[0] != record["run_id"]:
+        s = recorded_spec({**record, "spec": {**record["spec"], "device": record["device"]}})
+        if identity.identity_of(s, record["config"]) != record["run_id"]:
             mismatched.append(path.name)
     assert not mismatched, f"{len(mismatched)} of {len(paths)} old records would get a new id (and be re-run): {mismatched}"
 
@@ -112,8 +112,7 @@ def test_committed_records_keep_their_ids_now_that_every_config_has_rec_loss():
     assert paths
     for path in paths:
         record = records.read_record(path)
-        fields = {k: v for k, v in record["spec"].items() if k in train.RunSpec.__dataclass_fields__}
-        s = train.RunSpec(**{**fields, "device": record["device"]})
+        s = recorded_spec({**record, "spec": {**record["spec"], "device": record["device"]}})
         assert identity.identity_of(s, record["config"]) == record["run_id"], path.name
         if "rec_loss" not in record["config"]:  # written before the field: the run it would be today
             published = records.faithful_values(record["method"])["rec_loss"]
@@ -173,7 +172,7 @@ def test_shared_view_encoding_saves_one_encoder_pass_and_is_a_fast_run_with_its_
     # A non-default value stays in the hash, so the fast run never shares an id with the faithful one.
     hashed = {k: v for k, v in record["config"].items() if k not in ("kmeans_init", "rec_loss")}  # faithful: left out
     assert record["run_id"] == records.run_id(method_name, "synthetic", 1, "custom", "reference", hashed, budget_of(s))
-    assert record["run_id"] != identity.run_identity(spec(method_name))[0]
+    assert record["run_id"] != spec(method_name).run_id
 
 
 # ------------------------------------------------------------------------------------------------- bf16
@@ -196,7 +195,7 @@ def test_bf16_runs_on_cpu_end_to_end_as_a_fast_run_with_its_own_id(method_name, 
         {k: v for k, v in record["config"].items() if k not in ("view_encoding", "kmeans_init", "rec_loss")},
         budget_of(s, precision="bf16"),
     )
-    assert record["run_id"] != identity.run_identity(spec(method_name))[0]
+    assert record["run_id"] != spec(method_name).run_id
 
 
 def test_bf16_step_really_computes_in_bf16_and_fp32_does_not(tiny_data):
@@ -237,11 +236,11 @@ def test_unknown_precision_or_compile_mode_is_a_one_line_error_exit_2(args, mess
     assert proc.stdout == ""
 
 
-def test_unknown_view_encoding_is_a_user_error_naming_it(tiny_data):
-    with pytest.raises(BenchError, match=r"view_encoding must be separate or shared, got 'bogus'"):
-        train.run(spec("iclrec", overrides={"view_encoding": "bogus"}), progress=False, data=tiny_data)
-    with pytest.raises(BenchError, match="view_encoding"):  # also before a grid or resume runs anything
-        identity.run_identity(spec("elcrec", overrides={"view_encoding": "bogus"}))
+def test_unknown_view_encoding_is_a_user_error_naming_it():
+    # The config is resolved and checked where the spec is made: before a run, a grid or a resume starts.
+    for method in ("iclrec", "elcrec"):
+        with pytest.raises(BenchError, match=r"view_encoding must be separate or shared, got 'bogus'"):
+            spec(method, overrides={"view_encoding": "bogus"})
 
 
 # --------------------------------------------------------------------------------------------- memory

@@ -8,7 +8,8 @@ import pytest
 
 from bench.cli import main
 from bench.core import identity, records, train
-from bench.core.migrate import SCHEMA_1_FAITHFUL
+from bench.core.migrate import SCHEMA_1_FAITHFUL, recorded_spec
+from tests.conftest import synthetic_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -17,8 +18,7 @@ TINY = {"num_layers": 1, "hidden_size": 16, "batch_size": 100, "max_len": 20}
 
 def _run(method: str, tiny_data, **overrides) -> dict:
     intents = {"num_intents": 8} if method in ("iclrec", "elcrec") else {}
-    spec = train.RunSpec(method=method, dataset="synthetic", epochs=1, patience=1, device="cpu",
-                         overrides={**TINY, **intents, **overrides})
+    spec = synthetic_spec(method, epochs=1, patience=1, overrides={**TINY, **intents, **overrides})
     return train.run(spec, data=tiny_data, progress=False)
 
 
@@ -32,7 +32,7 @@ def _as_schema_1(record: dict) -> dict:
         old["variant"].pop(key, None)
     if old["variant"]["mode"] == "modified":
         old["variant"]["mode"] = "faithful"
-    spec = train.RunSpec(**{k: v for k, v in old["spec"].items()})
+    spec = recorded_spec(old)
     old["run_id"] = identity.identity_of(spec, old["config"], faithful=SCHEMA_1_FAITHFUL)
     return old
 

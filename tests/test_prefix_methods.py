@@ -16,7 +16,7 @@ from methods import REGISTRY, DatasetInfo
 from methods.clustering import nearest_centroid
 from methods.losses import masked_nce_loss, nce_loss
 from methods.same_target import fixed_partners
-from tests.conftest import REPO, SHARED
+from tests.conftest import REPO, SHARED, synthetic_spec
 
 ICSREC_CHECKPOINT = SHARED / "reference" / "ICSRec-SAS-Beauty-0.pt"
 # ../shared/reference/README.md: the published code on a CPU; at @10 a GPU run gives 0.0959 / 0.0578 (one
@@ -177,8 +177,7 @@ def test_icsrec_is_faithful_with_ce_last_and_modified_with_bce(tiny_data):
     tiny = {"num_layers": 1, "hidden_size": 32, "batch_size": 64, "max_len": 20, "num_intents": 16}
 
     def spec(**overrides):
-        return train.RunSpec(method="icsrec", dataset="synthetic", epochs=1, patience=1, device="cpu",
-                             overrides={**tiny, **overrides})
+        return synthetic_spec("icsrec", epochs=1, patience=1, overrides={**tiny, **overrides})
 
     record = train.run(spec(), progress=False, data=tiny_data)
     assert record["variant"] == {"mode": "faithful", "precision": "fp32", "compile": "off", "kmeans_init": "warm",

@@ -10,7 +10,7 @@ import torch
 from bench.campaign import grid
 from bench.cli import build_parser
 from bench.commands import single_run_spec
-from bench.core import identity, records, train
+from bench.core import records, train
 from bench.core.errors import BenchError
 from bench.core.profiles import get_profile
 from bench.core.spec import make_spec
@@ -31,7 +31,7 @@ def test_one_run_gets_one_id_through_run_the_grid_and_tune():
     setup = tune.StudySetup("sasrec", "Beauty", get_profile("smoke"), "s", "unused.journal", "unused")
     from_tune = tune.trial_spec(setup, {"lr": 0.002})  # the final run of a study with this best trial
     assert len(from_grid) == 1
-    ids = {identity.run_identity(s)[0] for s in (from_run, from_grid[0], from_tune)}
+    ids = {s.run_id for s in (from_run, from_grid[0], from_tune)}
     assert len(ids) == 1
     assert {s.profile for s in (from_run, from_grid[0], from_tune)} == {"smoke"}
 
@@ -41,11 +41,11 @@ def test_a_budget_has_one_label_whatever_the_command():
     single = single_run_spec(_run_args("--method", "sasrec", "--dataset", "Beauty", "--profile", "smoke", "--epochs", "1"))
     in_grid = grid.grid_specs(["sasrec"], ["Beauty"], profile="smoke", epochs=1)[0]
     assert single.profile == in_grid.profile == "custom"
-    assert identity.run_identity(single)[0] == identity.run_identity(in_grid)[0]
+    assert single.run_id == in_grid.run_id
     # A bare run has the paper budget, so it is the paper run the grid would skip as done.
     bare = single_run_spec(_run_args("--method", "sasrec", "--dataset", "Beauty"))
     paper = grid.grid_specs(["sasrec"], ["Beauty"], [1])[0]
-    assert bare.profile == "paper" and identity.run_identity(bare)[0] == identity.run_identity(paper)[0]
+    assert bare.profile == "paper" and bare.run_id == paper.run_id
     # The smoke budget spelled out without --profile is the smoke run.
     spelled = make_spec("sasrec", "Beauty", epochs=3, patience=3, max_users=2000)
     assert spelled.profile == "smoke"
@@ -76,7 +76,7 @@ def test_make_spec_refuses_bad_values_in_one_line(kwargs, message):
 
 
 # ------------------------------------------------------------------------------- a fifth method
-@dataclass
+@dataclass(frozen=True)
 class ToyConfig(MethodConfig):
     num_layers: int = 1
     shrink: float = 0.5  # a method-specific value, checked like every config value
@@ -100,7 +100,7 @@ def test_a_fifth_method_runs_through_the_harness(monkeypatch, tmp_path):
     record = train.run(spec, progress=False)
     assert record["status"] == "ok" and record["config"]["shrink"] == 0.25
     assert set(record["epochs"][0]["losses"]) == {"rec", "loss"}
-    assert record["test"]["HR@20"] >= 0.0 and record["run_id"] == identity.run_identity(spec)[0]
+    assert record["test"]["HR@20"] >= 0.0 and record["run_id"] == spec.run_id
     path = records.save(tmp_path, record)
     assert records.read_record(path)["method"] == "toy"
     with pytest.raises(BenchError, match="unknown key"):

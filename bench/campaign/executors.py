@@ -51,8 +51,8 @@ import ray
 
 from bench.campaign import reaper
 from bench.core import termination
+from bench.core.data import REPO_ROOT
 from bench.core.errors import BenchError
-from bench.core.spec import REPO_ROOT
 
 
 def _worker_env() -> dict[str, str]:

@@ -1,6 +1,6 @@
 """The grid: `python -m bench run --all`, every method x dataset x seed, resumable.
 
-A grid is a list of `RunSpec`s. Each spec's run id is known before it runs (`identity.run_identity`), so a
+A grid is a list of `RunSpec`s. Each spec's run id is known before it runs (`RunSpec.run_id`), so a
 grid skips the runs whose record already exists with status ok, and a killed grid loses only the runs that
 were in flight: the driver writes each record (atomically) the moment its run finishes. A run that raises
 is recorded as failed, with its traceback, and the grid goes on; the failed record is not "done", so the
@@ -36,7 +36,8 @@ from bench.campaign.schedule import (
     make_scheduler,
     measured_packing,
 )
-from bench.core import checkpoints, configs, identity, outcomes, records, termination, train
+from bench.core import checkpoints, configs, outcomes, records, termination, train
+from bench.core.devices import device_kind
 from bench.core.errors import BenchError
 from bench.core.profiles import get_profile
 from bench.core.spec import (
@@ -45,7 +46,6 @@ from bench.core.spec import (
     EXECUTORS,
     RunSpec,
     check_choice,
-    device_kind,
     make_spec,
 )
 from bench.core.train import SELECTION_METRIC
@@ -197,7 +197,7 @@ class WorkQueue:
     def take(self) -> RunSpec | None:
         """The next run to start now, claimed; None when nothing (more) can start now."""
         while (spec := self.scheduler.next_run()) is not None:
-            rid = identity.run_identity(spec)[0]
+            rid = spec.run_id
             if not self.claims.try_claim(rid):
                 self.claimed_elsewhere.append((spec, self.claims.holder_of(rid)))
                 self.scheduler.dropped(spec)
@@ -303,11 +303,10 @@ def run_grid(
         specs = [s if s.checkpoint_dir else replace(s, checkpoint_dir=default_dir) for s in specs]
     by_id: dict[str, RunSpec] = {}
     resumable: set[str] = set()
-    for spec, asked in zip(specs, asked_checkpoints):  # resolving every config here: a bad one fails first
-        rid = identity.run_identity(spec)[0]
-        by_id.setdefault(rid, spec)
+    for spec, asked in zip(specs, asked_checkpoints):
+        by_id.setdefault(spec.run_id, spec)
         if asked:
-            resumable.add(rid)
+            resumable.add(spec.run_id)
     done = records.completed_run_ids(summary.results_dir)
     todo = {rid: spec for rid, spec in by_id.items() if rid not in done}
     summary.skipped = len(by_id) - len(todo)

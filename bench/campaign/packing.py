@@ -38,8 +38,9 @@ import torch
 
 from bench.campaign.schedule import FAITHFUL_COMPILE, epoch_seconds, machine_name
 from bench.core import records
+from bench.core.devices import device_kind
 from bench.core.errors import BenchError
-from bench.core.spec import DEFAULT_RESULTS, check_positive, device_kind
+from bench.core.spec import DEFAULT_RESULTS, check_positive
 from bench.core.stats import per_epoch_interval
 
 

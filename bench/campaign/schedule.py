@@ -45,8 +45,9 @@ import torch
 
 from bench.core import records
 from bench.core.context import cpu_model
+from bench.core.devices import device_kind
 from bench.core.errors import BenchError
-from bench.core.spec import COMMITTED_RESULTS, RunSpec, device_kind
+from bench.core.spec import COMMITTED_RESULTS, RunSpec
 
 # The checkout's committed packing measurements, read beside the results folder's own <results>/benchmarks.
 PACKING_DIR = COMMITTED_RESULTS / "benchmarks"
@@ -103,8 +104,8 @@ def check_packing(gpus_per_run: float | None, gpus_here: int, remote: bool) -> N
 def kind_of(spec: RunSpec) -> tuple:
     """Runs of one kind cost the same per epoch: method, dataset, device, data size and execution options
     (compile mode, precision, view encoding), and the recommendation loss (ce scores every item)."""
-    view_encoding = str(spec.overrides.get("view_encoding", "separate"))
-    rec_loss = str(spec.overrides.get("rec_loss", records.faithful_values(spec.method)["rec_loss"]))
+    view_encoding = getattr(spec.config, "view_encoding", records.FAITHFUL["view_encoding"])
+    rec_loss = spec.config.rec_loss
     return (spec.method, spec.dataset, device_kind(spec.device), spec.max_users, spec.compile, spec.precision,
             view_encoding, rec_loss)
 

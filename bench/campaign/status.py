@@ -29,8 +29,8 @@ from bench.campaign.schedule import (
     projected_seconds,
 )
 from bench.core import checkpoints, records
-from bench.core.identity import run_identity
-from bench.core.spec import COMMITTED_RESULTS, device_kind
+from bench.core.devices import device_kind
+from bench.core.spec import COMMITTED_RESULTS
 from bench.core.train import SELECTION_METRIC
 
 
@@ -63,7 +63,7 @@ def protocol_status(
 ) -> dict:
     """Rows (one per run of the protocol) and totals, as plain data (`bench status --json` prints it)."""
     from bench.campaign.grid import grid_specs
-    from bench.core.spec import check_device
+    from bench.core.devices import check_device
 
     check_device(device)
     results_dir = Path(results_dir).expanduser().resolve()
@@ -72,7 +72,7 @@ def protocol_status(
                        patience=patience, max_users=max_users)
     latest = _latest_records(results_dir)
     estimates = load_estimates(results_dir, COMMITTED_RESULTS)
-    rows = [_row(spec, run_identity(spec)[0], latest, folder, estimates) for spec in specs]
+    rows = [_row(spec, spec.run_id, latest, folder, estimates) for spec in specs]
     left_s = sum(r["expected_left_s"] or 0.0 for r in rows if r["status"] != "ok")
     unknown = sum(r["status"] != "ok" and r["expected_left_s"] is None for r in rows)
     whole, whole_unknown = projected_seconds(specs, estimates)

@@ -4,22 +4,39 @@ The run id is the first 12 hex digits of the sha256 of everything that determine
 (bench/core/records.py `run_id`): method, dataset, seed, budget, protocol, the resolved config. Execution
 options at their faithful (published) value are left out, so a faithful run keeps the id it had before an
 option existed; any other value enters the id, so a variant never shares an id with the faithful run.
+`RunSpec` (bench/core/spec.py) computes its id here when it is made.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from typing import Protocol
 
 from bench.core import records
-from bench.core.configs import resolve_config
-from bench.core.spec import RunSpec, device_kind
+from bench.core.devices import device_kind
+
+
+class SpecFields(Protocol):
+    """What the id reads of a run's spec: a `RunSpec`, or the `spec` section of a stored record (the record
+    migration, bench/core/migrate.py, recomputes ids from those)."""
+
+    method: str
+    dataset: str
+    seed: int
+    profile: str
+    protocol: str
+    epochs: int
+    patience: int
+    max_users: int | None
+    precision: str
+    compile: str
+    device: str
 
 # Execution options that are RunSpec fields; the rest of records.FAITHFUL are config keys. At their faithful
 # values all are left out of the run id, so records made before an option existed keep their ids.
 SPEC_OPTIONS = ("precision", "compile")
 
 
-def execution_options(spec: RunSpec) -> dict:
+def execution_options(spec: SpecFields) -> dict:
     """How a run executes, where that differs from the default (CPU, fp32, eager): part of its identity.
 
     A GPU run is a different measurement of cost from a CPU run of the same spec, so both records are kept
@@ -31,7 +48,7 @@ def execution_options(spec: RunSpec) -> dict:
     return options
 
 
-def variant_of(spec: RunSpec, config: dict) -> dict:
+def variant_of(spec: SpecFields, config: dict) -> dict:
     """What a record says about how faithful the run was: mode "faithful", "fast" or "modified", and every
     option."""
     faithful = records.faithful_values(spec.method)
@@ -40,13 +57,7 @@ def variant_of(spec: RunSpec, config: dict) -> dict:
     return {"mode": records.variant_mode(options, faithful["rec_loss"]), **options}
 
 
-def run_identity(spec: RunSpec) -> tuple[str, dict, str]:
-    """(run_id, resolved config, config source label) of a spec, known before the run starts (for resume)."""
-    config, label = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
-    return identity_of(spec, config), config.to_dict(), label
-
-
-def identity_of(spec: RunSpec, config, faithful: dict | None = None) -> str:
+def identity_of(spec: SpecFields, config, faithful: dict | None = None) -> str:
     """The run id of `spec` trained with the resolved `config` (a method config or its dict).
 
     `faithful` (default records.faithful_values(spec.method)): the config values left out of the id; the
@@ -60,7 +71,3 @@ def identity_of(spec: RunSpec, config, faithful: dict | None = None) -> str:
     values = config if isinstance(config, dict) else config.to_dict()
     values = {k: v for k, v in values.items() if not (k in faithful_config and faithful_config[k] == v)}
     return records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, values, budget)
-
-
-def spec_fields(spec: RunSpec) -> dict:
-    return {k: v for k, v in asdict(spec).items() if k != "overrides"}

@@ -15,8 +15,9 @@ record readable in one schema or the other, and running the command again finish
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 from bench.core import records
 from bench.core.spec import RunSpec
@@ -31,17 +32,18 @@ class Migration:
     refused: list[str] = field(default_factory=list)  # "path: why" lines
 
 
-def _spec_of(record: dict) -> RunSpec:
-    """The RunSpec a record was made from (its `spec` section), with the fields that enter the id."""
+def recorded_spec(record: dict) -> SimpleNamespace:
+    """The fields of the RunSpec a record was made from (its `spec` section; RunSpec's defaults where an
+    older record lacks one), as `identity_of` reads them. Not a RunSpec: that would resolve today's config."""
+    defaults = {f.name: f.default for f in fields(RunSpec) if f.default is not MISSING}
     saved = record.get("spec") or {}
-    names = {f.name for f in fields(RunSpec)}
-    return RunSpec(**{k: v for k, v in saved.items() if k in names})
+    return SimpleNamespace(**{**defaults, **saved})
 
 
 def _id_of(record: dict, config: dict, *, faithful: dict) -> str:
     from bench.core.identity import identity_of
 
-    return identity_of(_spec_of(record), config, faithful=faithful)
+    return identity_of(recorded_spec(record), config, faithful=faithful)
 
 
 SCHEMA_1_FAITHFUL = {"precision": "fp32", "compile": "off", "view_encoding": "separate"}

@@ -5,7 +5,10 @@ with `make_spec`, so one budget gets one label and one run id whichever command 
 
 - the budget (epochs, patience, users) comes from the profile (default `paper`), each part overridable;
 - the label is the name of the profile whose budget that is (the asked profile first), else `custom`.
-  `run --profile smoke --epochs 1` is therefore `custom`, and a bare `run` (paper budget) is `paper`.
+  `run --profile smoke --epochs 1` is therefore `custom`, and a bare `run` (paper budget) is `paper`;
+- the method's config is resolved once, here (paper or tuned values plus `--set` overrides,
+  bench/core/configs.py): the spec holds it, its provenance and the run id that follows from it, and every
+  later step (the grid's skip test, the scheduler, the training loop, the record) reads them from the spec.
 
 Nothing here knows argparse: `bench/cli.py` turns argv into the typed arguments of `make_spec`.
 """
@@ -16,12 +19,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from bench.core.data import REPO_ROOT
+from bench.core import configs, data, identity
+from bench.core.devices import check_device
 from bench.core.errors import BenchError
 from bench.core.evaluate import PROTOCOLS
 from bench.core.profiles import PROFILES, Profile, get_profile
+from methods import MethodConfig
 
 # Where records, studies, tuned configs and tables go unless --results says otherwise: $BENCH_RESULTS, else
 # results/ of the working directory (the tests point it at a temporary folder, so that they never write
@@ -30,7 +33,7 @@ DEFAULT_RESULTS = Path(os.environ.get("BENCH_RESULTS") or "results").resolve()
 # The checkout's own records (measured runs, committed): the time-boxed grid and `bench status` read their
 # seconds per epoch as estimates wherever the results folder has none of its own (an installed package has
 # none, and estimates then come from the results folder alone).
-COMMITTED_RESULTS = REPO_ROOT / "results"
+COMMITTED_RESULTS = data.REPO_ROOT / "results"
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -42,19 +45,21 @@ MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; the record's JSON ke
 class RunSpec:
     """Everything that determines a run's result (and a few things that only say how to run it).
 
-    Build it with `make_spec`, which checks every value; the dataclass itself trusts its caller.
+    Build it with `make_spec`, which checks every value and resolves the config; the dataclass itself
+    trusts its caller. `run_id` follows from the other fields when the spec is made, so a copy made with
+    `dataclasses.replace` (the grid pins the device, adds a deadline) carries the id of what it will run.
     """
 
     method: str
     dataset: str
+    config: MethodConfig  # resolved: the values the method trains with
     seed: int = 1
     profile: str = "custom"  # the budget's label (see module doc), not necessarily the profile asked for
     epochs: int = 300
     patience: int = 40
     max_users: int | None = None
     protocol: str = "reference"
-    config_source: str = "paper"
-    overrides: dict = field(default_factory=dict)
+    config_source: str = "paper"  # where the config came from: paper | tuned | custom (with --set overrides)
     # Execution options: the faithful defaults are fp32 and eager. Other values can change the numbers, so
     # they enter the run's identity (and only then: ids of faithful runs stay what they always were).
     precision: str = "fp32"
@@ -69,10 +74,22 @@ class RunSpec:
     checkpoint_dir: str | None = None  # where mid-run checkpoints live (<dir>/<run_id>/last.pt); None: none
     deadline: float | None = None  # time.time() by which the run stops after an epoch, recorded "interrupted"
     probe: bool = False  # no earlier record to estimate from: after its first epoch, stop unless it can finish
+    run_id: str = field(init=False, repr=False)  # bench/core/identity.py
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_id", identity.identity_of(self, self.config))
 
     def identity(self) -> dict:
         keys = ("method", "dataset", "seed", "profile", "epochs", "patience", "max_users", "protocol")
         return {k: getattr(self, k) for k in keys}
+
+    def config_values(self) -> dict:
+        return self.config.to_dict()
+
+    def fields(self) -> dict:
+        """The spec as a record keeps it (its `spec` section): every field but the config and the id, which
+        the record holds at its top level."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("config", "run_id")}
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -93,28 +110,6 @@ def check_seed(seed: int) -> int:
     return seed
 
 
-def check_device(name: str) -> str:
-    if name != "auto" and name != "cpu" and not name.startswith("cuda"):
-        raise BenchError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return name
-
-
-def device_kind(name: str) -> str:
-    """"cuda" or "cpu": what `resolve_device(name)` gives, without failing on a device that is missing."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda" if name.startswith("cuda") else "cpu"
-
-
-def resolve_device(name: str) -> torch.device:
-    check_device(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError("--device cuda was asked for but torch sees no CUDA device")
-    return torch.device(name)
-
-
 def budget_label(profile: Profile, epochs: int, patience: int, max_users: int | None) -> str:
     """The profile whose budget this is (the asked one first), else "custom"."""
     budget = (epochs, patience, max_users)
@@ -129,59 +124,49 @@ def make_spec(
     method: str,
     dataset: str,
     *,
-    profile: str | Profile | None = None,
-    epochs: int | None = None,
-    patience: int | None = None,
-    max_users: int | None = None,
-    seed: int | None = None,
-    protocol: str = "reference",
-    config_source: str = "paper",
-    overrides: dict | None = None,
-    precision: str = "fp32",
-    compile: str = "off",
-    device: str = "auto",
-    num_threads: int | None = None,
-    save_checkpoint: str | None = None,
-    concurrency: int = 1,
-    checkpoint_every: int | None = None,
-    checkpoint_dir: str | None = None,
+    # what to run: the budget, the seed, the protocol, the config
+    profile: str | Profile | None = None, epochs: int | None = None, patience: int | None = None,
+    max_users: int | None = None, seed: int | None = None, protocol: str = "reference",
+    config_source: str = "paper", overrides: dict | None = None,
+    # execution options that can change the numbers (they enter the run id unless faithful)
+    precision: str = "fp32", compile: str = "off",
+    # how to run it
+    device: str = "auto", num_threads: int | None = None, save_checkpoint: str | None = None, concurrency: int = 1,
+    checkpoint_every: int | None = None, checkpoint_dir: str | None = None,
 ) -> RunSpec:
-    """A validated spec: the profile's budget with the given parts replaced, every name and value checked.
+    """A validated spec: the profile's budget with the given parts replaced, every name and value checked,
+    the config resolved from `config_source` (paper | tuned) and `overrides` (`--set` pairs).
 
     Raises BenchError (one line) on an unknown method, dataset, profile, protocol, device or option, a value
     out of range, or a config override the method does not accept, before any data is loaded.
     """
-    from bench.core import configs, data
-
     prof = profile if isinstance(profile, Profile) else get_profile(profile or "paper")
-    for option, value in (("--epochs", epochs), ("--patience", patience), ("--max-users", max_users)):
+    for option, value in (("--epochs", epochs), ("--patience", patience), ("--max-users", max_users),
+                          ("--threads", num_threads), ("--checkpoint-every", checkpoint_every)):
         check_positive(option, value)
-    check_positive("--threads", num_threads)
-    check_positive("--checkpoint-every", checkpoint_every)
     epochs = prof.epochs if epochs is None else epochs
     patience = prof.patience if patience is None else patience
     max_users = prof.max_users if max_users is None else max_users
     seed = check_seed(prof.seeds[0] if seed is None else seed)
     configs.method_class(method)
     data.load_manifest(dataset)
-    check_choice("evaluation protocol", protocol, PROTOCOLS)
-    check_choice("precision", precision, PRECISIONS)
-    check_choice("compile mode", compile, COMPILE_MODES)
+    for what, value, choices in (("evaluation protocol", protocol, PROTOCOLS), ("precision", precision, PRECISIONS),
+                                 ("compile mode", compile, COMPILE_MODES)):
+        check_choice(what, value, choices)
     check_device(device)
-    overrides = dict(overrides or {})
-    # an unknown config source or a bad --set fails here, before any data is loaded
-    configs.resolve_config(method, dataset, config_source, overrides)
+    # the one resolution of the run's config: an unknown source or a bad --set fails here, before any data
+    config, config_label = configs.resolve_config(method, dataset, config_source, dict(overrides or {}))
     return RunSpec(
         method=method,
         dataset=dataset,
+        config=config,
         seed=seed,
         profile=budget_label(prof, epochs, patience, max_users),
         epochs=epochs,
         patience=patience,
         max_users=max_users,
         protocol=protocol,
-        config_source=config_source,
-        overrides=overrides,
+        config_source=config_label,
         precision=precision,
         compile=compile,
         device=device,

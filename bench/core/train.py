@@ -8,7 +8,7 @@ decides where the record goes.
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -18,13 +18,12 @@ import torch
 from tqdm import tqdm
 
 from bench.core import checkpoints, context, records, termination
-from bench.core.configs import resolve_config
 from bench.core.costs import PHASES, PeakMemory, PhaseTimer
 from bench.core.data import SequenceData
+from bench.core.devices import resolve_device
 from bench.core.evaluate import PROTOCOLS, evaluate
-from bench.core.identity import identity_of, spec_fields, variant_of
-from bench.core.outcomes import NonFiniteLoss, environment
-from bench.core.spec import RunSpec, check_choice, check_positive, resolve_device
+from bench.core.outcomes import NonFiniteLoss, RunOutcome, environment, make_record, now
+from bench.core.spec import RunSpec, check_choice, check_positive
 from bench.core.step import build_method, epoch_batches, make_optimizer, optimise, step_function
 from bench.core.step import steps_per_epoch as epoch_steps
 from bench.core.weights import save_checkpoint
@@ -42,7 +41,7 @@ def run(
     evaluate_test: bool = True,
     stop_when: Callable[[int, float], str | None] | None = None,
 ) -> dict:
-    """Train and evaluate one run; returns its finalised record (status ok).
+    """Train and evaluate one run; returns its record (status ok, or interrupted when it stopped early).
 
     `epoch_callback(epoch, row)` sees every epoch's row (valid metrics, seconds per phase); a tuner reports
     and prunes from it. `evaluate_test=False` (tuning trials) stops after the last epoch, before the test
@@ -58,94 +57,77 @@ def run(
     check_positive("epochs", spec.epochs)
     check_positive("patience", spec.patience)
     device = resolve_device(spec.device)
-    started = dt.datetime.now(dt.UTC)
-    wall_start = time.perf_counter()
     memory = PeakMemory(device)
     memory.start()
+    try:
+        with _process_settings(spec):
+            return _train_and_test(spec, device, memory, data, progress, epoch_callback, evaluate_test, stop_when)
+    finally:
+        memory.stop()  # idempotent; also ends the sampling thread of a run stopped by an exception
+
+
+@contextlib.contextmanager
+def _process_settings(spec: RunSpec):
+    """The run's matmul precision and thread counts (torch, and faiss for k-means: concurrent runs share the
+    cores), set for the run and given back after it: tuning runs trials in-process."""
     previous_matmul_precision, previous_threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
     torch.set_float32_matmul_precision("high" if spec.precision == "tf32" else "highest")
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
-    run_context = context.start(spec, device)  # execution context (bench/core/context.py)
-    previous_faiss_threads = _set_faiss_threads(spec.num_threads)  # k-means: concurrent runs share the cores
+    previous_faiss_threads = _set_faiss_threads(spec.num_threads)
     try:
-        if data is None:
-            data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
-        config, source_label = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
-        rid = identity_of(spec, config)  # the id and the trained config come from one resolution
-        method = build_method(spec, config, data, device)
-        # ---- campaign hook: resume from a mid-run checkpoint, stop at the deadline (bench/core/checkpoints.py)
-        ckpt_path = checkpoints.checkpoint_path(spec.checkpoint_dir, rid) if spec.checkpoint_dir else None
-        resume = checkpoints.load(ckpt_path, rid) if ckpt_path else None
-        if resume is not None:
-            wall_start -= resume.elapsed_s  # wall and time-to-best continue from the first invocation
-        stop_when = stop_when if stop_when is not None else deadline_stop(spec)
-        fit = fit_epochs(
-            spec, method, data, memory, wall_start, epoch_callback, progress,
-            resume=resume, stop_when=stop_when, checkpoint=(ckpt_path, rid),
-        )
-        if fit.best_state is not None:  # None: stopped (SIGTERM) before its first epoch ended
-            method.load_state_dict(fit.best_state)
-        test, test_ranks, test_eval_s = None, None, 0.0
-        if fit.interrupted is None and ckpt_path is not None:
-            checkpoints.remove(ckpt_path)  # finished: the record is what is kept
-        if fit.interrupted is not None:
-            evaluate_test = False  # an interrupted run is not done: it never touches the test split
-        if evaluate_test:
-            test_start = time.perf_counter()
-            test, test_ranks = evaluate(method, data, "test", spec.protocol, return_ranks=True)
-            test_eval_s = time.perf_counter() - test_start
-        if spec.save_checkpoint:
-            save_checkpoint(fit.best_state, spec.save_checkpoint)
-        peak = peak_memory(memory, fit.epochs)
-        wall = time.perf_counter() - wall_start
-        record = {
-            "method": spec.method,
-            "dataset": spec.dataset,
-            "seed": spec.seed,
-            "profile": spec.profile,
-            "protocol": spec.protocol,
-            "config_source": source_label,
-            "config": config.to_dict(),
-            "variant": variant_of(spec, config.to_dict()),
-            "spec": spec_fields(spec),
-            "status": "ok" if fit.interrupted is None else "interrupted",
-            "error": None,
-            "device": device.type,
-            "env": {**environment(device), **method.run_info()},
-            "started_at": started.isoformat(timespec="seconds"),
-            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "num_users": data.num_users,
-            "best_epoch": fit.best_epoch,
-            "best_valid": fit.best_valid,
-            "test": test,
-            "epochs": fit.epochs,
-            "totals": fit.totals() | {
-                "test_eval_s": round(test_eval_s, 6),
-                "wall_s": round(wall, 6),
-                "time_to_best_s": round(fit.best_elapsed, 6),
-            },
-            "peak_memory_bytes": peak["peak_memory_bytes"],
-            "memory": peak,
-            # per-user test ranks (clipped at 20), for the paired tests of the leaderboard
-            "ranks": records.encode_ranks({"test": test_ranks}) if test_ranks is not None else None,
-            "context": context.finish(run_context),
-        }
-        if fit.interrupted is not None:
-            record["interrupted"] = {
-                "reason": fit.interrupted,
-                "epochs_done": len(fit.epochs),
-                "max_epochs": spec.epochs,
-                "checkpoint": str(ckpt_path) if ckpt_path is not None and ckpt_path.is_file() else None,
-            }
-        if resume is not None:
-            record["resumed_from_epoch"] = resume.next_epoch
-        return records.finalise(record, rid)
-    finally:  # process-wide settings go back to what the caller had (tuning runs trials in-process)
+        yield
+    finally:
         torch.set_float32_matmul_precision(previous_matmul_precision)
         torch.set_num_threads(previous_threads)
         _set_faiss_threads(previous_faiss_threads)
-        memory.stop()  # idempotent; also ends the sampling thread of a run stopped by an exception
+
+
+def _train_and_test(spec, device, memory, data, progress, epoch_callback, evaluate_test, stop_when) -> dict:
+    started, wall_start = now(), time.perf_counter()
+    run_context = context.start(spec, device)  # after the thread counts are set (bench/core/context.py)
+    if data is None:
+        data = SequenceData.load(spec.dataset, max_users=spec.max_users, device=str(device))
+    method = build_method(spec, spec.config, data, device)
+    # ---- campaign hook: resume from a mid-run checkpoint, stop at the deadline (bench/core/checkpoints.py)
+    ckpt_path = checkpoints.checkpoint_path(spec.checkpoint_dir, spec.run_id) if spec.checkpoint_dir else None
+    resume = checkpoints.load(ckpt_path, spec.run_id) if ckpt_path else None
+    if resume is not None:
+        wall_start -= resume.elapsed_s  # wall and time-to-best continue from the first invocation
+    fit = fit_epochs(
+        spec, method, data, memory, wall_start, epoch_callback, progress, resume=resume,
+        stop_when=stop_when if stop_when is not None else deadline_stop(spec), checkpoint_path=ckpt_path,
+    )
+    if fit.best_state is not None:  # None: stopped (SIGTERM) before its first epoch ended
+        method.load_state_dict(fit.best_state)
+    if fit.interrupted is None and ckpt_path is not None:
+        checkpoints.remove(ckpt_path)  # finished: the record is what is kept
+    test, test_ranks, test_eval_s = None, None, 0.0
+    if evaluate_test and fit.interrupted is None:  # an interrupted run is not done: it never touches test
+        test_start = time.perf_counter()
+        test, test_ranks = evaluate(method, data, "test", spec.protocol, return_ranks=True)
+        test_eval_s = time.perf_counter() - test_start
+    if spec.save_checkpoint:
+        save_checkpoint(fit.best_state, spec.save_checkpoint)
+    peak = peak_memory(memory, fit.epochs)
+    totals = fit.totals() | {
+        "test_eval_s": round(test_eval_s, 6),
+        "wall_s": round(time.perf_counter() - wall_start, 6),
+        "time_to_best_s": round(fit.best_elapsed, 6),
+    }
+    return make_record(spec, RunOutcome(
+        "ok" if fit.interrupted is None else "interrupted", device=device.type,
+        env={**environment(device), **method.run_info()}, started_at=started, num_users=data.num_users,
+        best_epoch=fit.best_epoch, best_valid=fit.best_valid, test=test, epochs=fit.epochs, totals=totals,
+        memory=peak, context=context.finish(run_context),
+        # per-user test ranks (clipped at 20), for the paired tests of the leaderboard
+        ranks=records.encode_ranks({"test": test_ranks}) if test_ranks is not None else None,
+        interrupted=None if fit.interrupted is None else {
+            "reason": fit.interrupted, "epochs_done": len(fit.epochs), "max_epochs": spec.epochs,
+            "checkpoint": str(ckpt_path) if ckpt_path is not None and ckpt_path.is_file() else None,
+        },
+        resumed_from_epoch=resume.next_epoch if resume is not None else None,
+    ))
 
 
 def _set_faiss_threads(threads: int | None) -> int | None:
@@ -188,96 +170,119 @@ class Fit:
 FINITE_CHECK_EVERY = {"cpu": 1, "cuda": 50}
 
 
-def fit_epochs(
-    spec, method, data, memory, wall_start, epoch_callback, progress,
-    *, resume: checkpoints.Resume | None = None, stop_when: Callable | None = None, checkpoint: tuple = (None, None),
-) -> Fit:
-    """The epochs: E-step, training steps and validation each timed; early stopping on valid NDCG@20.
+class _Epochs:
+    """The state the epochs of one run share: the method's training step and optimiser, the batch stream,
+    the phase timer and what the epochs so far produced (`fit`)."""
 
-    `resume` continues a checkpointed run; `checkpoint` is (path or None, run id) of the run's checkpoint;
-    `stop_when(epochs_done, last_epoch_s)` may end the run after any epoch (Fit.interrupted says why).
-    """
-    device = data.device
-    training_step = step_function(method, spec, device)
-    optimizer = make_optimizer(method)
-    generator = torch.Generator(device=device).manual_seed(spec.seed)
-    timer = PhaseTimer(device)
-    steps_per_epoch = epoch_steps(method, data)
-    check_every = FINITE_CHECK_EVERY.get(device.type, 50)
-    fit = Fit()
-    first_epoch = 0
-    if resume is not None:  # campaign hook: the state of the epoch boundary the checkpoint was taken at
-        checkpoints.restore_model(resume, method, device)
-        optimizer.load_state_dict(resume.optimizer)
-        checkpoints.restore_streams(resume, generator)
-        fit = Fit(**{**resume.fit, "best_state": {k: v.to(device) for k, v in resume.fit["best_state"].items()}})
-        first_epoch = resume.next_epoch
-    ckpt_path, rid = checkpoint
-    boundary: dict | None = None  # the last epoch boundary's checkpoint, in host memory (written on SIGTERM)
+    def __init__(self, spec: RunSpec, method, data: SequenceData, memory: PeakMemory, wall_start: float,
+                 resume: checkpoints.Resume | None) -> None:
+        self.spec, self.method, self.data, self.memory, self.wall_start = spec, method, data, memory, wall_start
+        device = data.device
+        self.training_step = step_function(method, spec, device)
+        self.optimizer = make_optimizer(method)
+        self.generator = torch.Generator(device=device).manual_seed(spec.seed)
+        self.timer = PhaseTimer(device)
+        self.steps_per_epoch = epoch_steps(method, data)
+        self.check_every = FINITE_CHECK_EVERY.get(device.type, 50)
+        self.fit = Fit()
+        self.first_epoch = 0
+        if resume is not None:  # campaign hook: the state of the epoch boundary the checkpoint was taken at
+            checkpoints.restore_model(resume, method, device)
+            self.optimizer.load_state_dict(resume.optimizer)
+            checkpoints.restore_streams(resume, self.generator)
+            best_state = {k: v.to(device) for k, v in resume.fit["best_state"].items()}
+            self.fit = Fit(**{**resume.fit, "best_state": best_state})
+            self.first_epoch = resume.next_epoch
 
-    def at_boundary(next_epoch: int) -> dict:
+    def run_epoch(self, epoch: int, progress: bool) -> dict:
+        """One epoch: E-step, training steps and validation, each timed; returns the epoch's row."""
+        method = self.method
+        method.train()
+        with self.timer.phase("estep"):
+            method.on_epoch_start(epoch, self.data)
+        self.memory.sample()
+        with self.timer.phase("train"):
+            loss_sums = self._train_steps(epoch, progress)
+        _stop_if_terminated()
+        with self.timer.phase("eval"):
+            valid = evaluate(method, self.data, "valid", self.spec.protocol)
+        losses = {name: float(total) / self.steps_per_epoch for name, total in loss_sums.items()}
+        # Memory held at the end of the epoch (CUDA: allocated by torch; CPU: RSS): flat across epochs unless
+        # something leaks, which tests/test_execution.py checks.
+        row = {"epoch": epoch, "valid": valid, **self.timer.lap(), "losses": losses, "memory_bytes": self.memory.current()}
+        fit = self.fit
+        fit.epochs.append(row)
+        if valid[SELECTION_METRIC] > fit.best_score:
+            fit.best_score, fit.best_epoch, fit.best_valid = valid[SELECTION_METRIC], epoch, valid
+            fit.best_elapsed = time.perf_counter() - self.wall_start
+            fit.best_state = {k: v.detach().clone() for k, v in method.state_dict().items()}
+        return row
+
+    def _train_steps(self, epoch: int, progress: bool) -> dict[str, torch.Tensor]:
+        loss_sums: dict[str, torch.Tensor] = {}
+        steps = tqdm(
+            total=self.steps_per_epoch, desc=f"epoch {epoch}", unit="step", leave=False,
+            disable=not progress or self.steps_per_epoch < 20,  # a bar inside long epochs only
+        )
+        for step, batch in enumerate(epoch_batches(self.method, self.data, self.generator)):
+            _stop_if_terminated()
+            terms = self.training_step(batch)
+            optimise(terms, self.optimizer)
+            for name, value in terms.items():  # summed on the device: no per-step host sync
+                loss_sums[name] = loss_sums.get(name, 0.0) + value.detach()
+            if (step + 1) % self.check_every == 0 or step + 1 == self.steps_per_epoch:
+                _raise_if_diverged(loss_sums["loss"], epoch, step, self.check_every)
+            steps.update()
+        steps.close()
+        return loss_sums
+
+    def boundary(self, next_epoch: int) -> dict:
+        """The checkpoint of the epoch boundary before `next_epoch` (bench/core/checkpoints.py)."""
         return checkpoints.snapshot(
-            rid, next_epoch, method, optimizer, generator, fit.state(), time.perf_counter() - wall_start
+            self.spec.run_id, next_epoch, self.method, self.optimizer, self.generator, self.fit.state(),
+            time.perf_counter() - self.wall_start,
         )
 
-    bar = tqdm(range(first_epoch, spec.epochs), desc=f"{spec.method}/{spec.dataset}", disable=not progress, leave=False)
+
+def fit_epochs(
+    spec, method, data, memory, wall_start, epoch_callback, progress,
+    *, resume: checkpoints.Resume | None = None, stop_when: Callable | None = None, checkpoint_path=None,
+) -> Fit:
+    """The epochs, with early stopping on valid NDCG@20 after `spec.patience` epochs without a better one.
+
+    `resume` continues a checkpointed run; `checkpoint_path` is where the run's mid-run checkpoint goes (None:
+    none); `stop_when(epochs_done, last_epoch_s)` may end the run after any epoch (Fit.interrupted says why).
+    """
+    loop = _Epochs(spec, method, data, memory, wall_start, resume)
+    fit = loop.fit
+    boundary: dict | None = None  # the last epoch boundary's checkpoint, in host memory (written on SIGTERM)
+    bar = tqdm(range(loop.first_epoch, spec.epochs), desc=f"{spec.method}/{spec.dataset}", disable=not progress, leave=False)
     try:
         for epoch in bar:
             _stop_if_terminated()
-            method.train()
-            with timer.phase("estep"):
-                method.on_epoch_start(epoch, data)
-            memory.sample()
-            loss_sums: dict[str, torch.Tensor] = {}
-            steps = tqdm(
-                total=steps_per_epoch, desc=f"epoch {epoch}", unit="step", leave=False,
-                disable=not progress or steps_per_epoch < 20,  # a bar inside long epochs only
-            )
-            with timer.phase("train"):
-                for step, batch in enumerate(epoch_batches(method, data, generator)):
-                    _stop_if_terminated()
-                    terms = training_step(batch)
-                    optimise(terms, optimizer)
-                    for name, value in terms.items():  # summed on the device: no per-step host sync
-                        loss_sums[name] = loss_sums.get(name, 0.0) + value.detach()
-                    if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
-                        _raise_if_diverged(loss_sums["loss"], epoch, step, check_every)
-                    steps.update()
-            steps.close()
-            _stop_if_terminated()
-            with timer.phase("eval"):
-                valid = evaluate(method, data, "valid", spec.protocol)
-            losses = {name: float(total) / steps_per_epoch for name, total in loss_sums.items()}
-            # Memory held at the end of the epoch (CUDA: allocated by torch; CPU: RSS): flat across epochs unless
-            # something leaks, which tests/test_execution.py checks.
-            row = {"epoch": epoch, "valid": valid, **timer.lap(), "losses": losses, "memory_bytes": memory.current()}
-            fit.epochs.append(row)
-            if valid[SELECTION_METRIC] > fit.best_score:
-                fit.best_score, fit.best_epoch, fit.best_valid = valid[SELECTION_METRIC], epoch, valid
-                fit.best_elapsed = time.perf_counter() - wall_start
-                fit.best_state = {k: v.detach().clone() for k, v in method.state_dict().items()}
-            bar.set_postfix({"valid NDCG@20": f"{valid[SELECTION_METRIC]:.4f}", "best": fit.best_epoch})
+            row = loop.run_epoch(epoch, progress)
+            bar.set_postfix({"valid NDCG@20": f"{row['valid'][SELECTION_METRIC]:.4f}", "best": fit.best_epoch})
             if epoch_callback is not None:
                 epoch_callback(epoch, row)
             if epoch - fit.best_epoch >= spec.patience:
                 break
             saved = False
-            if ckpt_path is not None:
-                boundary = at_boundary(epoch + 1)
+            if checkpoint_path is not None:
+                boundary = loop.boundary(epoch + 1)
                 if spec.checkpoint_every and (epoch + 1) % spec.checkpoint_every == 0:
-                    checkpoints.write(ckpt_path, boundary)
+                    checkpoints.write(checkpoint_path, boundary)
                     saved = True
             reason = stop_when(len(fit.epochs), row["estep_s"] + row["train_s"] + row["eval_s"]) if stop_when else None
             if reason is not None and epoch + 1 < spec.epochs:
                 fit.interrupted = reason
-                if ckpt_path is not None and not saved:
-                    checkpoints.write(ckpt_path, boundary)
+                if checkpoint_path is not None and not saved:
+                    checkpoints.write(checkpoint_path, boundary)
                 break
     except (Terminated, KeyboardInterrupt) as exc:
         # The epoch in progress is dropped; the last boundary this invocation reached becomes the checkpoint.
         # KeyboardInterrupt is also how Ray cancels a task: the driver then records the run from that file.
-        if ckpt_path is not None and boundary is not None:
-            checkpoints.write(ckpt_path, boundary)
+        if checkpoint_path is not None and boundary is not None:
+            checkpoints.write(checkpoint_path, boundary)
         if isinstance(exc, KeyboardInterrupt):
             raise
         fit.interrupted = termination.reason()

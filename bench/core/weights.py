@@ -13,8 +13,9 @@ import torch
 
 from bench.core.configs import build_config, method_class, paper_values
 from bench.core.data import SequenceData
+from bench.core.devices import resolve_device
 from bench.core.errors import BenchError
-from bench.core.spec import make_spec, resolve_device
+from bench.core.spec import make_spec
 from bench.core.step import build_method
 from methods import Method
 

@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from bench.core.costs import PHASES, PhaseTimer, synchronize
 from bench.core.data import SequenceData
-from bench.core.spec import resolve_device
+from bench.core.devices import resolve_device
 from bench.core.step import epoch_batches
 from methods import Batch
 
@@ -93,11 +93,9 @@ def quiet_native_stderr():
 
 
 def profile_steps(spec, data: SequenceData, device: torch.device, steps: int) -> None:
-    from bench.core.configs import resolve_config
     from bench.core.step import build_method, make_optimizer, step_function
 
-    config, _ = resolve_config(spec.method, spec.dataset, spec.config_source, spec.overrides)
-    method = build_method(spec, config, data, device)
+    method = build_method(spec, spec.config, data, device)
     method.train()
     method.on_epoch_start(0, data)  # ICLRec / ELCRec need their intents before a step
     optimizer = make_optimizer(method)

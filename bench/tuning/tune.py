@@ -32,7 +32,7 @@ from typing import Any
 
 import optuna
 
-from bench.core import configs, identity, outcomes, records, termination, train
+from bench.core import configs, outcomes, records, termination, train
 from bench.core.errors import BenchError
 from bench.core.profiles import Profile
 from bench.core.spec import EXECUTORS, check_choice
@@ -63,7 +63,7 @@ from bench.tuning.workers import ray_available, run_local, run_ray, split_trials
 def final_run(setup: StudySetup, params: dict) -> dict:
     """The one test evaluation of a study: the best params, the trials' budget, all CPU threads."""
     spec = trial_spec(setup, params)
-    rid, _, _ = identity.run_identity(spec)
+    rid = spec.run_id
     if rid in records.completed_run_ids(Path(setup.results)):
         # Same config and budget as a run already done (a resumed study with the same best): reuse it.
         path = records.record_path(

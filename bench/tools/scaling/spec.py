@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from bench.core.configs import resolve_config
+from bench.core.devices import resolve_device
 from bench.core.errors import BenchError
-from bench.core.spec import resolve_device
 from bench.tools.scaling.measurement import ENCODE_CHUNK, host_available_bytes
 from methods import KMEANS_BACKENDS, MethodConfig
 

@@ -148,9 +148,9 @@ def set_up(spec: ScalingSpec, plan: Plan, sequences: Sequences | None) -> Setup:
     pool = SequenceData(spec.dataset, pool_seqs, item_size, max_len=icl.max_len, device=str(device))
     machine = context.start(spec, device)
     ctx = study_context(spec, plan, machine)
-    runs = {name: RunSpec(method=name, dataset=spec.dataset, seed=spec.seed + 1, overrides=dict(spec.overrides),
+    runs = {name: RunSpec(method=name, dataset=spec.dataset, config=plan.configs[name], seed=spec.seed + 1,
                           device=spec.device, num_threads=spec.threads) for name in METHODS}
-    methods = {name: build_method(runs[name], plan.configs[name], real, device) for name in METHODS}
+    methods = {name: build_method(runs[name], runs[name].config, real, device) for name in METHODS}
     real_on_device = _TrainingUsers(real.num_users, real.train_input.to(device))
     for method in methods.values():
         method.on_epoch_start(0, real_on_device)
