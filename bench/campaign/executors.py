@@ -91,9 +91,12 @@ def _run_one(spec, cpus_per_run: float, gpus_per_run: float, slots: int, device:
 _run_task = ray.remote(max_calls=1)(_run_one)
 
 
-def _check_fits(resources: dict, cpus_per_run: float, gpus_per_run: float) -> int:
-    """How many runs fit at once; a request no machine can ever satisfy is an error, not an endless wait."""
+def _fit_runs(resources: dict, cpus_per_run: float | None, gpus_per_run: float | None) -> tuple[float, float, int]:
+    """Each run's CPUs and GPUs, defaults filled in (one CPU, and one GPU on a cluster with GPUs), and how many
+    runs fit at once; a request no machine can ever satisfy is an error, not an endless wait."""
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    gpus_per_run = (1.0 if gpus > 0 else 0.0) if gpus_per_run is None else gpus_per_run
+    cpus_per_run = 1.0 if cpus_per_run is None else cpus_per_run
     if cpus_per_run <= 0 or gpus_per_run < 0:
         raise BenchError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
     if cpus_per_run > cpus:
@@ -106,7 +109,7 @@ def _check_fits(resources: dict, cpus_per_run: float, gpus_per_run: float) -> in
     slots = math.floor(cpus / cpus_per_run + 1e-9)
     if gpus_per_run > 0:
         slots = min(slots, math.floor(gpus / gpus_per_run + 1e-9))
-    return max(1, slots)
+    return cpus_per_run, gpus_per_run, max(1, slots)
 
 
 # ------------------------------------------------------------------------------------------ the cluster
@@ -328,18 +331,10 @@ def run_specs_on_ray(
     `task_device` forces the device of every task (tests: "cpu" under logical GPUs). A local Ray started
     here is shut down at the end; a cluster (address or RAY_ADDRESS) is left running.
     """
-    from bench.campaign.schedule import GRACE_S
-    from bench.core.outcomes import failure_record, interrupted_record
-
     cluster = _Ray(address)
     pending: dict = {}
     try:
-        resources = ray.cluster_resources()
-        if gpus_per_run is None:
-            gpus_per_run = 1.0 if resources.get("GPU", 0.0) > 0 else 0.0
-        if cpus_per_run is None:
-            cpus_per_run = 1.0
-        slots = _check_fits(resources, cpus_per_run, gpus_per_run)
+        cpus_per_run, gpus_per_run, slots = _fit_runs(ray.cluster_resources(), cpus_per_run, gpus_per_run)
         if on_start is not None:
             on_start(slots)
         task = _run_task.options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=1)
@@ -348,30 +343,56 @@ def run_specs_on_ray(
                 pending[task.remote(spec, cpus_per_run, gpus_per_run, slots, task_device)] = spec
             if not pending:
                 return
-            # Short waits, so that a SIGTERM to the driver (bench/core/termination.py) is seen within a second.
-            left = math.inf if deadline is None else deadline + GRACE_S - time.time()
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, min(left, 1.0)))
-            if termination.requested():
-                _stop_tasks(pending, on_done, termination.reason())
+            if (ready := _next_finished(pending, on_done, deadline)) is None:
                 return
-            if not ready and left <= 0:  # past the deadline and its grace: stop what is left, record it interrupted
-                _stop_tasks(pending, on_done, f"cancelled {GRACE_S:.0f} s after the time budget", grace_s=0.0)
-                return
-            if not ready:
-                if (why := cluster.trouble(cpus_per_run, gpus_per_run)) is not None:
-                    for spec in pending.values():
-                        on_done(interrupted_record(spec, why))
-                    raise BenchError(f"{why}; {len(pending)} run(s) in flight recorded interrupted; "
-                                     "run the same command again once the cluster is back")
-                continue
-            ref = ready[0]
-            spec = pending.pop(ref)
-            try:
-                record = ray.get(ref)
-            except Exception as exc:  # tasks never raise: its worker or node died, and again on the retry
-                lost = f"the Ray worker or node running it was lost, also on its retry: {_first_line(exc)}"
-                record = failure_record(spec, RuntimeError(lost))
-            on_done(record)
+            if ready:
+                _record_finished(ready[0], pending, on_done)
+            else:
+                _give_up_if_cluster_lost(cluster, pending, on_done, cpus_per_run, gpus_per_run)
     finally:
         _end_tasks(list(pending), 0.0)  # interrupted: do not leave runs training for nobody
         cluster.close()
+
+
+def _next_finished(pending: dict, on_done: Callable[[dict], None], deadline: float | None) -> list | None:
+    """Wait at most a second for a task to finish; returns the finished ones (at most one), or None once a
+    SIGTERM, or the deadline and its grace, stopped every task and recorded it interrupted."""
+    from bench.campaign.schedule import GRACE_S
+
+    # Short waits, so that a SIGTERM to the driver (bench/core/termination.py) is seen within a second.
+    left = math.inf if deadline is None else deadline + GRACE_S - time.time()
+    ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, min(left, 1.0)))
+    if termination.requested():
+        _stop_tasks(pending, on_done, termination.reason())
+        return None
+    if not ready and left <= 0:  # past the deadline and its grace: stop what is left, record it interrupted
+        _stop_tasks(pending, on_done, f"cancelled {GRACE_S:.0f} s after the time budget", grace_s=0.0)
+        return None
+    return ready
+
+
+def _record_finished(ref, pending: dict, on_done: Callable[[dict], None]) -> None:
+    """Hand a finished task's record to `on_done`; a task that raised lost its worker or node twice."""
+    from bench.core.outcomes import failure_record
+
+    spec = pending.pop(ref)
+    try:
+        record = ray.get(ref)
+    except Exception as exc:  # tasks never raise: its worker or node died, and again on the retry
+        lost = f"the Ray worker or node running it was lost, also on its retry: {_first_line(exc)}"
+        record = failure_record(spec, RuntimeError(lost))
+    on_done(record)
+
+
+def _give_up_if_cluster_lost(
+    cluster: _Ray, pending: dict, on_done: Callable[[dict], None], cpus_per_run: float, gpus_per_run: float
+) -> None:
+    """Once the cluster has been in trouble for LOST_AFTER_S, record the runs in flight interrupted and
+    raise BenchError saying why."""
+    from bench.core.outcomes import interrupted_record
+
+    if (why := cluster.trouble(cpus_per_run, gpus_per_run)) is not None:
+        for spec in pending.values():
+            on_done(interrupted_record(spec, why))
+        raise BenchError(f"{why}; {len(pending)} run(s) in flight recorded interrupted; "
+                         "run the same command again once the cluster is back")

@@ -116,6 +116,33 @@ def choose_packing(epochs_by_c: dict[int, list[list[float]]]) -> tuple[int, list
     return chosen, why
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A packing measurement's options, checked, with the defaults that depend on the device filled in."""
+
+    method: str
+    dataset: str
+    epochs: int
+    max_users: int | None
+    kind: str  # "cuda" or "cpu"
+    cpus: float  # shared among the runs at once
+    compile_modes: list[str]
+    levels: list[int]  # the concurrencies, each once, in increasing order
+    out_dir: Path
+
+    def share(self, c: int) -> dict:
+        """What each of c runs at once gets."""
+        return {"gpus_per_run": round(1.0 / c, 4) if self.kind == "cuda" else 0,
+                "threads_per_run": max(1, int(self.cpus / c))}
+
+    def command(self) -> str:
+        """The command line that repeats this measurement."""
+        users = f" --max-users {self.max_users}" if self.max_users else ""
+        return (f"python -m bench packing --method {self.method} --dataset {self.dataset} --device {self.kind} "
+                f"--concurrency {' '.join(map(str, self.levels))} --compile {' '.join(self.compile_modes)} "
+                f"--epochs {self.epochs}{users} --cpus {self.cpus:g}")
+
+
 def measure_packing(
     method: str,
     dataset: str,
@@ -129,8 +156,23 @@ def measure_packing(
     out_dir: Path | None = None,
 ) -> list[Path]:
     """Measure every (compile mode, concurrency) and write the table; returns the paths written."""
-    from bench.campaign.grid import grid_specs, run_grid
+    plan = _checked_plan(method, dataset, concurrency, compile_modes, epochs, max_users, device, cpus, out_dir)
+    rows, epochs_by = [], {}
+    for mode in plan.compile_modes:
+        for c in plan.levels:
+            row, finished = _measure_level(plan, mode, c)
+            if row["runs_ok"] == c:
+                epochs_by[(mode, c)] = finished
+            rows.append(row)
+    best = _choose_per_mode(plan, rows, epochs_by)
+    return _write_table(plan, rows, best)
 
+
+def _checked_plan(
+    method: str, dataset: str, concurrency: list[int], compile_modes: list[str] | None, epochs: int,
+    max_users: int | None, device: str, cpus: float | None, out_dir: Path | None,
+) -> _Plan:
+    """Refuse what cannot be measured before any run starts, and fill in the device's defaults."""
     for c in concurrency:
         check_positive("--concurrency", c)
     check_positive("--epochs", epochs)
@@ -145,57 +187,57 @@ def measure_packing(
     check_positive("--cpus", cpus)
     out_dir = Path(out_dir) if out_dir is not None else DEFAULT_RESULTS / "benchmarks"
     records.check_writable(out_dir, "benchmark output folder")
-    levels = sorted(set(concurrency))
+    return _Plan(method, dataset, epochs, max_users, kind, cpus, compile_modes, sorted(set(concurrency)), out_dir)
 
-    def share(c: int) -> dict:  # what each of c runs at once gets
-        return {"gpus_per_run": round(1.0 / c, 4) if kind == "cuda" else 0, "threads_per_run": max(1, int(cpus / c))}
 
-    rows, epochs_by = [], {}
-    for mode in compile_modes:
-        for c in levels:
-            specs = grid_specs([method], [dataset], list(range(1, c + 1)), profile="quick", epochs=epochs,
-                               patience=epochs, max_users=max_users, compile=mode, device=kind)
-            with tempfile.TemporaryDirectory(prefix="bench-packing-") as scratch:
-                # cpus / c each (fractions allowed): c runs must really be in flight at once, and each
-                # run's torch and faiss use int(cpus / c) threads, at least 1.
-                summary = run_grid(specs, scratch, executor="ray", cpus_per_run=cpus / c,
-                                   gpus_per_run=(1.0 / c) if kind == "cuda" else None, progress=False)
-                recs = [r for r in (records.read_record(p) for p in summary.paths) if r]
-            row = {"compile": mode, "concurrency": c, **share(c), **_throughput(recs, summary.wall_s)}
-            finished = [_steady_epoch_seconds(r) for r in recs if r["status"] == "ok"]
-            if row["runs_ok"] == c:
-                epochs_by[(mode, c)] = finished
-            row["epoch_s_per_run"] = [[round(x, 4) for x in runs] for runs in finished]
-            rows.append(row)
-            print(f"packing: compile {mode}, {c} run(s) at once: {row['steady_epochs_per_s']:.3f} epochs/s steady, "
-                  f"{row['wall_epochs_per_s'] or 0:.3f} epochs/s wall, {row['runs_ok']}/{c} ok", flush=True)
+def _measure_level(plan: _Plan, mode: str, c: int) -> tuple[dict, list[list[float]]]:
+    """Run c copies of the run at once in a scratch grid; returns the table's row and the steady epoch
+    seconds of each run that finished."""
+    from bench.campaign.grid import grid_specs, run_grid
+
+    specs = grid_specs([plan.method], [plan.dataset], list(range(1, c + 1)), profile="quick", epochs=plan.epochs,
+                       patience=plan.epochs, max_users=plan.max_users, compile=mode, device=plan.kind)
+    with tempfile.TemporaryDirectory(prefix="bench-packing-") as scratch:
+        # cpus / c each (fractions allowed): c runs must really be in flight at once, and each
+        # run's torch and faiss use int(cpus / c) threads, at least 1.
+        summary = run_grid(specs, scratch, executor="ray", cpus_per_run=plan.cpus / c,
+                           gpus_per_run=(1.0 / c) if plan.kind == "cuda" else None, progress=False)
+        recs = [r for r in (records.read_record(p) for p in summary.paths) if r]
+    row = {"compile": mode, "concurrency": c, **plan.share(c), **_throughput(recs, summary.wall_s)}
+    finished = [_steady_epoch_seconds(r) for r in recs if r["status"] == "ok"]
+    row["epoch_s_per_run"] = [[round(x, 4) for x in runs] for runs in finished]
+    print(f"packing: compile {mode}, {c} run(s) at once: {row['steady_epochs_per_s']:.3f} epochs/s steady, "
+          f"{row['wall_epochs_per_s'] or 0:.3f} epochs/s wall, {row['runs_ok']}/{c} ok", flush=True)
+    return row, finished
+
+
+def _choose_per_mode(plan: _Plan, rows: list[dict], epochs_by: dict[tuple[str, int], list[list[float]]]) -> dict:
+    """Add each row's gain over one run alone, and choose the packing of every compile mode with a level
+    whose runs all finished."""
     best = {}
-    for mode in compile_modes:
-        mine = {c: epochs_by[(mode, c)] for c in levels if (mode, c) in epochs_by}
+    for mode in plan.compile_modes:
+        mine = {c: epochs_by[(mode, c)] for c in plan.levels if (mode, c) in epochs_by}
         solo = mine.get(1)
         for row in rows:
             if row["compile"] == mode and solo and row["concurrency"] in mine and row["concurrency"] != 1:
                 row["gain_vs_1"] = packing_gain(mine[row["concurrency"]], row["concurrency"], solo, 1).__dict__
         if mine:
             chosen, why = choose_packing(mine)
-            best[mode] = {"concurrency": chosen, **share(chosen), "why": why}
-    name = machine_name(kind)
-    meta = {"method": method, "dataset": dataset, "epochs": epochs, "max_users": max_users, "device": kind,
-            "device_name": name, "cpus": cpus, "torch": torch.__version__,
+            best[mode] = {"concurrency": chosen, **plan.share(chosen), "why": why}
+    return best
+
+
+def _write_table(plan: _Plan, rows: list[dict], best: dict) -> list[Path]:
+    """Write the measurement as JSON (read back by the grid) and Markdown; returns the paths written."""
+    meta = {"method": plan.method, "dataset": plan.dataset, "epochs": plan.epochs, "max_users": plan.max_users,
+            "device": plan.kind, "device_name": machine_name(plan.kind), "cpus": plan.cpus, "torch": torch.__version__,
             "load_avg_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "command": _command(method, dataset, levels, compile_modes, epochs, max_users, kind, cpus)}
-    stem = f"packing-{kind}-{method}-{dataset}"
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+            "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "command": plan.command()}
+    stem = f"packing-{plan.kind}-{plan.method}-{plan.dataset}"
+    json_path, md_path = plan.out_dir / f"{stem}.json", plan.out_dir / f"{stem}.md"
     records.write_text_atomic(json_path, json.dumps({"meta": meta, "rows": rows, "best": best}, indent=1) + "\n")
     records.write_text_atomic(md_path, render_markdown(meta, rows, best))
     return [md_path, json_path]
-
-
-def _command(method, dataset, levels, modes, epochs, max_users, kind, cpus) -> str:
-    users = f" --max-users {max_users}" if max_users else ""
-    return (f"python -m bench packing --method {method} --dataset {dataset} --device {kind} --concurrency "
-            f"{' '.join(map(str, levels))} --compile {' '.join(modes)} --epochs {epochs}{users} --cpus {cpus:g}")
 
 
 def render_markdown(meta: dict, rows: list[dict], best: dict) -> str:

@@ -166,29 +166,49 @@ def export(
     When several studies tuned the same pair, the one with the larger budget wins (paper > quick > smoke >
     custom), then the better value: a high score on 2,000 users says less than a lower one on all of them.
     """
-    import tomli_w
-
     target = Path(tuned_dir) if tuned_dir is not None else configs.tuned_dir()
     records.check_writable(target, "tuned configs folder")  # before reading any study
-    if storage:
-        sources = [storage]
-    elif study:
-        sources = [str(journal_path(results, check_study_name(study)))]
-    else:
-        sources = [str(p) for p in sorted(studies_dir(results).glob("*.journal"))]
+    sources = _export_sources(results, storage, study)
     found: list[_Candidate] = []
     for source in sources:
         found += _candidates(source, study, method, dataset)
     if not found:
         where = ", ".join(public_storage(s) for s in sources) or f"{studies_dir(results)} (no *.journal)"
         raise BenchError(f"no study with a complete trial to export in {where}")
+    texts, lines = _tuned_files(target, _best_per_pair(found))
+    for path, text in texts.items():  # every file checked and built before the first is replaced
+        records.write_text_atomic(path, text)
+    print("\n".join(lines))
+    return list(texts)
+
+
+def _export_sources(results: Path, storage: str | None, study: str | None) -> list[str]:
+    """The storages to export from: the given one, else the study's journal, else every journal of `results`."""
+    if storage:
+        return [storage]
+    if study:
+        return [str(journal_path(results, check_study_name(study)))]
+    return [str(p) for p in sorted(studies_dir(results).glob("*.journal"))]
+
+
+def _best_per_pair(found: list[_Candidate]) -> dict[tuple[str, str], _Candidate]:
+    """The study each (method, dataset) is exported from: the larger budget, then the better value."""
+
+    def rank(c: _Candidate) -> tuple:
+        return (_PROFILE_RANK.get(c.attrs.get("profile"), 0), c.trial.value)
 
     chosen: dict[tuple[str, str], _Candidate] = {}
     for c in found:
         key = (c.attrs["method"], c.attrs["dataset"])
-        rank = (_PROFILE_RANK.get(c.attrs.get("profile"), 0), c.trial.value)
-        if key not in chosen or rank > (_PROFILE_RANK.get(chosen[key].attrs.get("profile"), 0), chosen[key].trial.value):
+        if key not in chosen or rank(c) > rank(chosen[key]):
             chosen[key] = c
+    return chosen
+
+
+def _tuned_files(target: Path, chosen: dict[tuple[str, str], _Candidate]) -> tuple[dict[Path, str], list[str]]:
+    """The text of each method's tuned TOML, its earlier datasets kept and the chosen ones replaced, and a
+    line per (method, dataset) exported."""
+    import tomli_w
 
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     texts: dict[Path, str] = {}
@@ -200,23 +220,26 @@ def export(
         for (method_name, ds), c in sorted(chosen.items()):
             if method_name != m:
                 continue
-            cls = configs.method_class(m).Config
-            values = configs.check_values(cls, dict(c.trial.params), f"study {c.study} trial {c.trial.number}")
-            provenance = {
-                "study": c.study, "storage": public_storage(c.storage), "trial": c.trial.number,
-                "value": c.trial.value, "metric": c.attrs.get("metric", f"valid {METRIC}"),
-                "profile": c.attrs.get("profile"), "max_users": c.attrs.get("max_users"),
-                "epochs": c.attrs.get("epochs"), "patience": c.attrs.get("patience"), "date": now,
-            }
-            # TOML has no null: a budget without a user cap simply has no max_users.
-            datasets[ds] = {**values, "provenance": {k: v for k, v in provenance.items() if v is not None}}
+            datasets[ds] = _tuned_entry(m, c, now)
             lines.append(f"{m}/{ds}: study {c.study} trial #{c.trial.number} (valid {METRIC} {c.trial.value:.4f}) -> {path}")
         header = "# Tuned configurations, written by `python -m bench tune --export`; used by `run --configs tuned`.\n"
         texts[path] = header + tomli_w.dumps(doc)
-    for path, text in texts.items():  # every file checked and built before the first is replaced
-        records.write_text_atomic(path, text)
-    print("\n".join(lines))
-    return list(texts)
+    return texts, lines
+
+
+def _tuned_entry(method: str, c: _Candidate, now: str) -> dict:
+    """One dataset's table in a tuned TOML: the best trial's params, checked against the method's config,
+    and where they come from."""
+    cls = configs.method_class(method).Config
+    values = configs.check_values(cls, dict(c.trial.params), f"study {c.study} trial {c.trial.number}")
+    provenance = {
+        "study": c.study, "storage": public_storage(c.storage), "trial": c.trial.number,
+        "value": c.trial.value, "metric": c.attrs.get("metric", f"valid {METRIC}"),
+        "profile": c.attrs.get("profile"), "max_users": c.attrs.get("max_users"),
+        "epochs": c.attrs.get("epochs"), "patience": c.attrs.get("patience"), "date": now,
+    }
+    # TOML has no null: a budget without a user cap simply has no max_users.
+    return {**values, "provenance": {k: v for k, v in provenance.items() if v is not None}}
 
 
 __all__ = ["counts", "export", "importances", "write_reports"]
