@@ -24,9 +24,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from bench.campaign.claims import Claims
+from bench.campaign.progress import GridProgress
 from bench.campaign.schedule import (
     PACKING_DIR,
     Scheduler,
@@ -48,7 +48,6 @@ from bench.core.spec import (
     check_choice,
     make_spec,
 )
-from bench.core.train import SELECTION_METRIC
 
 
 @dataclass
@@ -67,6 +66,26 @@ class GridSummary:
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
+
+    def note_other_grids(self, queue: WorkQueue) -> None:
+        """What other grids on the same results folder did meanwhile: runs they held, runs they finished."""
+        self.done_elsewhere = queue.done_elsewhere
+        self.claimed_elsewhere = [
+            {"method": s.method, "dataset": s.dataset, "seed": s.seed, "holder": holder}
+            for s, holder in queue.claimed_elsewhere
+        ]
+
+    def add(self, record: dict, path: Path) -> None:
+        """Count a run's record, written at `path`."""
+        self.paths.append(path)
+        if record["status"] == "ok":
+            self.ok += 1
+        elif record["status"] == "interrupted":
+            self.interrupted.append(
+                {k: record.get(k) for k in ("method", "dataset", "seed")} | (record.get("interrupted") or {})
+            )
+        else:
+            self.failed.append({k: record.get(k) for k in ("method", "dataset", "seed", "error")} | {"path": path})
 
 
 # ------------------------------------------------------------------------------------------------- specs
@@ -129,53 +148,6 @@ def grid_specs(
     ]
 
 
-# -------------------------------------------------------------------------------------------- progress
-class _Progress:
-    """A bar on stderr (done/running/failed/skipped) and one line on stdout per finished run."""
-
-    def __init__(self, total: int, skipped: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.counts = {"done": 0, "running": 0, "failed": 0, "interrupted": 0, "skipped": skipped}
-        self.remaining = total
-        self.slots = 0  # nothing runs until the executor is up
-        self.bar = tqdm(
-            total=total, desc="grid", unit="run", file=sys.stderr, disable=not enabled, dynamic_ncols=True
-        )
-        self._refresh()
-
-    def _refresh(self, redraw: bool = True) -> None:
-        self.counts["running"] = min(self.slots, self.remaining)
-        self.bar.set_postfix(self.counts, refresh=redraw)
-
-    def started(self, slots: int) -> None:
-        self.slots = slots
-        self._refresh()
-
-    def finished(self, record: dict) -> None:
-        self.remaining -= 1
-        ok = record["status"] == "ok"
-        stopped = record["status"] == "interrupted"
-        self.counts["done" if ok else "interrupted" if stopped else "failed"] += 1
-        if self.enabled:
-            head = f"{record['method']:<8} {record['dataset']:<20} seed {record['seed']:<3}"
-            if ok:
-                best = (record.get("best_valid") or {}).get(SELECTION_METRIC, float("nan"))
-                wall = (record.get("totals") or {}).get("wall_s", float("nan"))
-                line = f"{head} ok      valid {SELECTION_METRIC} {best:.4f}  {wall:8.1f} s"
-            elif stopped:
-                info = record.get("interrupted") or {}
-                line = (f"{head} INTERRUPTED at epoch {info.get('epochs_done')} of {info.get('max_epochs')}: "
-                        f"{info.get('reason')}")
-            else:
-                line = f"{head} FAILED  {record.get('error')}"
-            self.bar.write(line, file=sys.stdout)
-        self._refresh(redraw=False)
-        self.bar.update(1)  # redraws with the new counts
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 # --------------------------------------------------------------------------------------------- running
 class WorkQueue:
     """The runs a grid still has to do, handed out one at a time as its slots free up.
@@ -220,7 +192,7 @@ class WorkQueue:
         self.claims.release(record["run_id"])
 
 
-def _run_local(queue: WorkQueue, on_done: Callable[[dict], None], progress: _Progress) -> None:
+def _run_local(queue: WorkQueue, on_done: Callable[[dict], None], progress: GridProgress) -> None:
     progress.started(1)
     while not termination.requested() and (spec := queue.take()) is not None:
         try:
@@ -228,6 +200,14 @@ def _run_local(queue: WorkQueue, on_done: Callable[[dict], None], progress: _Pro
         except Exception as exc:  # recorded as failed; KeyboardInterrupt still stops the grid
             record = outcomes.failure_record(spec, exc)
         on_done(record)  # after a SIGTERM: the run stopped at its last epoch boundary, recorded interrupted
+
+
+def _run_on_ray(queue: WorkQueue, on_done: Callable[[dict], None], progress: GridProgress, address: str | None,
+                cpus_per_run: float | None, gpus_per_run: float, deadline: float | None) -> None:
+    from bench.campaign.executors import run_specs_on_ray
+
+    run_specs_on_ray(queue.take, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                     on_done=on_done, on_start=progress.started, deadline=deadline)
 
 
 def _measured_gpu_packing(results_dir: Path, cpus_per_run: float | None, progress: bool) -> tuple[float, float | None]:
@@ -266,90 +246,36 @@ def run_grid(
     checkpointed (bench/core/checkpoints.py, default folder outside the working copy) so that the next
     invocation resumes them.
     """
-    from bench.core import data
-
-    check_choice("executor", executor, EXECUTORS)
-    ray_only = {"--address": address, "--cpus-per-run": cpus_per_run, "--gpus-per-run": gpus_per_run}
-    given = [name for name, value in ray_only.items() if value is not None]
-    if executor == "local" and given:
-        raise BenchError(f"{', '.join(given)} only apply to --executor ray")
-    devices = {s.device for s in specs}
-    if "cpu" in devices and gpus_per_run:
-        raise BenchError("--device cpu contradicts --gpus-per-run > 0")
-    # ---- campaign hook (bench/campaign/schedule.py): the budget and the packing are checked before any work
-    if time_budget is not None and not (math.isfinite(time_budget) and time_budget > 0):
-        raise BenchError(f"--time-budget must be more than 0, got {time_budget:g} s")
+    _check_options(specs, executor, address, cpus_per_run, gpus_per_run, time_budget)
     deadline = None if time_budget is None else time.time() + time_budget
-    check_packing(gpus_per_run, torch.cuda.device_count(), remote=bool(address or os.environ.get("RAY_ADDRESS")))
     start = time.perf_counter()
     # Absolute: the driver writes the records, but a relative path must not depend on anyone's cwd later.
     summary = GridSummary(results_dir=Path(results_dir).expanduser().resolve())
     records.check_writable(summary.results_dir / "runs")  # before any training, not when the first run ends
-    # Pin each run's device here, so that its id (which includes the device) is the one its record gets.
     if executor == "ray":
-        if gpus_per_run is None:  # the driver's view; a GPU-less driver of a GPU cluster passes --gpus-per-run
-            wants_gpu = any(d.startswith("cuda") for d in devices) or (
-                "auto" in devices and torch.cuda.is_available()
-            )
-            gpus_per_run = 1.0 if wants_gpu and "cpu" not in devices else 0.0
-            if gpus_per_run and torch.cuda.is_available():
-                gpus_per_run, cpus_per_run = _measured_gpu_packing(summary.results_dir, cpus_per_run, progress)
-        specs = [replace(s, device="cuda" if gpus_per_run > 0 else "cpu") for s in specs]
+        specs, cpus_per_run, gpus_per_run = _pin_ray_devices(specs, summary.results_dir, cpus_per_run, gpus_per_run, progress)
     else:
         specs = [replace(s, device=device_kind("auto")) if s.device == "auto" else s for s in specs]
-    asked_checkpoints = [s.checkpoint_dir is not None for s in specs]  # such runs may continue next time
-    if deadline is not None:  # a run stopped at the budget must be resumable: checkpoint it
-        default_dir = str(checkpoints.default_folder())
-        specs = [s if s.checkpoint_dir else replace(s, checkpoint_dir=default_dir) for s in specs]
+    specs, resumable = _with_checkpoints(specs, deadline)
     by_id: dict[str, RunSpec] = {}
-    resumable: set[str] = set()
-    for spec, asked in zip(specs, asked_checkpoints):
+    for spec in specs:
         by_id.setdefault(spec.run_id, spec)
-        if asked:
-            resumable.add(spec.run_id)
     done = records.completed_run_ids(summary.results_dir)
     todo = {rid: spec for rid, spec in by_id.items() if rid not in done}
     summary.skipped = len(by_id) - len(todo)
     scheduler = make_scheduler(todo, summary.results_dir, deadline, estimate_folders=[COMMITTED_RESULTS],
                                resumable=resumable)
     if progress:
-        print(
-            f"grid: {len(by_id)} runs, {summary.skipped} already done (skipped), {len(todo)} to run",
-            flush=True,
-        )
-        if deadline is not None:
-            print(f"grid: time budget {format_duration(time_budget)}; expected (upper bound, max epochs):", flush=True)
-            for run in scheduler.order():
-                expected = scheduler.expected(run)
-                what = "probe (no earlier record)" if expected is None else format_duration(expected)
-                resumed = f", resumes at epoch {run.epochs_done}" if run.epochs_done else ""
-                print(f"  {run.spec.method:<8} {run.spec.dataset:<20} seed {run.spec.seed:<3} {what}{resumed}", flush=True)
-            later = [r for r in scheduler.order() if r.resumable and (scheduler.expected(r) or math.inf) > time_budget]
-            if later:
-                print("grid: runs to continue next time (checkpointed at the budget, resumed by the same command): "
-                      + ", ".join(f"{r.spec.method} {r.spec.dataset} seed {r.spec.seed}" for r in later), flush=True)
-    # Once, here: concurrent workers must not download (and verify) the same file at the same time.
-    for name in _unique([spec.dataset for spec in todo.values()]):
-        data.download(name)
-
-    bar = _Progress(len(todo), summary.skipped, progress and bool(todo))
+        _print_plan(scheduler, len(by_id), summary.skipped, len(todo), time_budget)
+    _download_once(todo.values())
+    bar = GridProgress(len(todo), summary.skipped, progress and bool(todo))
     claims = Claims(summary.results_dir)
     queue = WorkQueue(scheduler, summary.results_dir, claims)
 
     def on_done(record: dict) -> None:
         path = records.save(summary.results_dir, record)
         queue.finished(record)  # the record is in: the scheduler learns from it, the claim can go
-        summary.paths.append(path)
-        if record["status"] == "ok":
-            summary.ok += 1
-        elif record["status"] == "interrupted":
-            summary.interrupted.append(
-                {k: record.get(k) for k in ("method", "dataset", "seed")} | (record.get("interrupted") or {})
-            )
-        else:
-            summary.failed.append(
-                {k: record.get(k) for k in ("method", "dataset", "seed", "error")} | {"path": path}
-            )
+        summary.add(record, path)
         bar.finished(record)
 
     try:
@@ -357,23 +283,74 @@ def run_grid(
             if todo and executor == "local":
                 _run_local(queue, on_done, bar)
             elif todo:
-                from bench.campaign.executors import run_specs_on_ray
-
-                run_specs_on_ray(
-                    queue.take,
-                    address=address,
-                    cpus_per_run=cpus_per_run,
-                    gpus_per_run=gpus_per_run,
-                    on_done=on_done,
-                    on_start=bar.started,
-                    deadline=deadline,
-                )
+                _run_on_ray(queue, on_done, bar, address, cpus_per_run, gpus_per_run, deadline)
     finally:
         bar.close()
     summary.not_started = scheduler.refusal_lines()
-    summary.done_elsewhere = queue.done_elsewhere
-    summary.claimed_elsewhere = [
-        {"method": s.method, "dataset": s.dataset, "seed": s.seed, "holder": holder} for s, holder in queue.claimed_elsewhere
-    ]
+    summary.note_other_grids(queue)
     summary.wall_s = time.perf_counter() - start
     return summary
+
+
+def _check_options(specs: list[RunSpec], executor: str, address: str | None, cpus_per_run: float | None,
+                   gpus_per_run: float | None, time_budget: float | None) -> None:
+    """Every option of the grid checked before any work: executor, Ray-only options, budget, packing."""
+    check_choice("executor", executor, EXECUTORS)
+    ray_only = {"--address": address, "--cpus-per-run": cpus_per_run, "--gpus-per-run": gpus_per_run}
+    given = [name for name, value in ray_only.items() if value is not None]
+    if executor == "local" and given:
+        raise BenchError(f"{', '.join(given)} only apply to --executor ray")
+    if "cpu" in {s.device for s in specs} and gpus_per_run:
+        raise BenchError("--device cpu contradicts --gpus-per-run > 0")
+    # ---- campaign hook (bench/campaign/schedule.py): the budget and the packing are checked before any work
+    if time_budget is not None and not (math.isfinite(time_budget) and time_budget > 0):
+        raise BenchError(f"--time-budget must be more than 0, got {time_budget:g} s")
+    check_packing(gpus_per_run, torch.cuda.device_count(), remote=bool(address or os.environ.get("RAY_ADDRESS")))
+
+
+def _pin_ray_devices(specs: list[RunSpec], results_dir: Path, cpus_per_run: float | None, gpus_per_run: float | None,
+                     progress: bool) -> tuple[list[RunSpec], float | None, float]:
+    """Each run's device pinned here, so that its id (which includes the device) is the one its record gets;
+    GPUs per run from the driver's view (a GPU-less driver of a GPU cluster passes --gpus-per-run)."""
+    devices = {s.device for s in specs}
+    if gpus_per_run is None:
+        wants_gpu = any(d.startswith("cuda") for d in devices) or ("auto" in devices and torch.cuda.is_available())
+        gpus_per_run = 1.0 if wants_gpu and "cpu" not in devices else 0.0
+        if gpus_per_run and torch.cuda.is_available():
+            gpus_per_run, cpus_per_run = _measured_gpu_packing(results_dir, cpus_per_run, progress)
+    device = "cuda" if gpus_per_run > 0 else "cpu"
+    return [replace(s, device=device) for s in specs], cpus_per_run, gpus_per_run
+
+
+def _with_checkpoints(specs: list[RunSpec], deadline: float | None) -> tuple[list[RunSpec], set[str]]:
+    """The specs with a checkpoint folder wherever a run may stop at the budget (so that it resumes), and the
+    ids of the runs that asked for checkpoints themselves: those may continue next time."""
+    resumable = {s.run_id for s in specs if s.checkpoint_dir is not None}
+    if deadline is not None:
+        default_dir = str(checkpoints.default_folder())
+        specs = [s if s.checkpoint_dir else replace(s, checkpoint_dir=default_dir) for s in specs]
+    return specs, resumable
+
+
+def _print_plan(scheduler: Scheduler, runs: int, skipped: int, todo: int, time_budget: float | None) -> None:
+    print(f"grid: {runs} runs, {skipped} already done (skipped), {todo} to run", flush=True)
+    if time_budget is None:
+        return
+    print(f"grid: time budget {format_duration(time_budget)}; expected (upper bound, max epochs):", flush=True)
+    for run in scheduler.order():
+        expected = scheduler.expected(run)
+        what = "probe (no earlier record)" if expected is None else format_duration(expected)
+        resumed = f", resumes at epoch {run.epochs_done}" if run.epochs_done else ""
+        print(f"  {run.spec.method:<8} {run.spec.dataset:<20} seed {run.spec.seed:<3} {what}{resumed}", flush=True)
+    later = [r for r in scheduler.order() if r.resumable and (scheduler.expected(r) or math.inf) > time_budget]
+    if later:
+        print("grid: runs to continue next time (checkpointed at the budget, resumed by the same command): "
+              + ", ".join(f"{r.spec.method} {r.spec.dataset} seed {r.spec.seed}" for r in later), flush=True)
+
+
+def _download_once(specs) -> None:
+    """Each dataset fetched (and verified) once, here: concurrent workers must not fetch the same file."""
+    from bench.core import data
+
+    for name in _unique([spec.dataset for spec in specs]):
+        data.download(name)

@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 
 from bench.core import termination, train
+from bench.core.devices import resolve_device
 from bench.core.errors import BenchError
 from bench.core.spec import make_spec
 from bench.tuning import search_space
@@ -114,7 +115,7 @@ def optimize(
 
     study = study or open_study(setup, worker, trials_before)
     space = search_space.load(setup.method)
-    device = train.resolve_device(setup.device)
+    device = resolve_device(setup.device)
     data = SequenceData.load(setup.dataset, max_users=setup.profile.max_users, device=str(device))
     study.optimize(
         lambda trial: objective(trial, setup, space, data), n_trials=n_trials, catch=TRIAL_ERRORS,

@@ -35,6 +35,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from bench.core import configs, outcomes, records, termination, train
+from bench.core.devices import resolve_device
 from bench.core.errors import BenchError
 from bench.core.profiles import Profile
 from bench.core.spec import EXECUTORS, check_choice
@@ -155,7 +156,7 @@ def _check_arguments(method: str, trials: int, parallel: int, executor: str, dev
     if parallel < 1:
         raise BenchError(f"--parallel must be >= 1, got {parallel}")
     check_choice("executor", executor, EXECUTORS)
-    train.resolve_device(device)
+    resolve_device(device)
     return space
 
 
