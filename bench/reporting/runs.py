@@ -15,8 +15,6 @@ the reference protocol, the faithful variant and the GPU (where the papers measu
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 
@@ -40,9 +38,6 @@ METHOD_COLORS = {name: cls.color for name, cls in REGISTRY.items()}
 # a table is one of its baselines, so a method added to methods/ is compared without a change here.
 PROPOSED = "elcrec"
 COST_BASELINE = "iclrec"
-# The recommendation loss of a record whose config does not name one and whose method has no such option:
-# the published loss of SASRec, CL4SRec, ICLRec and ELCRec.
-DEFAULT_REC_LOSS = "bce"
 MIB = 2**20  # the paper's "MB" are nvidia-smi MiB
 METHOD_OPTIONS = tuple(k for k in FAITHFUL if k not in SPEC_OPTIONS)
 
@@ -135,16 +130,6 @@ def _group_variant(options: dict) -> str:
     return f"{mode} ({label})" if label else mode
 
 
-def _method_default_loss(method: str) -> str:
-    cls = REGISTRY.get(method)
-    config = getattr(cls, "Config", None)
-    if config is not None and dataclasses.is_dataclass(config):
-        for field in dataclasses.fields(config):
-            if field.name == "rec_loss" and isinstance(field.default, str):
-                return field.default
-    return DEFAULT_REC_LOSS
-
-
 def _column_names(runs: pd.DataFrame) -> pd.Series:
     """Method name, with what tells its runs apart in the group in brackets: "ICLRec (kmeans_init=fresh)"."""
     several_sources = runs.groupby([*GROUP, "method"])["config_source"].transform("nunique") > 1
@@ -167,10 +152,6 @@ def completed_runs(records: pd.DataFrame) -> pd.DataFrame:
     options = runs["variant_options"].map(lambda o: o if isinstance(o, dict) else {})
     runs["variant"] = options.map(_group_variant)
     runs["method_options"] = options.map(lambda o: _options_label(o, METHOD_OPTIONS))
-    runs["rec_loss"] = [
-        loss if isinstance(loss, str) and loss else _method_default_loss(m)
-        for loss, m in zip(runs["rec_loss"], runs["method"])
-    ]
     for key in [*GROUP, "config_source", "device_name"]:
         runs[key] = runs[key].fillna("unknown")  # NaN keys would silently vanish from groupby
     # A rerun of the same seed (new config or code) supersedes the older record instead of counting twice.
