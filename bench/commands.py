@@ -249,11 +249,12 @@ def cmd_tune(args) -> int:
 
 # ------------------------------------------------------------------------------------ leaderboard, profile
 def cmd_leaderboard(args) -> int:
-    from bench.core.records import check_writable, find_corrupt
+    from bench.core.records import check_schemas, check_writable, find_corrupt
     from bench.reporting.leaderboard import write_leaderboard
 
     if not (args.results / "runs").is_dir():
         raise BenchError(f"no run records under {args.results / 'runs'}: run `python -m bench run` first")
+    check_schemas(args.results)  # one line naming the migration, not a warning per record of an older schema
     check_writable(args.out or args.results, "leaderboard output folder")
     for path in find_corrupt(args.results):  # skipped by the tables; said here too, not only inside them
         print(f"warning: skipped unreadable record {path}", file=sys.stderr)

@@ -100,8 +100,9 @@ def test_leaderboard_command_rewrites_the_readme_beside_its_results(tmp_path: Pa
 
 
 # ---------------------------------------------------------------------------------------- many methods
-def _named(record: dict, rid: str, **config) -> dict:
-    return {**record, "run_id": rid.ljust(12, "0"), "config": {**record["config"], **config}}
+def _named(record: dict, rid: str, **options) -> dict:
+    return {**record, "run_id": rid.ljust(12, "0"), "config": {**record["config"], **options},
+            "variant": {**record["variant"], **options}}
 
 
 def test_six_methods_two_losses_and_an_unregistered_one(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -78,45 +77,17 @@ def test_faithful_run_is_recorded_as_faithful_and_keeps_the_id_it_had_before_the
     assert s.run_id == record["run_id"]
 
 
-def _records_from_before_the_options() -> list[Path]:
-    # Committed records without "variant" were written before execution options existed; "paper" ones have
-    # no --set overrides (which the record's spec does not keep), so their spec alone gives their id.
-    paths = []
-    for path in sorted((REPO / "results" / "runs").glob("*.json")):
-        record = records.read_record(path)
-        if record and "variant" not in record and record.get("config_source") == "paper":
-            paths.append(path)
-    return paths
-
-
-def test_records_written_before_the_options_existed_keep_their_run_ids():
-    paths = _records_from_before_the_options()
-    if not paths:
-        pytest.skip("no committed record predates the execution options")
-    mismatched = []
-    for path in paths:
-        record = json.loads(path.read_text())
-        assert "view_encoding" not in record["config"] and "precision" not in record["spec"]
-        # The device the run resolved to ("auto" would resolve to this machine's device).
-        s = recorded_spec({**record, "spec": {**record["spec"], "device": record["device"]}})
-        if identity.identity_of(s, record["config"]) != record["run_id"]:
-            mismatched.append(path.name)
-    assert not mismatched, f"{len(mismatched)} of {len(paths)} old records would get a new id (and be re-run): {mismatched}"
-
-
-# --------------------------------------------------------------------------------------------- rec_loss
-def test_committed_records_keep_their_ids_now_that_every_config_has_rec_loss():
-    # Records from before rec_loss existed have none in their config; at the method's published value it
-    # stays out of the hash, so adding the field changes no id (and a grid re-runs nothing).
+def test_every_committed_record_id_follows_from_its_spec_and_config():
+    # Run ids are what a grid skips on: if the id rule changed, committed runs would silently be re-run.
+    # Schema 3 records carry every config key (rec_loss, view_encoding) that later options added.
     paths = sorted((REPO / "results" / "runs").glob("*.json"))
     assert paths
     for path in paths:
         record = records.read_record(path)
+        assert "rec_loss" in record["config"], path.name
+        # The device the run resolved to ("auto" would resolve to this machine's device).
         s = recorded_spec({**record, "spec": {**record["spec"], "device": record["device"]}})
         assert identity.identity_of(s, record["config"]) == record["run_id"], path.name
-        if "rec_loss" not in record["config"]:  # written before the field: the run it would be today
-            published = records.faithful_values(record["method"])["rec_loss"]
-            assert identity.identity_of(s, {**record["config"], "rec_loss": published}) == record["run_id"], path.name
 
 
 def test_sasrec_with_ce_is_recorded_as_a_modified_run_with_its_own_id(tiny_data):

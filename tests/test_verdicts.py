@@ -11,13 +11,14 @@ import re
 import numpy as np
 import pytest
 
+from bench.core import context as run_context
 from bench.core import records
 from bench.core import stats as verdicts
 from bench.core.evaluate import rank_gains
 from bench.reporting.leaderboard import write_leaderboard
 
 CONTEXT = {
-    "schema": 1, "device": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "gpu_name": None, "threads": 1,
+    "schema": 2, "recorded": True, "device": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "gpu_name": None, "threads": 1,
     "interop_threads": 1, "concurrency": 1, "loadavg_start": [0.5, 0.5, 0.5], "loadavg_end": [1.0, 0.8, 0.6],
     "torch": "2.13.0", "faiss": "1.9.0",
 }
@@ -47,8 +48,9 @@ def make_record(
     ]
     record = {
         "method": method, "dataset": dataset, "seed": seed, "profile": profile, "protocol": "reference",
-        "config_source": "paper", "config": {"lr": 0.001},
-        "variant": {"mode": "faithful", "precision": "fp32", "compile": "off", "view_encoding": "separate"},
+        "config_source": "paper", "config": {"lr": 0.001, "rec_loss": "bce"},
+        "variant": {"mode": "faithful", "precision": "fp32", "compile": "off", "view_encoding": "separate",
+                    "rec_loss": "bce"},
         "spec": {"epochs": len(train_s), "patience": 3, "max_users": 1000 if profile != "paper" else None},
         "status": "ok", "error": None, "device": "cpu", "env": {"device_name": "cpu", "hostname": "test"},
         # Each run in its own hour: the records' own times show no overlap.
@@ -61,8 +63,8 @@ def make_record(
         "peak_memory_bytes": int(memory_mb * 2**20),
         "ranks": records.encode_ranks({"test": ranks}),
     }
-    if context is not None:
-        record["context"] = dict(context)
+    # context=None: a run that recorded none, as `bench records migrate` fills it in from the record's env.
+    record["context"] = dict(context) if context is not None else run_context.not_recorded("cpu", record["env"])
     rid = f"{method[:4]}{seed}{profile[:3]}{hour:02d}{dataset[:2]}".ljust(12, "0")[:12]
     return records.finalise(record, rid)
 
@@ -133,7 +135,8 @@ def test_different_or_unknown_context_is_not_compared(tmp_path) -> None:
     line = _bullet(cost, "Beauty: ELCRec vs ICLRec")
     assert "not compared: contexts differ" in line and "1 in flight" in line and "2 in flight" in line
     assert "+70" not in line
-    # Records without context that overlapped in time: unknown, not compared, and the overlap is shown.
+    # Runs that recorded no context (made before it existed) and overlapped in time: unknown, not compared,
+    # and the overlap is shown.
     old_icl = make_record("iclrec", dataset="Yelp", context=None, hour=11)
     old_elc = make_record("elcrec", dataset="Yelp", context=None, hour=11)
     cost, _ = _write(tmp_path / "old", [old_icl, old_elc])

@@ -5,6 +5,10 @@ twice as long an hour later, and two runs sharing two cores with one thread each
 one run alone. `start()` is called where a run begins (after its thread count is set), `finish()`
 where it ends; the record keeps the result under "context" (docs/records.md). The cost tables compare two
 methods only where `comparable_key` of their records is equal.
+
+A run made before the context existed has one that `python -m bench records migrate` filled from the record's
+own `env` (`not_recorded`): device, GPU name, torch threads, CPU count and versions, every other key null and
+`recorded` false. `recorded(context)` is the one test the readers make of it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-CONTEXT_SCHEMA = 1
+CONTEXT_SCHEMA = 2  # 2: "recorded" says whether the run took it (bench/core/migrate.py upgrades 1)
 
 
 def _loadavg() -> list[float] | None:
@@ -50,6 +54,7 @@ def start(spec, device: torch.device) -> dict:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "schema": CONTEXT_SCHEMA,
+        "recorded": True,
         "device": device.type,
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -70,30 +75,43 @@ def finish(context: dict) -> dict:
     return {**context, "loadavg_end": _loadavg()}
 
 
-def machine(context: dict | None) -> str | None:
+def not_recorded(device: str, env: dict) -> dict:
+    """The context of a run that recorded none (made before contexts existed), from what its record's `env`
+    says: device, GPU name, torch threads (taken during the run), CPU count, torch and faiss. The CPU model,
+    interop threads, runs in flight and load were never recorded: null. `recorded` false says so."""
+    return {
+        "schema": CONTEXT_SCHEMA,
+        "recorded": False,
+        "device": device,
+        "cpu_model": None,
+        "cpu_count": env.get("cpu_count"),
+        "gpu_name": env.get("device_name") if device == "cuda" else None,
+        "threads": env.get("torch_threads"),
+        "interop_threads": None,
+        "concurrency": None,
+        "loadavg_start": None,
+        "loadavg_end": None,
+        "torch": env.get("torch"),
+        "faiss": env.get("faiss"),
+    }
+
+
+def recorded(context: dict) -> bool:
+    """Whether the run took its context itself; false for one `not_recorded` filled in, whose runs in flight
+    are unknown."""
+    return context["recorded"]
+
+
+def machine(context: dict) -> str:
     """What the timings ran on: the GPU's name for a CUDA run, the CPU model otherwise."""
-    if not context:
-        return None
-    return context.get("gpu_name") or context.get("cpu_model")
+    return context["gpu_name"] or context["cpu_model"] or f"{context['device']} (model not recorded)"
 
 
-def comparable_key(context: dict | None) -> tuple | None:
+def comparable_key(context: dict) -> tuple | None:
     """(device, machine, threads, concurrency): two runs' costs are compared only where these are equal.
 
-    None for a record without context (written before it was recorded): its key is unknown, so it is
-    comparable with nothing.
+    None for a context the run did not record: its runs in flight are unknown, so it is comparable with nothing.
     """
-    if not context:
+    if not recorded(context):
         return None
-    return (context.get("device"), machine(context), context.get("threads"), context.get("concurrency"))
-
-
-def describe(context: dict | None) -> str:
-    """One short cell: `2 threads, 1 in flight, load 0.5→1.9` or `context unknown`."""
-    if not context:
-        return "context unknown"
-    text = f"{context.get('threads')} thr, {context.get('concurrency')} in flight"
-    start_load, end_load = context.get("loadavg_start"), context.get("loadavg_end")
-    if start_load and end_load:
-        text += f", load {start_load[0]:.1f}→{end_load[0]:.1f}"
-    return text
+    return (context["device"], machine(context), context["threads"], context["concurrency"])

@@ -6,6 +6,21 @@ says so (mode "modified"), and its run id is recomputed from its spec and config
 `--set kmeans_init=fresh` would get today: the plain id then belongs to the published (warm) behaviour. Every
 other record only changes its schema number, keeping its id.
 
+Schema 2 -> 3: every field the readers use is in the record, so that they need no branch for records written
+before a field existed. Filled from what the record itself holds, never guessed, and keeping every run id (the
+filled values are the faithful ones the id leaves out, which is checked):
+
+- `config.rec_loss` "bce" for SASRec, CL4SRec, ICLRec and ELCRec, which all trained with bce before the option
+  existed (a record of another method without it is refused); `config.view_encoding` "separate" for ICLRec and
+  ELCRec, the only encoding before the option existed;
+- `variant` rebuilt from the spec and that config (bench/core/identity.variant_of: mode, precision, compile and
+  the method's options); a spec without precision or compile is one from before they existed: fp32, eager. A
+  stored variant that disagrees with the rebuilt one is refused;
+- an ok record without `context` gets `context.not_recorded` (device, GPU name, torch threads, CPU count,
+  versions from its own `env`; CPU model, runs in flight and load null; `recorded` false), and one without
+  `ranks` gets `"ranks": null` (its paired tests stay unavailable). A recorded context gets `recorded` true and
+  the context schema 2. Failed and interrupted runs keep the sections they never reached absent or null.
+
 Before changing anything, each record's stored id is recomputed from its own spec and config under the old
 rule; a record whose id does not match is left as it is and named, so that no id is ever guessed. Files are
 written atomically (new file first, then the old one removed), so an interrupted migration leaves every
@@ -19,10 +34,21 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
 
+from bench.core import context as run_context
 from bench.core import records
 from bench.core.spec import RunSpec
 
 FRESH_KMEANS_METHODS = ("iclrec",)  # methods whose schema-1 records ran a fresh k-means every E-step
+# What every run of these methods did before the config key existed (the faithful value, left out of the id).
+BEFORE_OPTION = {
+    "rec_loss": ("bce", ("sasrec", "cl4srec", "iclrec", "elcrec")),
+    "view_encoding": ("separate", ("iclrec", "elcrec")),
+}
+# A record's fields in the order train.py writes them; others (traceback, interrupted, ...) follow.
+FIELD_ORDER = ("schema", "run_id", "method", "dataset", "seed", "profile", "protocol", "config_source", "config",
+               "variant", "spec", "status", "error", "device", "env", "started_at", "finished_at", "num_users",
+               "best_epoch", "best_valid", "test", "epochs", "totals", "peak_memory_bytes", "memory", "ranks",
+               "context")
 
 
 @dataclass
@@ -65,6 +91,50 @@ def _upgrade_1_to_2(record: dict) -> dict:
     return new
 
 
+def _has_option(method: str, key: str) -> bool:
+    """Whether `method`'s config has the field `key` (ValueError for a method this harness does not know)."""
+    cls = records.REGISTRY.get(method)
+    if cls is None:
+        raise ValueError(f"method {method!r} is not registered here: its config's fields are unknown")
+    return key in {f.name for f in fields(cls.Config)}
+
+
+def _upgrade_2_to_3(record: dict) -> dict:
+    """The schema-3 form of a schema-2 record (a new dict, the run id kept): see the module's docstring."""
+    from bench.core.identity import variant_of
+
+    method, config = record["method"], dict(record["config"])
+    faithful = records.faithful_values(method)
+    if config and _id_of(record, config, faithful=faithful) != record["run_id"]:
+        raise ValueError("its run id does not follow from its spec and config")
+    if config:  # empty only for a failed run whose config never resolved: nothing to fill
+        for key, (value, methods) in BEFORE_OPTION.items():
+            if key in config or not _has_option(method, key):
+                continue
+            if method not in methods:
+                raise ValueError(f"its config has no {key}, and {method} did not exist before {key} did")
+            config[key] = value
+        if _id_of(record, config, faithful=faithful) != record["run_id"]:
+            raise ValueError("filling its config would change its run id")  # never: the filled values are faithful
+    variant = variant_of(recorded_spec(record), config)
+    stored = record.get("variant") or {}
+    if any(stored[k] != variant.get(k) for k in stored):
+        raise ValueError(f"its variant {stored} disagrees with its spec and config ({variant})")
+    new = {**record, "schema": 3, "config": config, "variant": variant}
+    if record["status"] == "ok":
+        new.setdefault("ranks", None)
+        if new.get("context") is None:
+            new["context"] = run_context.not_recorded(record["device"], record["env"])
+    if new.get("context") is not None and "recorded" not in new["context"]:
+        ctx = new["context"]
+        new["context"] = {"schema": run_context.CONTEXT_SCHEMA, "recorded": True,
+                          **{k: v for k, v in ctx.items() if k != "schema"}}
+    return {**{k: new[k] for k in FIELD_ORDER if k in new}, **{k: v for k, v in new.items() if k not in FIELD_ORDER}}
+
+
+UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}  # schema -> the function that lifts it by one
+
+
 def migrate(results_dir: Path) -> Migration:
     """Upgrade every record under `<results_dir>/runs/` to records.RECORD_SCHEMA."""
     out = Migration()
@@ -78,11 +148,13 @@ def migrate(results_dir: Path) -> Migration:
         if schema == records.RECORD_SCHEMA:
             out.current += 1
             continue
-        if schema != 1:
+        if schema not in UPGRADES:
             out.refused.append(f"{path}: schema {schema!r} has no migration")
             continue
         try:
-            new = _upgrade_1_to_2(record)
+            new = record
+            while new["schema"] != records.RECORD_SCHEMA:
+                new = UPGRADES[new["schema"]](new)
         except (ValueError, KeyError, TypeError) as exc:
             out.refused.append(f"{path}: {exc}")
             continue

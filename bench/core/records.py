@@ -23,7 +23,7 @@ from bench.core import context as run_context
 from bench.core.evaluate import METRICS
 from methods import REGISTRY
 
-RECORD_SCHEMA = 2  # 2: ICLRec records say kmeans_init (bench/core/migrate.py upgrades schema 1)
+RECORD_SCHEMA = 3  # 2: ICLRec records say kmeans_init; 3: every field present (bench/core/migrate.py upgrades 1, 2)
 STATUSES = ("ok", "failed", "interrupted")
 
 # Temp files get this suffix so that the `runs/*.json` glob never picks up a half-written record.
@@ -147,8 +147,8 @@ def record_problem(record: dict) -> str | None:
     A record of another schema, or whose metrics are not numbers, would put wrong values in a table: such a
     file counts as unreadable (listed by `find_corrupt`, reported on the terminal), never half-used.
     """
-    if record.get("schema", RECORD_SCHEMA) != RECORD_SCHEMA:
-        hint = "; `python -m bench records migrate` upgrades it" if record.get("schema") == 1 else ""
+    if record.get("schema") != RECORD_SCHEMA:
+        hint = "; `python -m bench records migrate` upgrades it" if is_older_schema(record) else ""
         return f"unknown record schema {record.get('schema')!r} (this harness reads {RECORD_SCHEMA}){hint}"
     if record.get("status") not in STATUSES:
         return f"unknown status {record.get('status')!r}"
@@ -164,6 +164,32 @@ def record_problem(record: dict) -> str | None:
     if not isinstance(record.get("epochs", []), list):
         return "epochs is not a list"
     return None
+
+
+def is_older_schema(record: dict) -> bool:
+    """Whether `record` is of a schema before RECORD_SCHEMA, which `python -m bench records migrate` upgrades."""
+    schema = record.get("schema")
+    return isinstance(schema, int) and not isinstance(schema, bool) and 1 <= schema < RECORD_SCHEMA
+
+
+def check_schemas(results_dir: Path) -> None:
+    """One line (BenchError) when records under `<results_dir>/runs/` are of an older schema: the tables rely on
+    every field of the current one, so they are neither skipped nor half-read but upgraded first."""
+    from bench.core.errors import BenchError
+
+    older = []
+    for path in _record_files(results_dir):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # unreadable: find_corrupt names it
+        if isinstance(record, dict) and is_older_schema(record):
+            older.append(path)
+    if older:
+        raise BenchError(
+            f"{len(older)} record(s) under {Path(results_dir) / 'runs'} are of an older schema than {RECORD_SCHEMA}"
+            f" (such as {older[0].name}): run `python -m bench records migrate --results {results_dir}` first"
+        )
 
 
 def run_id(
@@ -216,7 +242,7 @@ def find_corrupt(results_dir: Path) -> list[Path]:
 # config keys (of the methods that have them). rec_loss, a config key of every method, has a faithful value
 # per method (`faithful_values`).
 FAITHFUL = {"precision": "fp32", "compile": "off", "view_encoding": "separate", "kmeans_init": "warm"}
-PUBLISHED_REC_LOSS = "bce"  # of SASRec, CL4SRec, ICLRec, ELCRec, and of any record from before rec_loss existed
+PUBLISHED_REC_LOSS = "bce"  # of SASRec, CL4SRec, ICLRec and ELCRec
 
 
 def faithful_values(method: str | None) -> dict:
@@ -243,18 +269,18 @@ def variant_mode(options: dict, published_rec_loss: str | None = None) -> str:
 def variant_label(record: dict) -> str:
     """"faithful", or the mode and every non-default execution option, e.g. "fast (precision=bf16)".
 
-    Records from before execution options existed have no `variant`: they ran the faithful defaults, and
-    records from before rec_loss existed ran bce.
+    A variant names only the options its method has (view_encoding for ICLRec and ELCRec, kmeans_init for
+    ICLRec and ICSRec); precision, compile and rec_loss are in every ok record's variant.
     """
-    variant = record.get("variant") or {}
-    faithful = faithful_values(record.get("method"))
+    variant = record["variant"]
+    faithful = faithful_values(record["method"])
     options = [f"{k}={variant[k]}" for k, v in faithful.items() if variant.get(k, v) != v]
-    mode = variant.get("mode", "faithful")
-    return f"{mode} ({', '.join(options)})" if options else mode
+    return f"{variant['mode']} ({', '.join(options)})" if options else variant["mode"]
 
 
 def _flatten(record: dict, path: Path) -> dict[str, Any]:
-    # `or {}` everywhere: a failed run may carry null for sections it never reached.
+    # `or {}`: a failed or interrupted run may lack, or carry null for, the sections it never reached (env,
+    # test, totals, context, ranks); an ok record of this schema has every one (docs/records.md).
     test = record.get("test") or {}
     valid = record.get("best_valid") or {}
     totals = record.get("totals") or {}
@@ -262,9 +288,9 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     row: dict[str, Any] = {k: record.get(k) for k in (*_FIELDS, *_RUN_INFO)}
     row["device_name"] = (record.get("env") or {}).get("device_name")
     row["variant"] = variant_label(record)
-    variant = record.get("variant") or {}
-    row["variant_options"] = {k: variant.get(k, v) for k, v in FAITHFUL.items()}
-    row["rec_loss"] = (record.get("config") or {}).get("rec_loss")
+    # Options a method does not have stand at their faithful value, so every row names all of them.
+    row["variant_options"] = {k: record["variant"].get(k, v) for k, v in FAITHFUL.items()}
+    row["rec_loss"] = record["config"].get("rec_loss")  # None only for a failed run whose config never resolved
     row.update({f"test_{m}": test.get(m) for m in METRICS})
     row.update({f"best_valid_{m}": valid.get(m) for m in METRICS})
     row["epochs_run"] = totals.get("epochs_run", len(epochs))
@@ -283,17 +309,13 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     row["max_users"] = spec.get("max_users")
     row["spec_epochs"], row["spec_patience"] = spec.get("epochs"), spec.get("patience")
     ctx = record.get("context")
-    env = record.get("env") or {}
-    # Records written before the execution context existed: only the device name and torch's thread count
-    # are known (from env); the runs in flight are not, and `context` stays None ("context unknown").
-    machine = env.get("device_name")
-    row["machine"] = run_context.machine(ctx) or ("cpu (model not recorded)" if machine == "cpu" else machine)
-    row["threads"] = (ctx or {}).get("threads", env.get("torch_threads"))
-    row["concurrency"] = (ctx or {}).get("concurrency")
+    known = ctx or {}
+    row["machine"] = run_context.machine(ctx) if ctx else None
+    row["threads"], row["concurrency"] = known.get("threads"), known.get("concurrency")
     row["context"] = ctx
     row["has_ranks"] = bool((record.get("ranks") or {}).get("test"))
-    row["hostname"] = env.get("hostname")
-    row["software"] = f"torch {(ctx or env).get('torch') or '?'}, faiss {(ctx or env).get('faiss') or '?'}"
+    row["hostname"] = (record.get("env") or {}).get("hostname")
+    row["software"] = f"torch {known.get('torch') or '?'}, faiss {known.get('faiss') or '?'}"
     row["epoch_training_s"] = [(e.get("estep_s") or 0.0) + (e.get("train_s") or 0.0) for e in epochs]
     row["valid_curve"] = [(e.get("valid") or {}).get("NDCG@20", np.nan) for e in epochs]
     row["path"] = str(path)

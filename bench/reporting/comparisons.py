@@ -111,8 +111,8 @@ def context_check(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str | None, str]:
     keys_b = [run_context.comparable_key(c) for c in b["context"]]
     both = pd.concat([a, b])
     if any(k is None for k in keys_a + keys_b):
-        # Records written before the context was recorded: comparable only when what they do say matches
-        # (device name, torch threads) and their own start and finish times show each run alone.
+        # A context the run did not record (run_context.recorded): comparable only when what it does say
+        # matches (machine, torch threads) and the records' own start and finish times show each run alone.
         seen = both["in_flight_seen"]
         alone = seen.notna().all() and (seen == 1).all() and all(k is None for k in keys_a + keys_b)
         if alone and both["machine"].nunique() == 1 and both["threads"].nunique() == 1:
@@ -128,8 +128,8 @@ def context_check(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str | None, str]:
     k = keys_a[0]
     note = f"same context: {k[1]}, {k[2]} thread(s), {k[3]} in flight"
     # Load averages above the core count mean other work shared the machine: the spread may not show it all.
-    cores = max((c or {}).get("cpu_count") or 0 for c in both["context"])
-    loads = [(c.get(k) or [0.0])[0] for c in both["context"] for k in ("loadavg_start", "loadavg_end")]
+    cores = max(c["cpu_count"] or 0 for c in both["context"])
+    loads = [(c[k] or [0.0])[0] for c in both["context"] for k in ("loadavg_start", "loadavg_end")]
     peak = max(loads, default=0.0)
     if cores and peak > cores:
         note += f"; caution: load average up to {peak:.1f} on {cores} cores, other work shared the machine"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.core.errors import BenchError
-from bench.core.records import find_corrupt, load_records, load_test_ranks, write_bytes_atomic
+from bench.core.records import check_schemas, find_corrupt, load_records, load_test_ranks, write_bytes_atomic
 from bench.reporting import measurements, plots, report, summary
 from bench.reporting.comparisons import PairedTests, cost_comparison, time_to_target_table
 from bench.reporting.rendering import (
@@ -64,8 +64,10 @@ def _header(records: pd.DataFrame, runs: pd.DataFrame, results_dir: Path) -> str
 
 
 def build(results_dir: Path) -> Board:
-    """The tables and answers of the records under `results_dir`/runs (BenchError without a completed run)."""
+    """The tables and answers of the records under `results_dir`/runs (BenchError without a completed run, or
+    with records of an older schema: `python -m bench records migrate` upgrades them first)."""
     results_dir = Path(results_dir)
+    check_schemas(results_dir)
     records = load_records(results_dir)
     runs = completed_runs(records)
     if runs.empty:

@@ -15,8 +15,6 @@ the reference protocol, the faithful variant and the GPU (where the papers measu
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 
@@ -40,9 +38,6 @@ METHOD_COLORS = {name: cls.color for name, cls in REGISTRY.items()}
 # a table is one of its baselines, so a method added to methods/ is compared without a change here.
 PROPOSED = "elcrec"
 COST_BASELINE = "iclrec"
-# The recommendation loss of a record whose config does not name one and whose method has no such option:
-# the published loss of SASRec, CL4SRec, ICLRec and ELCRec.
-DEFAULT_REC_LOSS = "bce"
 MIB = 2**20  # the paper's "MB" are nvidia-smi MiB
 METHOD_OPTIONS = tuple(k for k in FAITHFUL if k not in SPEC_OPTIONS)
 
@@ -116,10 +111,11 @@ def in_flight_from_times(records: pd.DataFrame) -> pd.Series:
     for i in records.index:
         if pd.isna(start[i]) or pd.isna(end[i]):
             continue
-        others = (host == host[i]) & (start < end[i]) & (end > start[i])
+        # The run itself counts even when it took under the records' one-second resolution (start == end).
+        others = (host == host[i]) & (((start < end[i]) & (end > start[i])) | (records.index == i))
         # The count at each moment a run inside the window started (or this one started) is the maximum.
         moments = [max(start[i], t) for t in start[others]]
-        out[i] = max(int(((start[others] <= m) & (end[others] > m)).sum()) for m in moments)
+        out[i] = max(1, *(int(((start[others] <= m) & (end[others] > m)).sum()) for m in moments))
     return out
 
 
@@ -133,16 +129,6 @@ def _group_variant(options: dict) -> str:
     label = _options_label(spec_level, SPEC_OPTIONS)
     mode = variant_mode(spec_level)
     return f"{mode} ({label})" if label else mode
-
-
-def _method_default_loss(method: str) -> str:
-    cls = REGISTRY.get(method)
-    config = getattr(cls, "Config", None)
-    if config is not None and dataclasses.is_dataclass(config):
-        for field in dataclasses.fields(config):
-            if field.name == "rec_loss" and isinstance(field.default, str):
-                return field.default
-    return DEFAULT_REC_LOSS
 
 
 def _column_names(runs: pd.DataFrame) -> pd.Series:
@@ -167,10 +153,6 @@ def completed_runs(records: pd.DataFrame) -> pd.DataFrame:
     options = runs["variant_options"].map(lambda o: o if isinstance(o, dict) else {})
     runs["variant"] = options.map(_group_variant)
     runs["method_options"] = options.map(lambda o: _options_label(o, METHOD_OPTIONS))
-    runs["rec_loss"] = [
-        loss if isinstance(loss, str) and loss else _method_default_loss(m)
-        for loss, m in zip(runs["rec_loss"], runs["method"])
-    ]
     for key in [*GROUP, "config_source", "device_name"]:
         runs[key] = runs[key].fillna("unknown")  # NaN keys would silently vanish from groupby
     # A rerun of the same seed (new config or code) supersedes the older record instead of counting twice.

@@ -60,7 +60,7 @@ def load_text(s: pd.DataFrame) -> str:
     loads = [
         (c["loadavg_start"][0], c["loadavg_end"][0])
         for c in s["context"]
-        if c and c.get("loadavg_start") and c.get("loadavg_end")
+        if c["loadavg_start"] and c["loadavg_end"]  # null where not recorded, or without os.getloadavg
     ]
     if not loads:
         return ""
@@ -89,6 +89,6 @@ def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
         row["threads"] = "/".join(sorted({str(int(t)) for t in s["threads"].dropna()})) or "unknown"
         row["in_flight"] = in_flight_text(s)
         row["load"] = load_text(s)
-        row["torch"] = ", ".join(sorted({c.get("torch", "") for c in s["context"] if c})) or ""
+        row["torch"] = ", ".join(sorted({c["torch"] for c in s["context"] if c["torch"]}))
         rows.append(row)
     return ordered(pd.DataFrame(rows), [*GROUP, "dataset", "method", *COLUMN_KEYS])
