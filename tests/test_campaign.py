@@ -104,6 +104,13 @@ class Clock:
         return self.now
 
 
+def record_of(spec, status: str, epochs: list[dict], wall_s: float) -> dict:
+    """The record a run of `spec` would write (bench/core/outcomes.make_record), with these epochs."""
+    from bench.core.outcomes import RunOutcome, make_record
+
+    return make_record(spec, RunOutcome(status, device="cpu", epochs=epochs, totals={"wall_s": wall_s}))
+
+
 def planned_grid(epochs: int = 10):
     from bench.campaign.schedule import Planned
 
@@ -139,9 +146,7 @@ def test_longest_first_probes_first_and_refusals():
     assert (third.method, third.seed) == ("sasrec", 1)
     assert sched.refusal_lines() == ["not started: iclrec synthetic seed 1: expected 20 s > 15 s left"]
     # the probe's record arrives (interrupted after its first epoch): its kind now has an estimate of 30 s
-    sched.finished({"method": "elcrec", "dataset": "synthetic", "device": "cpu", "status": "interrupted",
-                    "spec": {"max_users": None, "compile": "off"},
-                    "epochs": [{"estep_s": 1.0, "train_s": 1.0, "eval_s": 1.0}], "totals": {"wall_s": 3.0}})
+    sched.finished(record_of(first, "interrupted", [{"estep_s": 1.0, "train_s": 1.0, "eval_s": 1.0}], wall_s=3.0))
     clock.now += 1  # 14 s left: elcrec seed 2 (30 s) refused; sasrec seed 2 (12 s) starts
     fourth = sched.next_run()
     assert (fourth.method, fourth.seed) == ("sasrec", 2)
@@ -345,9 +350,8 @@ def test_the_grids_own_epochs_replace_an_estimate_from_elsewhere():
                       deadline=None)
 
     def record(n_epochs: int, seconds: float) -> dict:
-        return {"method": "sasrec", "dataset": "synthetic", "device": "cpu", "status": "ok",
-                "spec": {"max_users": None, "compile": "off"}, "totals": {"wall_s": n_epochs * seconds},
-                "epochs": [{"estep_s": 0.0, "train_s": seconds, "eval_s": 0.0}] * n_epochs}
+        epochs = [{"estep_s": 0.0, "train_s": seconds, "eval_s": 0.0}] * n_epochs
+        return record_of(runs[0].spec, "ok", epochs, wall_s=n_epochs * seconds)
 
     sched.finished(record(2, 3.0))  # one steady epoch: too few to overrule 3 earlier runs
     assert sched.expected(runs[0]) == pytest.approx(10 * 1.0)
@@ -363,15 +367,13 @@ def test_status_shows_every_state_and_the_time_left(tmp_path, capsys):
     from bench.core import records
 
     specs = grid_specs(["sasrec"], ["Beauty"], [1, 2, 3, 4], profile="smoke", device="cpu")
-    ids = [s.run_id for s in specs]
+    from bench.core.outcomes import RunOutcome, failure_record, make_record
+
     epochs = [{"epoch": i, "valid": {"NDCG@20": 0.01}, "estep_s": 0.0, "train_s": 2.0, "eval_s": 1.0} for i in range(3)]
-    base = {"method": "sasrec", "dataset": "Beauty", "profile": "smoke", "device": "cpu",
-            "spec": {"max_users": 2000, "compile": "off"}, "variant": {"compile": "off", "precision": "fp32"}}
-    records.save(tmp_path, {"schema": records.RECORD_SCHEMA, "run_id": ids[0], **base, "seed": 1, "status": "ok", "best_epoch": 2,
-                            "test": {"NDCG@20": 0.0123}, "epochs": epochs, "totals": {"wall_s": 10.0}})
-    records.save(tmp_path, {"schema": records.RECORD_SCHEMA, "run_id": ids[1], **base, "seed": 2, "status": "failed", "error": "boom"})
-    records.save(tmp_path, {"schema": records.RECORD_SCHEMA, "run_id": ids[2], **base, "seed": 3, "status": "interrupted",
-                            "epochs": epochs[:1], "totals": {"wall_s": 4.0}})
+    records.save(tmp_path, make_record(specs[0], RunOutcome("ok", device="cpu", best_epoch=2, test={"NDCG@20": 0.0123},
+                                                            epochs=epochs, totals={"wall_s": 10.0})))
+    records.save(tmp_path, failure_record(specs[1], RuntimeError("boom")))
+    records.save(tmp_path, record_of(specs[2], "interrupted", epochs[:1], wall_s=4.0))
     status = protocol_status(tmp_path, profile="smoke", methods=["sasrec"], datasets=["Beauty"], seeds=[1, 2, 3, 4],
                              device="cpu")
     assert [r["status"] for r in status["rows"]] == ["ok", "failed", "interrupted", "pending"]
@@ -380,7 +382,7 @@ def test_status_shows_every_state_and_the_time_left(tmp_path, capsys):
     assert status["expected_left_s"] == pytest.approx(3 * (1.0 + 3 * 3.0))
     print_status(status)
     out = capsys.readouterr().out
-    for line in ("done: best epoch 2, test NDCG@20 0.0123", "failed: boom", "interrupted: epoch 1 of 3 (no checkpoint: starts over)", "pending",
+    for line in ("done: best epoch 2, test NDCG@20 0.0123", "failed: RuntimeError: boom", "interrupted: epoch 1 of 3 (no checkpoint: starts over)", "pending",
                  "1 done, 1 interrupted, 1 failed, 1 pending", "expected cpu time left: 30 s"):
         assert line in out
 

@@ -111,15 +111,11 @@ def kind_of(spec: RunSpec) -> tuple:
 
 
 def _record_kind(record: dict) -> tuple:
-    spec = record.get("spec") or {}
-    variant = record.get("variant") or {}
-    published_loss = records.faithful_values(record.get("method"))["rec_loss"]
-    return (
-        record.get("method"), record.get("dataset"), record.get("device") or device_kind(spec.get("device", "cpu")),
-        spec.get("max_users"), variant.get("compile", spec.get("compile", "off")),
-        variant.get("precision", spec.get("precision", "fp32")), variant.get("view_encoding", "separate"),
-        variant.get("rec_loss", published_loss),
-    )
+    """`kind_of` of the spec a record was made from (records of schema 3 carry the variant whole)."""
+    spec, variant = record["spec"], record["variant"]
+    device = record.get("device") or device_kind(spec["device"])  # a failed run has no device of its own
+    return (record["method"], record["dataset"], device, spec["max_users"], variant["compile"], variant["precision"],
+            variant.get("view_encoding", records.FAITHFUL["view_encoding"]), variant["rec_loss"])
 
 
 MIN_OWN_EPOCHS = 3  # epochs after the first that this grid's own records need to replace an estimate
