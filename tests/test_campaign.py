@@ -31,7 +31,7 @@ def tiny_spec(method: str, epochs: int = 4, **kwargs) -> train.RunSpec:
 
 
 def stop_after(n: int):
-    return lambda epochs_done, _seconds: f"stopped after {n}" if epochs_done == n else None
+    return lambda epochs_done: f"stopped after {n}" if epochs_done == n else None
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -185,12 +185,24 @@ def test_without_a_deadline_every_run_starts_in_the_grids_order():
     assert all(s.deadline is None and not s.probe for s in started) and sched.next_run() is None
 
 
-def test_a_run_stops_after_the_epoch_that_reaches_its_deadline(tiny_data, tmp_path):
+class TickingClock:
+    """A clock that moves `step` seconds at every reading: to the deadline rule, each epoch takes `step` s."""
 
-    spec = tiny_spec("sasrec", epochs=50, checkpoint_dir=str(tmp_path), deadline=time.time() + 0.01)
-    record = train.run(spec, data=tiny_data, progress=False)
+    def __init__(self, now: float, step: float) -> None:
+        self.now, self.step = now, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_a_run_stops_after_the_epoch_that_reaches_its_deadline(tiny_data, tmp_path):
+    # The rule reads 1001 when the run starts and 1002 after epoch 0, so that epoch took 1 s; the next one
+    # would end at 1003, after the deadline (1002.5): the run stops there, checkpointed.
+    spec = tiny_spec("sasrec", epochs=50, checkpoint_dir=str(tmp_path), deadline=1002.5)
+    record = train.run(spec, data=tiny_data, progress=False, clock=TickingClock(1000.0, step=1.0))
     assert record["status"] == "interrupted" and record["test"] is None and len(record["epochs"]) == 1
-    assert record["interrupted"]["reason"].startswith("time budget:")
+    assert record["interrupted"]["reason"] == "time budget: 0 s left, an epoch takes 1 s"
     assert checkpoints.epochs_done(tmp_path, record["run_id"]) == 1
 
 
@@ -326,7 +338,10 @@ def test_fractional_gpus_pack_four_runs_on_two_logical_gpus(monkeypatch):
                                      on_done=got.append, on_start=slots.append, task_device="cpu")
         # past the deadline and its grace period, the driver cancels what still runs and records it interrupted
         monkeypatch.setattr("bench.campaign.schedule.GRACE_S", 0.0)
-        late = Scheduler([Planned(specs[0], "late")], {}, deadline=time.time() + 0.5)
+        # The scheduler's clock has 10 s left, so the run starts; the driver's (time.time) is past the deadline
+        # already, so it cancels the task at its first look, before the task can have finished an epoch.
+        deadline = time.time() - 1.0
+        late = Scheduler([Planned(specs[0], "late")], {}, deadline=deadline, clock=lambda: deadline - 10.0)
         cancelled = []
         ray_backend.run_specs_on_ray(late.next_run, address=None, cpus_per_run=1, gpus_per_run=0.5,
                                      on_done=cancelled.append, deadline=late.deadline, task_device="cpu")

@@ -192,11 +192,12 @@ class WorkQueue:
         self.claims.release(record["run_id"])
 
 
-def _run_local(queue: WorkQueue, on_done: Callable[[dict], None], progress: GridProgress) -> None:
+def _run_local(queue: WorkQueue, on_done: Callable[[dict], None], progress: GridProgress,
+               clock: Callable[[], float]) -> None:
     progress.started(1)
     while not termination.requested() and (spec := queue.take()) is not None:
         try:
-            record = train.run(spec, progress=progress.enabled)
+            record = train.run(spec, progress=progress.enabled, clock=clock)
         except Exception as exc:  # recorded as failed; KeyboardInterrupt still stops the grid
             record = outcomes.failure_record(spec, exc)
         on_done(record)  # after a SIGTERM: the run stopped at its last epoch boundary, recorded interrupted
@@ -236,6 +237,7 @@ def run_grid(
     gpus_per_run: float | None = None,
     progress: bool = True,
     time_budget: float | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> GridSummary:
     """Run the specs not yet done under `results_dir`, writing each record as its run finishes.
 
@@ -244,10 +246,11 @@ def run_grid(
     `time_budget` (seconds) time-boxes the grid (bench/campaign/schedule.py): longest expected runs first, none
     started that is not expected to finish, runs in flight at the budget recorded interrupted and
     checkpointed (bench/core/checkpoints.py, default folder outside the working copy) so that the next
-    invocation resumes them.
+    invocation resumes them. The budget is read on `clock` (tests give their own) by the scheduler and by the
+    runs of the local executor; Ray tasks and the Ray driver read time.time.
     """
     _check_options(specs, executor, address, cpus_per_run, gpus_per_run, time_budget)
-    deadline = None if time_budget is None else time.time() + time_budget
+    deadline = None if time_budget is None else clock() + time_budget
     start = time.perf_counter()
     # Absolute: the driver writes the records, but a relative path must not depend on anyone's cwd later.
     summary = GridSummary(results_dir=Path(results_dir).expanduser().resolve())
@@ -264,7 +267,7 @@ def run_grid(
     todo = {rid: spec for rid, spec in by_id.items() if rid not in done}
     summary.skipped = len(by_id) - len(todo)
     scheduler = make_scheduler(todo, summary.results_dir, deadline, estimate_folders=[COMMITTED_RESULTS],
-                               resumable=resumable)
+                               resumable=resumable, clock=clock)
     if progress:
         _print_plan(scheduler, len(by_id), summary.skipped, len(todo), time_budget)
     _download_once(todo.values())
@@ -281,7 +284,7 @@ def run_grid(
     try:
         with claims:
             if todo and executor == "local":
-                _run_local(queue, on_done, bar)
+                _run_local(queue, on_done, bar, clock)
             elif todo:
                 _run_on_ray(queue, on_done, bar, address, cpus_per_run, gpus_per_run, deadline)
     finally:

@@ -298,7 +298,7 @@ class Scheduler:
 
 def make_scheduler(
     specs_by_id: dict[str, RunSpec], results_dir: Path, deadline: float | None, estimate_folders: Iterable[Path] = (),
-    resumable: Iterable[str] = (),
+    resumable: Iterable[str] = (), clock: Callable[[], float] = time.time,
 ) -> Scheduler:
     """A scheduler over the runs not yet done, with the epochs their checkpoints hold and the estimates of
     `results_dir` (then `estimate_folders`); the runs of `resumable` (ids) may end in a later invocation."""
@@ -310,7 +310,7 @@ def make_scheduler(
         planned.append(Planned(spec, rid, done or 0, rid in resumable))
     # without a deadline nothing is refused or reordered: no estimate is needed
     estimates = load_estimates(results_dir, *estimate_folders) if deadline is not None else {}
-    return Scheduler(planned, estimates, deadline)
+    return Scheduler(planned, estimates, deadline, clock=clock)
 
 
 # ------------------------------------------------------------------------------------------- projection

@@ -39,7 +39,8 @@ def run(
     epoch_callback: Callable[[int, dict], None] | None = None,
     data: SequenceData | None = None,
     evaluate_test: bool = True,
-    stop_when: Callable[[int, float], str | None] | None = None,
+    stop_when: Callable[[int], str | None] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> dict:
     """Train and evaluate one run; returns its record (status ok, or interrupted when it stopped early).
 
@@ -50,7 +51,7 @@ def run(
 
     Campaign hooks (bench/core/checkpoints.py, bench/campaign/schedule.py): with `spec.checkpoint_dir` the run continues
     from its mid-run checkpoint if one exists and saves one every `spec.checkpoint_every` epochs and when it
-    stops early. `stop_when(epochs_done, last_epoch_s)` (default: the spec's deadline, `deadline_stop`) is
+    stops early. `stop_when(epochs_done)` (default: the spec's deadline read on `clock`, `deadline_stop`) is
     asked after every epoch; a reason returned ends the run there with status "interrupted" (no test).
     """
     check_choice("evaluation protocol", spec.protocol, PROTOCOLS)
@@ -61,7 +62,8 @@ def run(
     memory.start()
     try:
         with _process_settings(spec):
-            return _train_and_test(spec, device, memory, data, progress, epoch_callback, evaluate_test, stop_when)
+            return _train_and_test(spec, device, memory, data, progress, epoch_callback, evaluate_test,
+                                   stop_when, clock)
     finally:
         memory.stop()  # idempotent; also ends the sampling thread of a run stopped by an exception
 
@@ -83,7 +85,7 @@ def _process_settings(spec: RunSpec):
         _set_faiss_threads(previous_faiss_threads)
 
 
-def _train_and_test(spec, device, memory, data, progress, epoch_callback, evaluate_test, stop_when) -> dict:
+def _train_and_test(spec, device, memory, data, progress, epoch_callback, evaluate_test, stop_when, clock) -> dict:
     started, wall_start = now(), time.perf_counter()
     run_context = context.start(spec, device)  # after the thread counts are set (bench/core/context.py)
     if data is None:
@@ -96,7 +98,7 @@ def _train_and_test(spec, device, memory, data, progress, epoch_callback, evalua
         wall_start -= resume.elapsed_s  # wall and time-to-best continue from the first invocation
     fit = fit_epochs(
         spec, method, data, memory, wall_start, epoch_callback, progress, resume=resume,
-        stop_when=stop_when if stop_when is not None else deadline_stop(spec), checkpoint_path=ckpt_path,
+        stop_when=stop_when if stop_when is not None else deadline_stop(spec, clock), checkpoint_path=ckpt_path,
     )
     if fit.best_state is not None:  # None: stopped (SIGTERM) before its first epoch ended
         method.load_state_dict(fit.best_state)
@@ -251,7 +253,7 @@ def fit_epochs(
     """The epochs, with early stopping on valid NDCG@20 after `spec.patience` epochs without a better one.
 
     `resume` continues a checkpointed run; `checkpoint_path` is where the run's mid-run checkpoint goes (None:
-    none); `stop_when(epochs_done, last_epoch_s)` may end the run after any epoch (Fit.interrupted says why).
+    none); `stop_when(epochs_done)` may end the run after any epoch (Fit.interrupted says why).
     """
     loop = _Epochs(spec, method, data, memory, wall_start, resume)
     fit = loop.fit
@@ -272,7 +274,7 @@ def fit_epochs(
                 if spec.checkpoint_every and (epoch + 1) % spec.checkpoint_every == 0:
                     checkpoints.write(checkpoint_path, boundary)
                     saved = True
-            reason = stop_when(len(fit.epochs), row["estep_s"] + row["train_s"] + row["eval_s"]) if stop_when else None
+            reason = stop_when(len(fit.epochs)) if stop_when else None
             if reason is not None and epoch + 1 < spec.epochs:
                 fit.interrupted = reason
                 if checkpoint_path is not None and not saved:
@@ -299,19 +301,26 @@ def _stop_if_terminated() -> None:
         raise Terminated
 
 
-def deadline_stop(spec: RunSpec) -> Callable[[int, float], str | None] | None:
+def deadline_stop(spec: RunSpec, clock: Callable[[], float] = time.time) -> Callable[[int], str | None] | None:
     """The stop rule of a run with a deadline (a time-boxed grid): after an epoch, stop when the next one
     would not end before the deadline; a probe (no earlier record of its kind) also stops after its first
     epoch (its second when compiled: the first one compiles) when even the expected rest of the run (that
-    epoch's time x the epochs left) does not fit."""
+    epoch's time x the epochs left) does not fit.
+
+    Everything is read on `clock` (the deadline's clock, time.time; tests give their own): an epoch's time
+    is the time between two epoch ends (the first from when the rule was made), checkpoint writes included.
+    """
     if spec.deadline is None:
         return None
     started_here = [0]
     probe_at = 1 if spec.compile == "off" else 2
+    last_end = [clock()]
 
-    def stop(epochs_done: int, last_epoch_s: float) -> str | None:
+    def stop(epochs_done: int) -> str | None:
         started_here[0] += 1
-        left = spec.deadline - time.time()
+        now = clock()
+        last_epoch_s, last_end[0] = now - last_end[0], now
+        left = spec.deadline - now
         if spec.probe and started_here[0] == probe_at:
             expected = last_epoch_s * (spec.epochs - epochs_done)
             if expected > left:
