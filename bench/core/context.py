@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import torch
@@ -49,9 +50,37 @@ def _faiss_version() -> str | None:
         return None
 
 
+def _gpu_name(device: torch.device) -> str | None:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__), capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    """The software and machine a run used, as its record's "env" keeps them (the method adds its own facts)."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "faiss": _faiss_version(),
+        "device_name": _gpu_name(device) or platform.processor() or "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "hostname": platform.node(),
+        "git_commit": _git_commit(),
+    }
+
+
 def start(spec, device: torch.device) -> dict:
     """The context at the start of a run: call after the run's thread count has been set."""
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    gpu = _gpu_name(device)
     return {
         "schema": CONTEXT_SCHEMA,
         "recorded": True,

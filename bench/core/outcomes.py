@@ -1,5 +1,5 @@
 """The run record, built in one place for every status: ok, failed (an exception) and interrupted (stopped
-at a time budget or from outside), and the software environment every record carries (docs/records.md).
+at a time budget or from outside); docs/records.md lists their fields.
 
 `RunOutcome` is what a run produced; `make_record(spec, outcome)` adds what the spec says (identity,
 config, variant) and returns the record as stored. The training loop, the grid, the Ray executor and the
@@ -9,13 +9,8 @@ tuner all build their records through it, so every record of one schema has the 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import platform
-import subprocess
 import traceback
 from dataclasses import dataclass, field
-
-import torch
 
 from bench.core import checkpoints, records
 from bench.core.devices import device_kind
@@ -41,7 +36,7 @@ class RunOutcome:
     error: str | None = None  # one line, failed runs only
     traceback: str | None = None  # failed runs only
     device: str | None = None  # "cpu" | "cuda": where it ran
-    env: dict | None = None  # software, machine and method facts (`environment` + Method.run_info)
+    env: dict | None = None  # software, machine and method facts (context.environment + Method.run_info)
     started_at: str | None = None
     num_users: int | None = None
     best_epoch: int = -1
@@ -118,32 +113,3 @@ def interrupted_record(spec: RunSpec, reason: str) -> dict:
         interrupted={"reason": reason, "epochs_done": len(epochs), "max_epochs": spec.epochs,
                      "checkpoint": str(ckpt) if resume is not None else None},
     ))
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__), capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment(device: torch.device) -> dict:
-    try:
-        import faiss
-
-        faiss_version = faiss.__version__
-    except ImportError:
-        faiss_version = None
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "faiss": faiss_version,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "hostname": platform.node(),
-        "git_commit": git_commit(),
-    }

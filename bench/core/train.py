@@ -22,7 +22,7 @@ from bench.core.costs import PHASES, PeakMemory, PhaseTimer
 from bench.core.data import SequenceData
 from bench.core.devices import resolve_device
 from bench.core.evaluate import PROTOCOLS, evaluate
-from bench.core.outcomes import NonFiniteLoss, RunOutcome, environment, make_record, now
+from bench.core.outcomes import NonFiniteLoss, RunOutcome, make_record, now
 from bench.core.spec import RunSpec, check_choice, check_positive
 from bench.core.step import build_method, epoch_batches, make_optimizer, optimise, step_function
 from bench.core.step import steps_per_epoch as epoch_steps
@@ -119,7 +119,7 @@ def _train_and_test(spec, device, memory, data, progress, epoch_callback, evalua
     }
     return make_record(spec, RunOutcome(
         "ok" if fit.interrupted is None else "interrupted", device=device.type,
-        env={**environment(device), **method.run_info()}, started_at=started, num_users=data.num_users,
+        env={**context.environment(device), **method.run_info()}, started_at=started, num_users=data.num_users,
         best_epoch=fit.best_epoch, best_valid=fit.best_valid, test=test, epochs=fit.epochs, totals=totals,
         memory=peak, context=context.finish(run_context),
         # per-user test ranks (clipped at 20), for the paired tests of the leaderboard
