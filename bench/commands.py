@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.core import termination
+from bench.core import files, termination
 from bench.core.errors import BenchError
 
 
@@ -80,7 +80,7 @@ def _checkpoint_dir(args) -> str | None:
 
 def _check_checkpoint_path(path: str) -> None:
     """The checkpoint file must be writable before training: a run is not spent to lose its output."""
-    from bench.core.records import check_writable
+    from bench.core.files import check_writable
 
     target = Path(path).expanduser()
     if target.is_dir():
@@ -108,11 +108,11 @@ def cmd_run(args) -> int:
     if args.time_budget is not None:
         raise BenchError("--time-budget time-boxes a grid: add --all")
     spec = single_run_spec(args)
-    records.check_writable(args.results / "runs")
+    files.check_writable(args.results / "runs")
     if spec.checkpoint_dir:
         from bench.core import checkpoints
 
-        records.check_writable(Path(spec.checkpoint_dir), "checkpoint folder")
+        files.check_writable(Path(spec.checkpoint_dir), "checkpoint folder")
         done = checkpoints.epochs_done(spec.checkpoint_dir, spec.run_id)
         if done is not None:
             print(f"resuming from {checkpoints.checkpoint_path(spec.checkpoint_dir, spec.run_id)} at epoch {done}", file=sys.stderr)
@@ -249,7 +249,8 @@ def cmd_tune(args) -> int:
 
 # ------------------------------------------------------------------------------------ leaderboard, profile
 def cmd_leaderboard(args) -> int:
-    from bench.core.records import check_schemas, check_writable, find_corrupt
+    from bench.core.files import check_writable
+    from bench.core.records import check_schemas, find_corrupt
     from bench.reporting.leaderboard import write_leaderboard
 
     if not (args.results / "runs").is_dir():

@@ -227,7 +227,7 @@ def test_write_record_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     # A failure at the rename must leave the old record intact and remove the temp file; it is one line
     # naming the file (BenchError), as a full disk is.
-    monkeypatch.setattr("bench.core.records.os.replace", fail)
+    monkeypatch.setattr("bench.core.files.os.replace", fail)
     with pytest.raises(BenchError, match=re.escape(f"cannot write {path}: disk full")):
         write_record_atomic(path, {"schema": 1, "method": "elcrec"})
     assert json.loads(path.read_text())["method"] == "sasrec"

@@ -36,7 +36,7 @@ from bench.campaign.schedule import (
     make_scheduler,
     measured_packing,
 )
-from bench.core import checkpoints, configs, outcomes, records, termination, train
+from bench.core import checkpoints, configs, files, outcomes, records, termination, train
 from bench.core.devices import device_kind
 from bench.core.errors import BenchError
 from bench.core.profiles import get_profile
@@ -254,7 +254,7 @@ def run_grid(
     start = time.perf_counter()
     # Absolute: the driver writes the records, but a relative path must not depend on anyone's cwd later.
     summary = GridSummary(results_dir=Path(results_dir).expanduser().resolve())
-    records.check_writable(summary.results_dir / "runs")  # before any training, not when the first run ends
+    files.check_writable(summary.results_dir / "runs")  # before any training, not when the first run ends
     if executor == "ray":
         specs, cpus_per_run, gpus_per_run = _pin_ray_devices(specs, summary.results_dir, cpus_per_run, gpus_per_run, progress)
     else:

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from bench.campaign.schedule import FAITHFUL_COMPILE, epoch_seconds, machine_name
-from bench.core import records
+from bench.core import files, records
 from bench.core.devices import device_kind
 from bench.core.errors import BenchError
 from bench.core.spec import DEFAULT_RESULTS, check_positive
@@ -186,7 +186,7 @@ def _checked_plan(
     cpus = float(cpus or os.cpu_count() or 1)
     check_positive("--cpus", cpus)
     out_dir = Path(out_dir) if out_dir is not None else DEFAULT_RESULTS / "benchmarks"
-    records.check_writable(out_dir, "benchmark output folder")
+    files.check_writable(out_dir, "benchmark output folder")
     return _Plan(method, dataset, epochs, max_users, kind, cpus, compile_modes, sorted(set(concurrency)), out_dir)
 
 
@@ -235,8 +235,8 @@ def _write_table(plan: _Plan, rows: list[dict], best: dict) -> list[Path]:
             "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "command": plan.command()}
     stem = f"packing-{plan.kind}-{plan.method}-{plan.dataset}"
     json_path, md_path = plan.out_dir / f"{stem}.json", plan.out_dir / f"{stem}.md"
-    records.write_text_atomic(json_path, json.dumps({"meta": meta, "rows": rows, "best": best}, indent=1) + "\n")
-    records.write_text_atomic(md_path, render_markdown(meta, rows, best))
+    files.write_text_atomic(json_path, json.dumps({"meta": meta, "rows": rows, "best": best}, indent=1) + "\n")
+    files.write_text_atomic(md_path, render_markdown(meta, rows, best))
     return [md_path, json_path]
 
 

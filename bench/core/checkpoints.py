@@ -24,7 +24,6 @@ folder continues from the file; the valid curve is then bit-identical to an unin
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from bench.core.errors import BenchError
+from bench.core.files import write_torch_atomic
 from bench.core.paths import cache_folder
 
 CHECKPOINT_NAME = "last.pt"
@@ -110,19 +110,11 @@ def snapshot(
 def write(path: Path, state: dict) -> Path:
     """Write a `snapshot` to `path`, atomically: readers see the previous file or this one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        # torch.save reports a failed write (a full disk, a file-size limit) as a RuntimeError of its writer
-        if isinstance(exc, OSError | RuntimeError):
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
-            free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
-            raise BenchError(f"cannot write checkpoint {path}: {reason} ({free / 2**20:.1f} MiB free there)") from None
-        raise
+        write_torch_atomic(path, state)
+    except BenchError as exc:  # a full disk, a file-size limit: say how much room there is
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+        raise BenchError(f"{exc} ({free / 2**20:.1f} MiB free there)") from None
     return path
 
 

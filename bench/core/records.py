@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -21,13 +19,13 @@ import pandas as pd
 
 from bench.core import context as run_context
 from bench.core.evaluate import METRICS
+from bench.core.files import TMP_SUFFIX, write_text_atomic
 from methods import REGISTRY
 
 RECORD_SCHEMA = 3  # 2: ICLRec records say kmeans_init; 3: every field present (bench/core/migrate.py upgrades 1, 2)
 STATUSES = ("ok", "failed", "interrupted")
 
 # Temp files get this suffix so that the `runs/*.json` glob never picks up a half-written record.
-TMP_SUFFIX = ".tmp"
 # A JSON object without these keys cannot be placed in any table, so it counts as unreadable.
 _REQUIRED_KEYS = ("method", "dataset", "seed", "profile", "status")
 _TOTALS = ("estep_s", "train_s", "eval_s", "test_eval_s", "wall_s", "time_to_best_s")
@@ -53,73 +51,6 @@ COLUMNS += ["epoch_training_s", "valid_curve"]  # per-epoch lists: E-step + trai
 COLUMNS += ["variant_options", "rec_loss"]
 COLUMNS += ["peak_memory_bytes", "started_at", "finished_at", "path"]
 RANK_ENCODING = "uint8-zlib-base64"
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the complete new one."""
-    from bench.core.errors import BenchError
-
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # The temp file must live in the same directory: os.replace is only atomic within one filesystem.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())  # data on disk before the rename makes it visible
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # a full disk, a file-size limit, a folder gone read-only: the user's to fix
-            raise BenchError(f"cannot write {path}: {exc.strerror or exc}") from None
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Persist the rename itself; not every platform can open a directory (Windows), which is harmless.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def check_writable(directory: Path, what: str = "results folder") -> Path:
-    """Create `directory` if needed and prove a file can be written there, before any work is spent.
-
-    One clear line (BenchError) naming the place otherwise: a path that is a file, a read-only folder.
-    """
-    from bench.core.errors import BenchError
-
-    directory = Path(directory)
-    for place in (directory, *directory.parents):  # a file where a folder must be: say which
-        if place.exists():
-            if not place.is_dir():
-                raise BenchError(f"{what} {directory} cannot be made: {place} is a file, not a folder")
-            break
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe.", suffix=TMP_SUFFIX)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise BenchError(f"{what} {directory} is not writable: {reason}") from None
-    return directory
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_record_atomic(path: Path, record: dict) -> None:

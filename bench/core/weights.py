@@ -8,6 +8,7 @@ config values its tensor shapes fix.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -15,6 +16,7 @@ from bench.core.configs import build_config, method_class, paper_values
 from bench.core.data import SequenceData
 from bench.core.devices import resolve_device
 from bench.core.errors import BenchError
+from bench.core.files import write_torch_atomic
 from bench.core.spec import make_spec
 from bench.core.step import build_method
 from methods import Method
@@ -22,11 +24,7 @@ from methods import Method
 
 def save_checkpoint(state: dict, path: str) -> None:
     """Write a state_dict in the published layout, atomically."""
-    target = os.path.abspath(path)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = f"{target}.tmp{os.getpid()}"
-    torch.save({k: v.cpu() for k, v in state.items()}, tmp)
-    os.replace(tmp, target)
+    write_torch_atomic(Path(path).resolve(), {k: v.cpu() for k, v in state.items()})
 
 
 def load_checkpoint(path: str) -> dict[str, torch.Tensor]:

@@ -19,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.core.errors import BenchError
-from bench.core.records import check_schemas, find_corrupt, load_records, load_test_ranks, write_bytes_atomic
+from bench.core.files import write_bytes_atomic
+from bench.core.records import check_schemas, find_corrupt, load_records, load_test_ranks
 from bench.reporting import measurements, plots, report, summary
 from bench.reporting.comparisons import PairedTests, cost_comparison, time_to_target_table
 from bench.reporting.rendering import (

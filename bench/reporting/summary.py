@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.core.records import write_text_atomic
+from bench.core.files import write_text_atomic
 from bench.reporting.comparisons import PairedTests
 from bench.reporting.rendering import Block, render_md, versus_cell
 from bench.reporting.runs import (

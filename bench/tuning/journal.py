@@ -20,7 +20,7 @@ from pathlib import Path
 
 from optuna.storages.journal import JournalFileSymlinkLock
 
-from bench.core import records
+from bench.core import files
 from bench.core.errors import BenchError
 
 
@@ -95,7 +95,7 @@ def _scan_journal(path: Path, data: bytes) -> int | None:
 def check_journal_writable(path: Path) -> None:
     """One line naming the journal (or its folder) if trials could not be recorded there."""
     path = Path(path)
-    records.check_writable(path.parent, "studies folder")
+    files.check_writable(path.parent, "studies folder")
     if path.exists():
         if not path.is_file():
             raise BenchError(f"study journal {path} is not a file")

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.core import configs, records
+from bench.core import configs, files
 from bench.core.errors import BenchError
 from bench.tuning import search_space
 from bench.tuning.studies import (
@@ -101,11 +101,11 @@ def plot_history(study: optuna.Study, title: str) -> bytes:
 def write_reports(study: optuna.Study, out: Path, summary: dict) -> None:
     attrs = ("number", "value", "state", "datetime_start", "datetime_complete", "duration", "params", "user_attrs")
     frame = study.trials_dataframe(attrs=attrs)
-    records.write_text_atomic(out / "trials.csv", frame.to_csv(index=False))
+    files.write_text_atomic(out / "trials.csv", frame.to_csv(index=False))
     rows = ["param,importance"] + [f"{k},{v:.6f}" for k, v in importances(study).items()]
-    records.write_text_atomic(out / "importances.csv", "\n".join(rows) + "\n")
-    records.write_bytes_atomic(out / "history.png", plot_history(study, summary["study"]))
-    records.write_text_atomic(out / "best.json", json.dumps(summary, indent=1) + "\n")
+    files.write_text_atomic(out / "importances.csv", "\n".join(rows) + "\n")
+    files.write_bytes_atomic(out / "history.png", plot_history(study, summary["study"]))
+    files.write_text_atomic(out / "best.json", json.dumps(summary, indent=1) + "\n")
 
 
 def space_entry(dim: search_space.Dimension) -> dict:
@@ -167,7 +167,7 @@ def export(
     custom), then the better value: a high score on 2,000 users says less than a lower one on all of them.
     """
     target = Path(tuned_dir) if tuned_dir is not None else configs.tuned_dir()
-    records.check_writable(target, "tuned configs folder")  # before reading any study
+    files.check_writable(target, "tuned configs folder")  # before reading any study
     sources = _export_sources(results, storage, study)
     found: list[_Candidate] = []
     for source in sources:
@@ -177,7 +177,7 @@ def export(
         raise BenchError(f"no study with a complete trial to export in {where}")
     texts, lines = _tuned_files(target, _best_per_pair(found))
     for path, text in texts.items():  # every file checked and built before the first is replaced
-        records.write_text_atomic(path, text)
+        files.write_text_atomic(path, text)
     print("\n".join(lines))
     return list(texts)
 

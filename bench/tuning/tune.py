@@ -34,7 +34,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
-from bench.core import configs, outcomes, records, termination, train
+from bench.core import configs, files, outcomes, records, termination, train
 from bench.core.devices import resolve_device
 from bench.core.errors import BenchError
 from bench.core.profiles import Profile
@@ -177,8 +177,8 @@ def _prepare_study(
         )
     # Every place this command writes, proved writable before a trial is spent: the final run's record,
     # the reports, the journal (checked with its folder when the storage is opened, before anything else).
-    records.check_writable(results / "runs", "results folder")
-    records.check_writable(studies_dir(results) / name, "study reports folder")
+    files.check_writable(results / "runs", "results folder")
+    files.check_writable(studies_dir(results) / name, "study reports folder")
     storage_obj = open_storage(store)
     from bench.core.data import download
 

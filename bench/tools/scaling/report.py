@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.core.errors import BenchError
-from bench.core.records import write_bytes_atomic, write_text_atomic
+from bench.core.files import write_bytes_atomic, write_text_atomic
 from bench.tools.scaling.fits import crossover, phase_fits, pick, summary
 from bench.tools.scaling.table import CSV_NAME, read_table
 

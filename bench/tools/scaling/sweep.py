@@ -18,7 +18,7 @@ import torch
 
 from bench.core import context
 from bench.core.data import SequenceData, Sequences, dataset_path, parse_sequences
-from bench.core.records import write_text_atomic
+from bench.core.files import write_text_atomic
 from bench.core.spec import RunSpec
 from bench.core.step import build_method
 from bench.tools.scaling.fits import with_extrapolation
