@@ -111,6 +111,9 @@ def in_flight_from_times(records: pd.DataFrame) -> pd.Series:
     times on the same host: a lower bound (other work on the machine leaves no record here)."""
     start = pd.to_datetime(records["started_at"], errors="coerce", utc=True)
     end = pd.to_datetime(records["finished_at"], errors="coerce", utc=True)
+    # The times are to the second: a run that started and finished within one second reads start == finish.
+    # It was in flight at its start, so it counts there (itself, and the runs it overlapped).
+    end = end.mask(start.notna() & end.notna() & (end <= start), start + pd.Timedelta(microseconds=1))
     host = records["hostname"].fillna("")
     out = pd.Series(np.nan, index=records.index)
     for i in records.index:
