@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from bench.cli import main
 from bench.core import identity, records, train
 from bench.core.migrate import SCHEMA_1_FAITHFUL
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,8 +52,8 @@ def test_schema_1_records_are_upgraded_and_iclrec_gets_the_fresh_kmeans_id(tiny_
     bad_path = records.record_path(tmp_path, {**bad, "run_id": "0123456789ab"})
     records.write_record_atomic(bad_path, {**bad, "run_id": "0123456789ab"})
 
-    assert main(["records", "migrate", "--results", str(tmp_path)]) == 1  # one refused
-    out = capsys.readouterr()
+    out = run_cli(["records", "migrate", "--results", tmp_path], capsys)
+    assert out.code == 1  # one refused
     assert "2 migrated to schema 2, 0 already current, 1 not migrated" in out.out
     assert f"{bad_path}: its run id does not follow" in out.err
     upgraded = {r["method"]: r for r in map(records.read_record, (tmp_path / "runs").glob("*.json")) if r}
@@ -64,5 +64,6 @@ def test_schema_1_records_are_upgraded_and_iclrec_gets_the_fresh_kmeans_id(tiny_
     assert records.read_record(bad_path) is None  # still schema 1: unreadable until fixed, not half-used
     assert not records.record_path(tmp_path, old_iclrec).exists()  # moved, not copied
 
-    assert main(["records", "migrate", "--results", str(tmp_path)]) == 1  # again: nothing more to do
-    assert "0 migrated to schema 2, 2 already current, 1 not migrated" in capsys.readouterr().out
+    again = run_cli(["records", "migrate", "--results", tmp_path], capsys)
+    assert again.code == 1  # again: nothing more to do
+    assert "0 migrated to schema 2, 2 already current, 1 not migrated" in again.out
