@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -18,6 +23,51 @@ os.environ["BENCH_RESULTS"] = tempfile.mkdtemp(prefix="bench-results-")
 # ... nor into the user's persistent checkpoint cache, where a real campaign's checkpoints live.
 os.environ["BENCH_CHECKPOINTS"] = tempfile.mkdtemp(prefix="bench-checkpoints-")
 REFERENCE_CHECKPOINT = SHARED / "reference" / "ICLRec-Beauty-1.pt"
+
+
+class CliResult(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(argv, capsys=None) -> CliResult:
+    """`python -m bench ARGV` in this process: `bench.cli.main`'s exit code and what it printed, read with
+    pytest's `capsys` (without one, e.g. in a module-scoped fixture, from sys.stdout/sys.stderr redirected).
+
+    What a process start would give a test, without one: argparse's SystemExit becomes its exit code, as at
+    the process boundary; any other exception propagates (a traceback fails the test). The process-wide state
+    that `main` sets for `run`/`tune` (the tuned-configs folder, the SIGTERM handler, a SIGTERM seen) is put
+    back afterwards, so that a later test sees none of it. Tests that need the real entry point (a signal, a
+    killed process, a traceback printed by the interpreter, environment read at import) start a subprocess.
+    """
+    from bench import cli
+    from bench.core import configs, termination
+
+    results_folder = configs._results_folder["path"]
+    seen = termination._state["signal"]
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main_thread else None
+    out, err = io.StringIO(), io.StringIO()
+    if capsys is not None:
+        capsys.readouterr()  # what the test printed before is not the command's
+    try:
+        with contextlib.ExitStack() as redirected:
+            if capsys is None:
+                redirected.enter_context(contextlib.redirect_stdout(out))
+                redirected.enter_context(contextlib.redirect_stderr(err))
+            code = cli.main([str(arg) for arg in argv])
+    except SystemExit as exc:  # argparse: a usage error exits 2, --help 0
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        configs._results_folder["path"] = results_folder
+        termination._state["signal"] = seen
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+    if capsys is None:
+        return CliResult(code, out.getvalue(), err.getvalue())
+    captured = capsys.readouterr()
+    return CliResult(code, captured.out, captured.err)
 
 
 def synthetic_sequences(num_users: int = 600, num_items: int = 120, seed: int = 0):

@@ -5,8 +5,6 @@ make_record, so they take the same path to the tables as a real run's."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from bench.reporting import plots
 from bench.reporting.leaderboard import build, readme_block, write_leaderboard
 from bench.reporting.runs import METHOD_NAMES, column_colors, completed_runs
 from bench.reporting.summary import README_BEGIN, README_END, current_readme_block, rewrite_readme
+from tests.conftest import run_cli
 from tests.test_verdicts import _ranks, make_record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,14 +86,13 @@ def test_readme_block_is_rewritten_between_its_markers_only(tmp_path: Path) -> N
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_leaderboard_command_rewrites_the_readme_beside_its_results(tmp_path: Path) -> None:
+def test_leaderboard_command_rewrites_the_readme_beside_its_results(tmp_path: Path, capsys) -> None:
     shutil.copytree(FIXTURES / "runs", tmp_path / "results" / "runs")
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_BEGIN}\n{README_END}\n")
-    cmd = [sys.executable, "-m", "bench", "leaderboard", "--results", str(tmp_path / "results")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert done.returncode == 0, done.stderr
-    assert str(readme) in done.stdout.splitlines()
+    code, out, err = run_cli(["leaderboard", "--results", tmp_path / "results"], capsys)
+    assert code == 0, err
+    assert str(readme) in out.splitlines()
     assert current_readme_block(readme) == readme_block(tmp_path / "results")
     assert "| Beauty | most accurate (test NDCG@20) |" in readme.read_text()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 
@@ -15,7 +16,7 @@ import torch
 
 from bench.core import checkpoints, train
 from bench.core.errors import BenchError
-from tests.conftest import synthetic_spec
+from tests.conftest import run_cli, synthetic_spec
 
 MAX_LEN = 20
 TINY = {"num_layers": 1, "hidden_size": 32, "batch_size": 64, "max_len": MAX_LEN}
@@ -211,20 +212,7 @@ SMOKE = ["--executor", "local", "--methods", "sasrec", "--datasets", "Beauty", "
          "--max-users", "150", "--epochs", "300", "--patience", "3", "--threads", "1"]
 
 
-def bench(*args: str, timeout: float = 300, cache=None):
-    """`python -m bench ARGS` in a subprocess; `cache`: its persistent checkpoint folder ($BENCH_CHECKPOINTS)."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"} | ({"BENCH_CHECKPOINTS": str(cache)} if cache else {})
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path):
+def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path, capsys, monkeypatch):
     from bench.core.records import completed_run_ids, load_records
     from bench.reporting import leaderboard
     from bench.reporting.runs import completed_runs
@@ -234,11 +222,13 @@ def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path):
                    "--seeds", "1", "--max-users", "150", "--epochs", "300", "--patience", "3"]
     # No earlier record: the run is a probe; after its first epoch, 299 more cannot fit in 8 s.
     cache = tmp_path / "cache"  # the persistent checkpoint folder, outside the results and the working copy
-    first = bench("run", "--all", *SMOKE, "--time-budget", "8s", "--results", results, cache=cache)
-    assert first.returncode == 0, first.stderr
-    assert "probe (no earlier record)" in first.stdout
-    assert "grid: 0 ok, 0 failed, 0 skipped, 1 interrupted, 0 not started" in first.stdout
-    assert "interrupted: sasrec Beauty seed 1 at epoch 1 of 300 (probe: expected" in first.stdout
+    conftest_cache = os.environ["BENCH_CHECKPOINTS"]
+    monkeypatch.setenv("BENCH_CHECKPOINTS", str(cache))  # read at each call (bench/core/paths.py)
+    first = run_cli(["run", "--all", *SMOKE, "--time-budget", "8s", "--results", results], capsys)
+    assert first.code == 0, first.err
+    assert "probe (no earlier record)" in first.out
+    assert "grid: 0 ok, 0 failed, 0 skipped, 1 interrupted, 0 not started" in first.out
+    assert "interrupted: sasrec Beauty seed 1 at epoch 1 of 300 (probe: expected" in first.out
     [record] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
     assert record["status"] == "interrupted" and len(record["epochs"]) == 1 and record["test"] is None
     assert (cache / record["run_id"] / "last.pt").is_file()
@@ -247,21 +237,23 @@ def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path):
     assert completed_runs(load_records(tmp_path)).empty
     with pytest.raises(BenchError, match="no completed run records"):
         leaderboard.write_leaderboard(tmp_path, tmp_path / "tables")
-    report = bench(*status_args, cache=cache)
-    assert report.returncode == 0, report.stderr
-    assert "interrupted: epoch 1 of 300" in report.stdout
-    assert "0 done, 1 interrupted, 0 failed, 0 pending" in report.stdout
+    report = run_cli(status_args, capsys)
+    assert report.code == 0, report.err
+    assert "interrupted: epoch 1 of 300" in report.out
+    assert "0 done, 1 interrupted, 0 failed, 0 pending" in report.out
     # the next invocation resumes it from its checkpoint (its record now gives the estimate) and finishes it
-    second = bench("run", "--all", *SMOKE, "--time-budget", "10m", "--results", results, cache=cache)
-    assert second.returncode == 0, second.stderr
-    assert "resumes at epoch 1" in second.stdout and "grid: 1 ok, 0 failed, 0 skipped, 0 interrupted" in second.stdout
+    second = run_cli(["run", "--all", *SMOKE, "--time-budget", "10m", "--results", results], capsys)
+    assert second.code == 0, second.err
+    assert "resumes at epoch 1" in second.out and "grid: 1 ok, 0 failed, 0 skipped, 0 interrupted" in second.out
     [record] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
     assert record["status"] == "ok" and record["resumed_from_epoch"] == 1 and record["test"] is not None
     assert not (cache / record["run_id"]).exists()
     assert len(completed_runs(load_records(tmp_path))) == 1
-    report = bench(*status_args)
-    assert f"done: best epoch {record['best_epoch']}, test NDCG@20 {record['test']['NDCG@20']:.4f}" in report.stdout
-    assert "1 done, 0 interrupted, 0 failed, 0 pending" in report.stdout
+    monkeypatch.setenv("BENCH_CHECKPOINTS", conftest_cache)  # a done run is reported from its record alone
+    report = run_cli(status_args, capsys)
+    assert report.code == 0, report.err
+    assert f"done: best epoch {record['best_epoch']}, test NDCG@20 {record['test']['NDCG@20']:.4f}" in report.out
+    assert "1 done, 0 interrupted, 0 failed, 0 pending" in report.out
 
 
 def test_sigterm_stops_a_grid_at_its_last_epoch_boundary_and_a_new_process_resumes(tmp_path):
@@ -308,11 +300,11 @@ def test_sigterm_stops_a_grid_at_its_last_epoch_boundary_and_a_new_process_resum
         (["--gpus-per-run", "99"], "error: --gpus-per-run 99 but "),  # "torch sees no GPU" / "this machine has 1 GPU(s)"
     ],
 )
-def test_bad_campaign_options_get_one_line(tmp_path, args, message):
-    proc = bench("run", "--all", "--methods", "sasrec", "--datasets", "Beauty", "--profile", "smoke", *args,
-                 "--results", str(tmp_path))
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(message)
+def test_bad_campaign_options_get_one_line(tmp_path, capsys, args, message):
+    code, _, err = run_cli(["run", "--all", "--methods", "sasrec", "--datasets", "Beauty", "--profile", "smoke", *args,
+                            "--results", tmp_path], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [err.strip()] and err.startswith(message)
     assert not (tmp_path / "runs").exists()
 
 
@@ -450,11 +442,9 @@ def test_the_grid_packs_as_measured_on_the_same_gpu_model(tmp_path, monkeypatch,
 
 
 def test_packing_measures_the_cores_end_to_end(tmp_path, capsys):
-    from bench.cli import main
-
-    rc = main(["packing", "--device", "cpu", "--method", "sasrec", "--dataset", "Beauty", "--max-users", "300",
-               "--epochs", "3", "--concurrency", "1", "2", "--cpus", "2", "--out", str(tmp_path)])
-    assert rc == 0
+    done = run_cli(["packing", "--device", "cpu", "--method", "sasrec", "--dataset", "Beauty", "--max-users", "300",
+                    "--epochs", "3", "--concurrency", "1", "2", "--cpus", "2", "--out", tmp_path], capsys)
+    assert done.code == 0, done.err[-2000:]
     doc = json.loads((tmp_path / "packing-cpu-sasrec-Beauty.json").read_text())
     assert [(r["concurrency"], r["threads_per_run"], r["runs_ok"]) for r in doc["rows"]] == [(1, 2, 1), (2, 1, 2)]
     assert all(len(runs) == r["concurrency"] and all(len(e) == 2 for e in runs)
@@ -462,9 +452,9 @@ def test_packing_measures_the_cores_end_to_end(tmp_path, capsys):
     assert doc["best"]["off"]["concurrency"] in (1, 2) and doc["meta"]["command"].startswith("python -m bench packing")
     table = (tmp_path / "packing-cpu-sasrec-Beauty.md").read_text()
     assert "| off | 2 | 0 | 1 |" in table and "Chosen for compile off: **" in table
-    capsys.readouterr()
-    assert main(["packing", "--device", "cpu", "--epochs", "2", "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == (
+    code, _, err = run_cli(["packing", "--device", "cpu", "--epochs", "2", "--out", tmp_path], capsys)
+    assert code == 2
+    assert err.strip() == (
         "error: --epochs must be >= 3 for a packing measurement (epochs after the first are timed), got 2")
 
 

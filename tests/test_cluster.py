@@ -26,6 +26,7 @@ import pytest
 
 from bench.campaign import reaper
 from bench.core import checkpoints
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 # `ray`, the command a user runs; its module where the environment has no script beside the interpreter
@@ -104,9 +105,13 @@ def cluster():
         made.stop()
 
 
+def _grid_argv(results: Path, *extra: str) -> list[str]:
+    return ["run", "--all", "--methods", "sasrec", "--datasets", "Beauty", "--max-users", "150",
+            "--results", str(results), *extra]
+
+
 def _grid_args(results: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bench", "run", "--all", "--methods", "sasrec", "--datasets", "Beauty",
-            "--max-users", "150", "--results", str(results), *extra]
+    return [sys.executable, "-m", "bench", *_grid_argv(results, *extra)]
 
 
 def _env(cluster: Cluster, checkpoints_dir: Path) -> dict:
@@ -196,18 +201,18 @@ def test_a_grid_on_a_cluster_that_loses_a_node_keeps_every_record(cluster, tmp_p
 
 
 @pytest.mark.parametrize("how", ["--address", "RAY_ADDRESS"])
-def test_an_address_where_no_cluster_answers_is_one_line(tmp_path, how):
+def test_an_address_where_no_cluster_answers_is_one_line(tmp_path, how, capsys, monkeypatch):
+    # In this process: the probe refuses the address before ray.init (bench/campaign/executors.py), so no
+    # cluster is joined and no Ray state is left; $RAY_ADDRESS is read when the grid starts Ray.
     port = _free_port()  # nothing listens there
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     extra = ["--address", f"127.0.0.1:{port}"] if how == "--address" else []
     if how == "RAY_ADDRESS":
-        env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
     start = time.monotonic()
-    proc = subprocess.run(_grid_args(tmp_path, "--seeds", "1", "--epochs", "1", *extra), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    code, _, err = run_cli(_grid_argv(tmp_path, "--seeds", "1", "--epochs", "1", *extra), capsys)
     took = time.monotonic() - start
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and "Traceback" not in err, err[-2000:]
     assert errors == [f"error: no Ray cluster answers at 127.0.0.1:{port} ({how}): connection refused; start its "
                       f"head there (ray start --head --port {port}), or leave out --address and RAY_ADDRESS for a "
                       "local Ray"]

@@ -6,8 +6,6 @@ import functools
 import http.server
 import json
 import shutil
-import subprocess
-import sys
 import threading
 import urllib.error
 
@@ -19,7 +17,7 @@ from bench.core import data
 from bench.core.data import SequenceData, Sequences, parse_sequences
 from bench.core.errors import BenchError
 from methods.augment import augment
-from tests.conftest import REPO, SHARED
+from tests.conftest import SHARED, run_cli
 
 # docs/methods.md, "Data": the statistics, recounted from the files.
 SPEC_STATS = {
@@ -30,11 +28,10 @@ SPEC_STATS = {
 }
 
 
-def test_data_stats_cli_matches_spec():
-    out = subprocess.run(
-        [sys.executable, "-m", "bench", "data", "stats", "--json"], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    rows = {r["dataset"]: r for r in json.loads(out.stdout)}
+def test_data_stats_cli_matches_spec(capsys):
+    code, out, err = run_cli(["data", "stats", "--json"], capsys)
+    assert code == 0, err
+    rows = {r["dataset"]: r for r in json.loads(out)}
     assert set(rows) == set(SPEC_STATS)
     for name, (users, items, interactions, avg, longest) in SPEC_STATS.items():
         r = rows[name]
@@ -125,25 +122,16 @@ def test_checksum_mismatch_over_http_leaves_nothing(monkeypatch, tmp_path, http_
     assert not cache.exists() or list(cache.iterdir()) == []
 
 
-def test_checksum_mismatch_cli_exit_code_and_no_traceback(tmp_path):
+def test_checksum_mismatch_cli_exit_code_and_no_traceback(tmp_path, monkeypatch, capsys):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     (mirror / "Yelp.txt").write_bytes(b"1 2 3 4\n")
-    cache = tmp_path / "cache"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "data", "download", "Yelp"],
-        cwd=REPO, capture_output=True, text=True,
-        env={**_clean_env(), "BENCH_DATA_DIR": str(cache), "BENCH_DATA_MIRROR": str(mirror)},
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: checksum mismatch for Yelp.txt") and "Traceback" not in proc.stderr
+    cache = _env_cache(monkeypatch, tmp_path)
+    monkeypatch.setenv("BENCH_DATA_MIRROR", str(mirror))  # both read at each call (bench/core/data.py)
+    code, _, err = run_cli(["data", "download", "Yelp"], capsys)
+    assert code == 2
+    assert err.startswith("error: checksum mismatch for Yelp.txt") and "Traceback" not in err
     assert not cache.exists() or list(cache.iterdir()) == []
-
-
-def _clean_env():
-    import os
-
-    return {k: v for k, v in os.environ.items() if k not in ("BENCH_DATA_DIR", "BENCH_DATA_MIRROR")}
 
 
 def test_offline_without_mirror_says_what_to_do(monkeypatch, tmp_path):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import torch
 from bench.core.data import SequenceData, Sequences
 from bench.core.errors import BenchError
 from bench.core.evaluate import METRICS, evaluate, rank_metrics
-from tests.conftest import REFERENCE_CHECKPOINT, REPO
+from tests.conftest import REFERENCE_CHECKPOINT, run_cli
 
 PUBLISHED_ROW = {"HR@5": 0.0500, "NDCG@5": 0.0326, "HR@10": 0.0744, "NDCG@10": 0.0403, "HR@20": 0.1058, "NDCG@20": 0.0483}
 
@@ -172,13 +170,11 @@ def test_unknown_protocol(small_data):
         evaluate(FixedScores(torch.zeros(200, 200)), small_data, "test", "lenient")
 
 
-def test_published_checkpoint_gives_published_scores():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "evaluate", "--method", "iclrec", "--dataset", "Beauty",
-         "--checkpoint", str(REFERENCE_CHECKPOINT), "--json"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    )
-    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_published_checkpoint_gives_published_scores(capsys):
+    code, out, err = run_cli(["evaluate", "--method", "iclrec", "--dataset", "Beauty",
+                              "--checkpoint", REFERENCE_CHECKPOINT, "--json"], capsys)
+    assert code == 0, err[-2000:]
+    metrics = json.loads(out.strip().splitlines()[-1])
     assert set(metrics) == set(PUBLISHED_ROW)
     for key, value in PUBLISHED_ROW.items():
         assert round(metrics[key], 4) == value, key
@@ -203,15 +199,12 @@ def test_a_checkpoint_saved_from_a_data_parallel_model_loads(tmp_path):
     assert list(got) == list(plain) and all(torch.equal(got[k], plain[k]) for k in plain)
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(REFERENCE_CHECKPOINT.read_bytes()[:5000])
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "evaluate", "--method", "iclrec", "--dataset", "Beauty", "--checkpoint", str(bad)],
-        cwd=REPO, capture_output=True, text=True,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.startswith(f"error: cannot read checkpoint {bad}") and "Traceback" not in proc.stderr
+    code, _, err = run_cli(["evaluate", "--method", "iclrec", "--dataset", "Beauty", "--checkpoint", bad], capsys)
+    assert code == 2
+    assert err.startswith(f"error: cannot read checkpoint {bad}") and "Traceback" not in err
 
 
 def test_per_user_ranks_give_the_metrics(small_data):

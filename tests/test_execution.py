@@ -23,7 +23,7 @@ from bench.core.errors import BenchError
 from bench.core.migrate import recorded_spec
 from bench.core.step import build_method, step_function
 from methods.base import CPU_CHUNK_ROWS
-from tests.conftest import REPO, synthetic_spec
+from tests.conftest import REPO, run_cli, synthetic_spec
 
 MIB = 2**20
 INTENT_METHODS = ("iclrec", "elcrec")
@@ -53,6 +53,7 @@ def budget_of(s: train.RunSpec, **options) -> dict:
 
 
 def bench_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m bench ARGS` in a fresh process (the memory test); other CLI tests call `run_cli` in this one."""
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
                           env=ONE_THREAD_ENV)
 
@@ -199,12 +200,12 @@ def test_bf16_step_really_computes_in_bf16_and_fp32_does_not(tiny_data):
     (["--all", "--executor", "local", "--results", "/nonexistent/never-written", "--precision", "fp16"],
      "error: unknown precision 'fp16'"),
 ])
-def test_unknown_precision_or_compile_mode_is_a_one_line_error_exit_2(args, message):
-    proc = bench_cli("run", *args)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith(message), proc.stderr
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert proc.stdout == ""
+def test_unknown_precision_or_compile_mode_is_a_one_line_error_exit_2(capsys, args, message):
+    code, out, err = run_cli(["run", *args], capsys)
+    assert code == 2, err
+    assert err.startswith(message), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert out == ""
 
 
 def test_unknown_view_encoding_is_a_user_error_naming_it():
@@ -241,11 +242,11 @@ def test_memory_held_at_the_end_of_each_epoch_does_not_grow():
 
 
 # -------------------------------------------------------------------------------------------- profile
-def test_profile_command_prints_phases_operators_and_step_split():
-    proc = bench_cli("profile", "--method", "iclrec", "--dataset", "Beauty", "--max-users", "200", "--epochs", "1",
-                     "--steps", "2", "--set", "num_intents=8", "--set", "view_encoding=shared")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
+def test_profile_command_prints_phases_operators_and_step_split(capsys):
+    code, out, err = run_cli(["profile", "--method", "iclrec", "--dataset", "Beauty", "--max-users", "200",
+                              "--epochs", "1", "--steps", "2", "--set", "num_intents=8", "--set", "view_encoding=shared"],
+                             capsys)
+    assert code == 0, err[-2000:]
     assert "estep s" in out and "train s" in out and "peak memory" in out
     assert "top operators by self_cpu_time_total" in out and "aten::" in out
     split = out.split("share of a training step", 1)[1]

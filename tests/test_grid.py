@@ -18,12 +18,22 @@ import pytest
 from bench.campaign import grid
 from bench.core import outcomes
 from bench.core.errors import BenchError
+from tests.conftest import CliResult, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--datasets", "Beauty", "--max-users", "150", "--epochs", "1"]
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process runs: one torch thread (tests/conftest.py)
+
+
+def grid_cli(capsys, results: Path, *extra: str) -> CliResult:
+    """`python -m bench run --all EXTRA --results RESULTS`, in this process (capsys None: in a fixture)."""
+    return run_cli(["run", "--all", *extra, "--results", results], capsys)
+
+
 def bench_grid(results: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The same in a process of its own: for grids that start a local Ray, whose driver is that process."""
     cmd = [sys.executable, "-m", "bench", "run", "--all", *extra, "--results", str(results)]
     return subprocess.run(
         cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
@@ -39,11 +49,11 @@ def mtimes(results: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def local_grid(tmp_path_factory) -> Path:
+def local_grid(tmp_path_factory, one_torch_thread) -> Path:
     results = tmp_path_factory.mktemp("local")
-    proc = bench_grid(results, "--executor", "local", "--methods", "sasrec", "cl4srec", "--seeds", "1", *TINY)
-    assert proc.returncode == 0, proc.stderr
-    assert "grid: 2 ok, 0 failed, 0 skipped" in proc.stdout
+    done = grid_cli(None, results, "--executor", "local", "--methods", "sasrec", "cl4srec", "--seeds", "1", *TINY)
+    assert done.code == 0, done.err
+    assert "grid: 2 ok, 0 failed, 0 skipped" in done.out
     return results
 
 
@@ -70,19 +80,18 @@ def test_local_and_ray_records_share_a_schema(local_grid, tmp_path):
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])
-def test_second_invocation_skips_everything(local_grid, executor):
+def test_second_invocation_skips_everything(local_grid, capsys, executor):
+    # in this process for Ray too: a grid with nothing to run starts no Ray (bench/campaign/grid.py)
     before = mtimes(local_grid)
-    proc = bench_grid(
-        local_grid, "--executor", executor, "--methods", "sasrec", "cl4srec", "--seeds", "1", *TINY
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "grid: 0 ok, 0 failed, 2 skipped" in proc.stdout
-    assert "2 already done (skipped), 0 to run" in proc.stdout
+    done = grid_cli(capsys, local_grid, "--executor", executor, "--methods", "sasrec", "cl4srec", "--seeds", "1", *TINY)
+    assert done.code == 0, done.err
+    assert "grid: 0 ok, 0 failed, 2 skipped" in done.out
+    assert "2 already done (skipped), 0 to run" in done.out
     assert mtimes(local_grid) == before  # nothing rewritten, nothing added
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])
-def test_a_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, executor):
+def test_a_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, capsys, executor):
     # K = 100000 intents for 150 users: iclrec raises a BenchError inside the run; sasrec has no such key.
     args = [
         "--executor",
@@ -96,11 +105,16 @@ def test_a_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, executor):
         "--set",
         "num_intents=100000",
     ]
-    proc = bench_grid(tmp_path, *args)
-    assert proc.returncode == 1
-    assert "grid: 1 ok, 1 failed, 0 skipped" in proc.stdout
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
-    assert "failed: iclrec Beauty seed 1: iclrec on Beauty: num_intents 100000 exceeds" in proc.stderr
+    # Ray: the grid's own process, the driver of the local Ray it starts and shuts down; local: in this one
+    if executor == "ray":
+        proc = bench_grid(tmp_path, *args)
+        done = CliResult(proc.returncode, proc.stdout, proc.stderr)
+    else:
+        done = grid_cli(capsys, tmp_path, *args)
+    assert done.code == 1, done.err[-2000:]
+    assert "grid: 1 ok, 1 failed, 0 skipped" in done.out
+    assert "Traceback" not in done.err and "Traceback" not in done.out
+    assert "failed: iclrec Beauty seed 1: iclrec on Beauty: num_intents 100000 exceeds" in done.err
     by_method = {r["method"]: r for r in record_files(tmp_path).values()}
     assert by_method["sasrec"]["status"] == "ok" and by_method["sasrec"]["config_source"] == "paper"
     failed = by_method["iclrec"]
@@ -113,9 +127,9 @@ def test_a_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, executor):
     if executor == "local":
         # A failed record is not done: the next invocation retries it and replaces it in place.
         before = mtimes(tmp_path)
-        again = bench_grid(tmp_path, *args)
-        assert again.returncode == 1
-        assert "grid: 0 ok, 1 failed, 1 skipped" in again.stdout
+        again = grid_cli(capsys, tmp_path, *args)
+        assert again.code == 1
+        assert "grid: 0 ok, 1 failed, 1 skipped" in again.out
         after = mtimes(tmp_path)
         assert after.keys() == before.keys()
         sasrec_file = next(name for name in before if name.startswith("sasrec"))
@@ -123,7 +137,7 @@ def test_a_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, executor):
         assert after[sasrec_file] == before[sasrec_file] and after[iclrec_file] > before[iclrec_file]
 
 
-def test_a_killed_grid_resumes_without_losing_finished_runs(tmp_path):
+def test_a_killed_grid_resumes_without_losing_finished_runs(tmp_path, capsys):
     cmd = [
         sys.executable,
         "-m",
@@ -159,9 +173,10 @@ def test_a_killed_grid_resumes_without_losing_finished_runs(tmp_path):
     assert sorted(p.name for p in runs.iterdir()) == sorted(survivors)  # no temp files left behind
     before = mtimes(tmp_path)
 
-    done = bench_grid(tmp_path, "--executor", "local", "--methods", "sasrec", "--seeds", "1", "2", "3", *TINY)
-    assert done.returncode == 0, done.stderr
-    assert f"grid: {3 - len(before)} ok, 0 failed, {len(before)} skipped" in done.stdout
+    # the grid killed above needed a process of its own (SIGKILL); the one that resumes does not
+    done = grid_cli(capsys, tmp_path, "--executor", "local", "--methods", "sasrec", "--seeds", "1", "2", "3", *TINY)
+    assert done.code == 0, done.err
+    assert f"grid: {3 - len(before)} ok, 0 failed, {len(before)} skipped" in done.out
     final = record_files(tmp_path)
     assert len(final) == 3 and all(r["status"] == "ok" for r in final.values())
     assert sorted(r["seed"] for r in final.values()) == [1, 2, 3]
@@ -176,10 +191,10 @@ def test_a_killed_grid_resumes_without_losing_finished_runs(tmp_path):
         (["--profile", "huge"], "error: unknown profile 'huge'"),
     ],
 )
-def test_unknown_names_stop_the_grid_before_any_work(tmp_path, option, message):
-    proc = bench_grid(tmp_path, "--executor", "local", *option)
-    assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+def test_unknown_names_stop_the_grid_before_any_work(tmp_path, capsys, option, message):
+    code, _, err = grid_cli(capsys, tmp_path, "--executor", "local", *option)
+    assert code == 2
+    assert message in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
 
 

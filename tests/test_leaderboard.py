@@ -177,6 +177,19 @@ def test_plot_names_do_not_depend_on_other_groups(tmp_path: Path) -> None:
     assert "(n=1)" in (tmp_path / "results" / "leaderboard.md").read_text()
 
 
+def test_a_run_within_one_second_is_in_flight_at_its_start() -> None:
+    # Record times are to the second: a run under a second (a tiny run, one epoch) has started_at == finished_at.
+    from bench.reporting.runs import in_flight_from_times
+
+    def times(*runs: tuple[str, str]) -> pd.DataFrame:
+        return pd.DataFrame({"started_at": [f"2024-01-01T00:{a}+00:00" for a, _ in runs],
+                             "finished_at": [f"2024-01-01T00:{b}+00:00" for _, b in runs], "hostname": "h"})
+
+    assert in_flight_from_times(times(("00:05", "00:05"))).tolist() == [1]
+    assert in_flight_from_times(times(("00:05", "00:05"), ("00:00", "01:00"))).tolist() == [2, 2]
+    assert in_flight_from_times(times(("00:00", "00:30"), ("00:10", "01:00"), ("00:40", "00:50"))).tolist() == [2, 2, 2]
+
+
 def test_no_completed_records(tmp_path: Path) -> None:
     with pytest.raises(BenchError, match="no completed run records in"):
         write_leaderboard(tmp_path)

@@ -13,7 +13,7 @@ from bench.core import configs
 from bench.core.errors import BenchError
 from bench.core.evaluate import evaluate
 from methods import REGISTRY, DatasetInfo
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 
 def build(name: str, data, **overrides):
@@ -152,26 +152,46 @@ def test_bad_overrides_are_clear_errors(overrides, message):
     assert message in str(err.value)
 
 
-def _bench(*args, check=False):
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True, check=check)
+def test_python_m_bench_says_a_user_error_in_one_line_and_exits_2_without_traceback():
+    # The real entry point, end to end: `python -m bench` (bench/__main__.py) turns main's 2 into the exit status,
+    # and the interpreter prints nothing more. The other CLI tests call bench.cli.main in the test process.
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--method", "gru4rec", "--dataset", "Beauty"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: unknown method 'gru4rec'") and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
 
 
-def test_cli_user_errors_exit_2_without_traceback():
-    for args, message in [
-        (["run", "--method", "gru4rec", "--dataset", "Beauty"], "error: unknown method 'gru4rec'"),
-        (["run", "--method", "sasrec", "--dataset", "MovieLens"], "error: unknown dataset 'MovieLens'"),
-        (["run", "--method", "sasrec", "--dataset", "Beauty", "--set", "lr=fast"], "error: --set: lr='fast'"),
-    ]:
-        proc = _bench(*args)
-        assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
-        assert "Traceback" not in proc.stderr
+@pytest.mark.parametrize("args, message", [
+    (["run", "--method", "gru4rec", "--dataset", "Beauty"], "error: unknown method 'gru4rec'"),
+    (["run", "--method", "sasrec", "--dataset", "MovieLens"], "error: unknown dataset 'MovieLens'"),
+    (["run", "--method", "sasrec", "--dataset", "Beauty", "--set", "lr=fast"], "error: --set: lr='fast'"),
+])
+def test_cli_user_errors_exit_2_without_traceback(capsys, args, message):
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and err.startswith(message), err
+    assert "Traceback" not in err
 
 
-def test_run_json_record_and_elcrec_checkpoint_roundtrip(tmp_path):
+def test_an_in_process_command_leaves_no_process_state_behind(tmp_path, capsys):
+    # `run` installs a SIGTERM handler and points the tuned configs at its --results (bench/cli.py); run_cli
+    # (tests/conftest.py) puts both back, so that no later test sees them.
+    import signal
+
+    handler, tuned = signal.getsignal(signal.SIGTERM), configs.tuned_dir()
+    code, _, _ = run_cli(["run", "--method", "gru4rec", "--dataset", "Beauty", "--results", tmp_path], capsys)
+    assert code == 2
+    assert signal.getsignal(signal.SIGTERM) is handler and configs.tuned_dir() == tuned != tmp_path / "tuned"
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_run_json_record_and_elcrec_checkpoint_roundtrip(tmp_path, capsys):
     ckpt = tmp_path / "elcrec.pt"
-    proc = _bench("run", "--method", "elcrec", "--dataset", "Beauty", "--epochs", "1", "--max-users", "300",
-                  "--set", "num_intents=32", "--json", "--save-checkpoint", str(ckpt), check=True)
-    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    code, out, err = run_cli(["run", "--method", "elcrec", "--dataset", "Beauty", "--epochs", "1", "--max-users", "300",
+                              "--set", "num_intents=32", "--json", "--save-checkpoint", ckpt], capsys)
+    assert code == 0, err[-2000:]
+    record = json.loads(out.strip().splitlines()[-1])
     for key in ("method", "dataset", "seed", "status", "best_epoch", "test", "epochs", "peak_memory_bytes",
                 "device", "config"):
         assert key in record
@@ -182,8 +202,10 @@ def test_run_json_record_and_elcrec_checkpoint_roundtrip(tmp_path):
     assert epoch["estep_s"] > 0 and record["env"]["kmeans_backend"] == "faiss"
     state = torch.load(ckpt)
     assert state["cluster_centers"].shape == (32, 64)
-    proc = _bench("evaluate", "--method", "elcrec", "--dataset", "Beauty", "--checkpoint", str(ckpt), "--json", check=True)
-    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    code, out, err = run_cli(["evaluate", "--method", "elcrec", "--dataset", "Beauty", "--checkpoint", ckpt, "--json"],
+                             capsys)
+    assert code == 0, err[-2000:]
+    metrics = json.loads(out.strip().splitlines()[-1])
     assert set(metrics) == set(record["test"]) and all(0 <= v <= 1 for v in metrics.values())
 
 

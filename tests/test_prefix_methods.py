@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ from methods import REGISTRY, DatasetInfo
 from methods.clustering import nearest_centroid
 from methods.losses import masked_nce_loss, nce_loss
 from methods.same_target import fixed_partners
-from tests.conftest import REPO, SHARED, synthetic_spec
+from tests.conftest import SHARED, run_cli, synthetic_spec
 
 ICSREC_CHECKPOINT = SHARED / "reference" / "ICSRec-SAS-Beauty-0.pt"
 # ../shared/reference/README.md: the published code on a CPU; at @10 a GPU run gives 0.0959 / 0.0578 (one
@@ -149,27 +147,22 @@ def test_duorec_step_term_by_term_and_positives_drawn_per_batch(small_data):
 
 
 @pytest.mark.skipif(not ICSREC_CHECKPOINT.is_file(), reason="the published ICSRec checkpoint is not in ../shared")
-def test_published_icsrec_checkpoint_gives_the_published_row():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "evaluate", "--method", "icsrec", "--dataset", "Beauty",
-         "--checkpoint", str(ICSREC_CHECKPOINT), "--json"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    )
-    got = {k: round(v, 4) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+def test_published_icsrec_checkpoint_gives_the_published_row(capsys):
+    code, out, err = run_cli(["evaluate", "--method", "icsrec", "--dataset", "Beauty",
+                              "--checkpoint", ICSREC_CHECKPOINT, "--json"], capsys)
+    assert code == 0, err[-2000:]
+    got = {k: round(v, 4) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
     assert {k: got[k] for k in ICSREC_ROW} == ICSREC_ROW
     assert {k: got[k] for k in ("HR@10", "NDCG@10")} in ICSREC_ROW_AT_10
 
 
 @pytest.mark.skipif(not ICSREC_CHECKPOINT.is_file(), reason="the published ICSRec checkpoint is not in ../shared")
-def test_a_checkpoint_of_another_dataset_is_a_one_line_error():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "evaluate", "--method", "icsrec", "--dataset", "Toys_and_Games",
-         "--checkpoint", str(ICSREC_CHECKPOINT)],
-        cwd=REPO, capture_output=True, text=True,
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == (f"error: checkpoint {ICSREC_CHECKPOINT} has 12103 item rows but Toys_and_Games "
-                                   "needs 11926: was it trained on another dataset?")
+def test_a_checkpoint_of_another_dataset_is_a_one_line_error(capsys):
+    code, _, err = run_cli(["evaluate", "--method", "icsrec", "--dataset", "Toys_and_Games",
+                            "--checkpoint", ICSREC_CHECKPOINT], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == (f"error: checkpoint {ICSREC_CHECKPOINT} has 12103 item rows but Toys_and_Games "
+                           "needs 11926: was it trained on another dataset?")
 
 
 @pytest.mark.usefixtures("one_torch_thread")
@@ -191,13 +184,10 @@ def test_icsrec_is_faithful_with_ce_last_and_modified_with_bce(tiny_data):
     assert records.variant_label(bce) == "modified (rec_loss=bce)" and bce["run_id"] != record["run_id"]
 
 
-def test_a_file_that_is_no_checkpoint_is_one_line_naming_the_reason(tmp_path):
+def test_a_file_that_is_no_checkpoint_is_one_line_naming_the_reason(tmp_path, capsys):
     bad = tmp_path / "notes.pt"
     bad.write_text("not a torch file")
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "evaluate", "--method", "icsrec", "--dataset", "Beauty", "--checkpoint", str(bad)],
-        cwd=REPO, capture_output=True, text=True,
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert proc.stderr.startswith(f"error: cannot read checkpoint {bad}: not a file of tensors")
-    assert "weights_only" not in proc.stderr  # never the advice to unpickle an untrusted file
+    code, _, err = run_cli(["evaluate", "--method", "icsrec", "--dataset", "Beauty", "--checkpoint", bad], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: cannot read checkpoint {bad}: not a file of tensors")
+    assert "weights_only" not in err  # never the advice to unpickle an untrusted file

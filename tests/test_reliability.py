@@ -19,66 +19,71 @@ import pytest
 import torch
 
 from bench.campaign.claims import Claims
-from tests.conftest import REFERENCE_CHECKPOINT
+from tests.conftest import REFERENCE_CHECKPOINT, CliResult, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--max-users", "150", "--epochs", "1"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+# In-process runs train on one torch thread, as the subprocesses of this module do (ENV).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def one_line_error(proc: subprocess.CompletedProcess, needle: str, code: int = 2) -> None:
-    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+def one_line_error(code: int, err: str, needle: str, expected: int = 2) -> None:
+    """`python -m bench` ended with `expected` and said why in one `error: ` line naming `needle`."""
+    assert code == expected, (code, err[-2000:])
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and needle in errors[0], err[-2000:]
+    assert "Traceback" not in err
+
+
+def cli_error(result: CliResult, needle: str, expected: int = 2) -> None:
+    one_line_error(result.code, result.err, needle, expected)
 
 
 # ------------------------------------------------------------------- output locations, before the work
-def test_results_that_is_a_file_fails_before_any_training(tmp_path):
+def test_results_that_is_a_file_fails_before_any_training(tmp_path, capsys):
     target = tmp_path / "a-file"
     target.write_text("not a folder")
     for argv in (["run", "--method", "sasrec", "--dataset", "Beauty", *TINY],
                  ["run", "--all", "--executor", "local", "--methods", "sasrec", "--datasets", "Beauty", *TINY]):
         start = time.perf_counter()
-        proc = bench(*argv, "--results", str(target))
-        one_line_error(proc, f"cannot be made: {target} is a file, not a folder")
+        result = run_cli([*argv, "--results", target], capsys)
+        cli_error(result, f"cannot be made: {target} is a file, not a folder")
         assert time.perf_counter() - start < 60
-        assert "sasrec/Beauty" not in proc.stderr  # the training loop's bar: no epoch was started
+        assert "sasrec/Beauty" not in result.err  # the training loop's bar: no epoch was started
 
 
-def test_checkpoint_path_that_is_a_folder_fails_before_training(tmp_path):
-    proc = bench("run", "--method", "sasrec", "--dataset", "Beauty", *TINY, "--results", str(tmp_path),
-                 "--save-checkpoint", str(tmp_path))
-    one_line_error(proc, "is a folder")
+def test_checkpoint_path_that_is_a_folder_fails_before_training(tmp_path, capsys):
+    result = run_cli(["run", "--method", "sasrec", "--dataset", "Beauty", *TINY, "--results", tmp_path,
+                      "--save-checkpoint", tmp_path], capsys)
+    cli_error(result, "is a folder")
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
-def test_leaderboard_out_that_is_a_file_is_one_line(tmp_path):
+def test_leaderboard_out_that_is_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
     out = tmp_path / "out-file"
     out.write_text("x")
-    one_line_error(bench("leaderboard", "--results", str(tmp_path), "--out", str(out)), "is a file, not a folder")
+    cli_error(run_cli(["leaderboard", "--results", tmp_path, "--out", out], capsys), "is a file, not a folder")
 
 
 # --------------------------------------------------------------------------------- divergence
-def test_a_diverging_single_run_is_recorded_as_failed_with_its_reason(tmp_path):
-    proc = bench("run", "--method", "sasrec", "--dataset", "Beauty", "--max-users", "600", "--epochs", "1",
-                 "--set", "lr=1e9", "--results", str(tmp_path))
-    one_line_error(proc, "non-finite loss at epoch 0, step", code=1)
+def test_a_diverging_single_run_is_recorded_as_failed_with_its_reason(tmp_path, capsys):
+    result = run_cli(["run", "--method", "sasrec", "--dataset", "Beauty", "--max-users", "600", "--epochs", "1",
+                      "--set", "lr=1e9", "--results", tmp_path], capsys)
+    cli_error(result, "non-finite loss at epoch 0, step", expected=1)
     [path] = (tmp_path / "runs").glob("*.json")
     record = json.loads(path.read_text())
     assert record["status"] == "failed" and record["error"].startswith("non-finite loss at epoch 0, step")
 
 
-def test_a_diverging_run_in_the_grid_is_a_failed_record(tmp_path):
-    proc = bench("run", "--all", "--executor", "local", "--methods", "sasrec", "--datasets", "Beauty", "--seeds", "1",
-                 "--max-users", "600", "--epochs", "1", "--set", "lr=1e9", "--results", str(tmp_path))
-    assert proc.returncode == 1 and "non-finite loss at epoch 0" in proc.stderr
+def test_a_diverging_run_in_the_grid_is_a_failed_record(tmp_path, capsys):
+    result = run_cli(["run", "--all", "--executor", "local", "--methods", "sasrec", "--datasets", "Beauty",
+                      "--seeds", "1", "--max-users", "600", "--epochs", "1", "--set", "lr=1e9", "--results", tmp_path],
+                     capsys)
+    assert result.code == 1 and "non-finite loss at epoch 0" in result.err, result.err[-2000:]
     [path] = (tmp_path / "runs").glob("*.json")
     assert json.loads(path.read_text())["status"] == "failed"
 
@@ -99,12 +104,12 @@ def test_a_diverging_run_in_the_grid_is_a_failed_record(tmp_path):
         (["--set", "rec_loss=ce_last"], "rec_loss ce_last needs prefix examples"),
     ],
 )
-def test_bad_run_values_are_one_line_errors(tmp_path, argv, needle):
+def test_bad_run_values_are_one_line_errors(tmp_path, capsys, argv, needle):
     base = {"--method": "sasrec", "--dataset": "Beauty"}
     for i in range(0, len(argv), 2):
         base[argv[i]] = argv[i + 1]
     flat = [x for pair in base.items() for x in pair]
-    one_line_error(bench("run", *flat, "--results", str(tmp_path)), needle)
+    cli_error(run_cli(["run", *flat, "--results", tmp_path], capsys), needle)
 
 
 def _damaged_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
@@ -130,7 +135,7 @@ def _damaged_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.skipif(not REFERENCE_CHECKPOINT.is_file(), reason="the published checkpoint is not in ../shared")
-def test_damaged_checkpoints_are_one_line_errors(tmp_path):
+def test_damaged_checkpoints_are_one_line_errors(tmp_path, capsys):
     from bench.core import weights
     from bench.core.errors import BenchError
 
@@ -138,9 +143,9 @@ def test_damaged_checkpoints_are_one_line_errors(tmp_path):
         with pytest.raises(BenchError, match=re.escape(needle)) as info:
             weights.method_from_checkpoint("iclrec", "Beauty", str(path), "cpu")
         assert "\n" not in str(info.value), name
-    # and through the command line, once, for the exit code and the absence of a traceback
-    one_line_error(bench("evaluate", "--method", "iclrec", "--dataset", "Beauty", "--checkpoint",
-                         str(tmp_path / "empty.pt")), "is empty")
+    # and through the command line, once, for the exit code and the one line
+    cli_error(run_cli(["evaluate", "--method", "iclrec", "--dataset", "Beauty", "--checkpoint", tmp_path / "empty.pt"],
+                      capsys), "is empty")
 
 
 # ------------------------------------------------------------------------------------ run claims
@@ -217,7 +222,7 @@ def test_downloaded_files_are_readable_by_others(monkeypatch, tmp_path):
     assert path.stat().st_mode & 0o044 == 0o044  # group and others may read a shared data folder
 
 
-def test_damaged_records_are_skipped_and_named_on_the_terminal(tmp_path):
+def test_damaged_records_are_skipped_and_named_on_the_terminal(tmp_path, capsys):
     import shutil
 
     runs = tmp_path / "runs"
@@ -233,9 +238,9 @@ def test_damaged_records_are_skipped_and_named_on_the_terminal(tmp_path):
     }
     for name, record in damaged.items():
         (runs / f"sasrec-Beauty-s1-smoke-{name}.json").write_text(json.dumps(record))
-    proc = bench("leaderboard", "--results", str(tmp_path), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    warned = [line for line in proc.stderr.splitlines() if line.startswith("warning: skipped unreadable record")]
+    result = run_cli(["leaderboard", "--results", tmp_path, "--out", tmp_path / "out"], capsys)
+    assert result.code == 0, result.err[-2000:]
+    warned = [line for line in result.err.splitlines() if line.startswith("warning: skipped unreadable record")]
     assert len(warned) == len(damaged)
     from bench.core.records import load_records
 
@@ -268,14 +273,15 @@ def small_disk(tmp_path):
             subprocess.run(["umount", str(disk)], check=False)
 
 
-def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(small_disk):
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(small_disk, capsys):
     import resource
 
     disk, fill = small_disk
     results = disk / "results"
     grid = ["run", "--all", "--executor", "local", "--methods", "sasrec", "--datasets", "Beauty", *TINY,
             "--results", str(results), "--checkpoint-every", "1", "--checkpoint-dir", str(disk / "checkpoints")]
-    assert bench(*grid, "--seeds", "1").returncode == 0
+    first = run_cli([*grid, "--seeds", "1"], capsys)  # the record that must survive: written in this process
+    assert first.code == 0, first.err[-2000:]
     [earlier] = (results / "runs").glob("*.json")
     kept = earlier.read_bytes()
     limit = fill()
@@ -284,10 +290,12 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(small_disk):
         if limit is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
+    # A process of its own: the file-size limit must bind the writer only, and what it leaves is what a
+    # process that hit the full disk leaves.
     proc = subprocess.run([sys.executable, "-m", "bench", *grid, "--seeds", "1", "2", "3"], cwd=REPO,
                           capture_output=True, text=True, timeout=300, env={**ENV, "PYTHONDONTWRITEBYTECODE": "1"},
                           preexec_fn=limited)
-    one_line_error(proc, f"cannot write {results / 'runs'}/sasrec-Beauty-s2-", code=2)
+    one_line_error(proc.returncode, proc.stderr, f"cannot write {results / 'runs'}/sasrec-Beauty-s2-")
     assert ("No space left on device" if limit is None else "File too large") in proc.stderr
     assert earlier.read_bytes() == kept and [p.name for p in (results / "runs").iterdir()] == [earlier.name]
     assert not list((results / "claims").iterdir())

@@ -1,8 +1,9 @@
 """Reliability of studies (`bench tune`): every case of docs/reliability.md, "Studies (bench tune)".
 
-Each test goes through the public entry points (`cli.main`, `tune.tune`, or a `tune` in a subprocess that
-is killed with SIGKILL) and inspects the study with plain Optuna, so that it says the same thing about any
-version of the harness. Trials are tiny (200 Beauty users, 1-2 epochs of SASRec).
+Each test goes through the public entry points (`cli.main`, called through tests/conftest.py's `run_cli`,
+`tune.tune`, or a `tune` in a subprocess that is killed with SIGKILL) and inspects the study with plain
+Optuna, so that it says the same thing about any version of the harness. Trials are tiny (200 Beauty
+users, 1-2 epochs of SASRec).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from bench import cli
 from bench.core.errors import BenchError
 from bench.core.profiles import Profile, get_profile
 from bench.tuning import tune
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 ONE_EPOCH = Profile("rel1", max_users=200, epochs=1, patience=1, seeds=(1,))
@@ -55,11 +56,6 @@ def _make_journal_study(journal: Path, study: str, profile: Profile, complete: b
         made.add_trial(optuna.trial.create_trial(params={"lr": 0.001}, distributions={"lr": lr}, value=0.01))
 
 
-def _cli(capsys, *argv: str) -> tuple[int, str]:
-    code = cli.main(["tune", *argv])
-    return code, capsys.readouterr().err
-
-
 def _one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines and lines[-1].startswith("error: "), err
@@ -71,8 +67,8 @@ def _one_error_line(err: str) -> str:
 def test_results_folder_that_is_a_file_is_one_line(tmp_path, capsys):
     results = tmp_path / "results"
     results.write_text("not a folder\n")
-    code, err = _cli(capsys, "--method", "sasrec", "--dataset", "Beauty", "--profile", "smoke", "--trials", "1",
-                     "--results", str(results))
+    code, _, err = run_cli(["tune", "--method", "sasrec", "--dataset", "Beauty", "--profile", "smoke", "--trials", "1",
+                            "--results", results], capsys)
     assert code == 2
     assert "results folder" in _one_error_line(err) and str(results) in err
     assert results.read_text() == "not a folder\n"
@@ -94,13 +90,13 @@ def test_export_to_an_unwritable_tuned_folder_is_one_line(tmp_path, capsys, monk
     blocked = tmp_path / "tuned"
     blocked.write_text("in the way\n")
     monkeypatch.setenv("BENCH_TUNED_DIR", str(blocked))
-    code, err = _cli(capsys, "--export", "--results", str(tmp_path))
+    code, _, err = run_cli(["tune", "--export", "--results", tmp_path], capsys)
     assert code == 2 and "tuned configs folder" in _one_error_line(err)
 
 
 def test_trials_zero_on_a_new_study_creates_nothing(tmp_path, capsys):
-    code, err = _cli(capsys, "--method", "sasrec", "--dataset", "Beauty", "--profile", "smoke", "--trials", "0",
-                     "--results", str(tmp_path))
+    code, _, err = run_cli(["tune", "--method", "sasrec", "--dataset", "Beauty", "--profile", "smoke", "--trials", "0",
+                            "--results", tmp_path], capsys)
     assert code == 2 and "does not exist" in _one_error_line(err)
     assert not (tmp_path / "studies").exists()
 
@@ -112,14 +108,14 @@ def test_garbage_line_in_the_journal_is_refused_and_never_appended_to(tmp_path, 
     lines = journal.read_bytes().splitlines(keepends=True)
     damaged = b"".join([lines[0], b"this is not json\n", *lines[1:]])
     journal.write_bytes(damaged)
-    code, err = _cli(capsys, "--method", "sasrec", "--dataset", "Beauty", "--profile", "smoke", "--trials", "1",
-                     "--results", str(tmp_path))
+    code, _, err = run_cli(["tune", "--method", "sasrec", "--dataset", "Beauty", "--profile", "smoke", "--trials", "1",
+                            "--results", tmp_path], capsys)
     assert code == 2
     line = _one_error_line(err)
     assert str(journal) in line and "line 2" in line and "corrupt" in line
     assert journal.read_bytes() == damaged
     # export reads journals too: the same refusal, not a traceback
-    code, err = _cli(capsys, "--export", "--results", str(tmp_path))
+    code, _, err = run_cli(["tune", "--export", "--results", tmp_path], capsys)
     assert code == 2 and "line 2" in _one_error_line(err)
     assert journal.read_bytes() == damaged
 

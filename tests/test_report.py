@@ -104,16 +104,3 @@ def test_index_html_renders_answers_first_in_headless_chromium(page: Path, tmp_p
     colourful = np.flatnonzero(((pixels.max(axis=2) - pixels.min(axis=2)) > 0.3).mean(axis=1) > 0.002)
     assert colourful.size and colourful[0] > answers_rows[-1], "no plot below the answers"
 
-
-def test_runs_in_flight_counts_overlaps_per_host_and_survives_a_run_under_a_second():
-    import pandas as pd
-
-    from bench.reporting.runs import in_flight_from_times
-
-    frame = pd.DataFrame({
-        "started_at": ["2026-01-01T00:00:00", "2026-01-01T00:00:30", "2026-01-01T00:00:30", "2026-01-01T01:00:00"],
-        "finished_at": ["2026-01-01T00:01:00", "2026-01-01T00:02:00", "2026-01-01T00:02:00", "2026-01-01T01:00:00"],
-        "hostname": ["a", "a", "b", "a"],
-    })
-    # runs 0 and 1 overlap on host a; run 2 is alone on host b; run 3 started and finished in the same second
-    assert in_flight_from_times(frame).tolist() == [2, 2, 1, 1]

@@ -13,11 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.cli import main
 from bench.core.errors import BenchError
 from bench.tools import scaling
 from bench.tools.scaling import fits, population, spec, table
-from tests.conftest import synthetic_sequences
+from tests.conftest import run_cli, synthetic_sequences
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {"num_intents": 4, "hidden_size": 16, "num_heads": 2, "num_layers": 1, "batch_size": 16}
@@ -166,7 +165,7 @@ def test_the_tool_writes_no_attribute_of_the_methods():
 def test_outputs_regenerate_from_the_csv(tiny_study, capsys):
     out, _, _ = tiny_study
     (out / "scaling.md").unlink()
-    assert main(["scaling", "--from-csv", "--results", str(out)]) == 0
+    assert run_cli(["scaling", "--from-csv", "--results", out], capsys).code == 0
     assert (out / "scaling.md").is_file()
 
 
@@ -190,8 +189,9 @@ def test_fit_is_linear_and_capped():
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(argv, message, capsys, tmp_path):
-    assert main(["scaling", *argv, "--results", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
+    code, _, err = run_cli(["scaling", *argv, "--results", tmp_path], capsys)
+    assert code == 2
+    err = err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / scaling.CSV_NAME).exists()
 

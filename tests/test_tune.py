@@ -10,11 +10,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from bench import cli
 from bench.core.errors import BenchError
 from bench.core.profiles import Profile
 from bench.tuning import search_space, studies, tune
 from methods import REGISTRY
+from tests.conftest import run_cli
 
 TINY = Profile("tiny", max_users=300, epochs=3, patience=3, seeds=(1,))
 TINIER = Profile("tinier", max_users=300, epochs=2, patience=2, seeds=(1,))
@@ -88,7 +88,7 @@ def test_export_is_used_by_run_configs_tuned(study_dir, tmp_path, monkeypatch, c
     (tuned / "sasrec.toml").write_text('[datasets.Yelp]\nlr = 0.002\n\n[datasets.Yelp.provenance]\nstudy = "x"\n')
     monkeypatch.setenv("BENCH_TUNED_DIR", str(tuned))
 
-    assert cli.main(["tune", "--export", "--results", str(results)]) == 0
+    assert run_cli(["tune", "--export", "--results", results], capsys).code == 0
     doc = tomllib.loads((tuned / "sasrec.toml").read_text())
     assert doc["datasets"]["Yelp"]["lr"] == 0.002
     entry = doc["datasets"]["Beauty"]
@@ -99,19 +99,20 @@ def test_export_is_used_by_run_configs_tuned(study_dir, tmp_path, monkeypatch, c
     assert entry == pytest.approx(study.best_params)
     assert prov["study"] == "sasrec-Beauty-tiny" and prov["trial"] == study.best_trial.number
     assert prov["value"] == pytest.approx(study.best_value) and prov["profile"] == "tiny" and prov["date"]
-    capsys.readouterr()
 
     argv = ["run", "--method", "sasrec", "--dataset", "Beauty", "--configs", "tuned", "--epochs", "1",
             "--max-users", "300", "--json", "--results", str(tmp_path / "results")]
-    assert cli.main(argv) == 0
-    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err[-2000:]
+    record = json.loads(out.strip().splitlines()[-1])
     assert record["config_source"] == "tuned"
     assert {k: record["config"][k] for k in entry} == pytest.approx(entry)
 
 
-def test_export_without_studies_is_a_clear_error(tmp_path, monkeypatch):
+def test_export_without_studies_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path / "tuned"))
-    assert cli.main(["tune", "--export", "--results", str(tmp_path)]) == 2
+    code, _, err = run_cli(["tune", "--export", "--results", tmp_path], capsys)
+    assert code == 2 and err.startswith("error: "), err
 
 
 # ----------------------------------------------------------------------------------------- parallel

@@ -106,16 +106,18 @@ def in_flight_from_times(records: pd.DataFrame) -> pd.Series:
     times on the same host: a lower bound (other work on the machine leaves no record here)."""
     start = pd.to_datetime(records["started_at"], errors="coerce", utc=True)
     end = pd.to_datetime(records["finished_at"], errors="coerce", utc=True)
+    # The times are to the second: a run that started and finished within one second reads start == finish.
+    # It was in flight at its start, so it counts there (itself, and the runs it overlapped).
+    end = end.mask(start.notna() & end.notna() & (end <= start), start + pd.Timedelta(microseconds=1))
     host = records["hostname"].fillna("")
     out = pd.Series(np.nan, index=records.index)
     for i in records.index:
         if pd.isna(start[i]) or pd.isna(end[i]):
             continue
-        # The run itself counts even when it took under the records' one-second resolution (start == end).
-        others = (host == host[i]) & (((start < end[i]) & (end > start[i])) | (records.index == i))
+        others = (host == host[i]) & (start < end[i]) & (end > start[i])
         # The count at each moment a run inside the window started (or this one started) is the maximum.
         moments = [max(start[i], t) for t in start[others]]
-        out[i] = max(1, *(int(((start[others] <= m) & (end[others] > m)).sum()) for m in moments))
+        out[i] = max(int(((start[others] <= m) & (end[others] > m)).sum()) for m in moments)
     return out
 
 
