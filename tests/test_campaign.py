@@ -213,6 +213,9 @@ SMOKE = ["--executor", "local", "--methods", "sasrec", "--datasets", "Beauty", "
 
 
 def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path, capsys, monkeypatch):
+    import functools
+
+    from bench.campaign import grid
     from bench.core.records import completed_run_ids, load_records
     from bench.reporting import leaderboard
     from bench.reporting.runs import completed_runs
@@ -220,7 +223,10 @@ def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path, capsys, monkeypat
     results = str(tmp_path)
     status_args = ["status", "--results", results, "--device", "cpu", "--methods", "sasrec", "--datasets", "Beauty",
                    "--seeds", "1", "--max-users", "150", "--epochs", "300", "--patience", "3"]
-    # No earlier record: the run is a probe; after its first epoch, 299 more cannot fit in 8 s.
+    # No earlier record: the run is a probe; after its first epoch, 299 more cannot fit in 8 s. The grid reads
+    # its budget on a clock that moves 0.1 s per reading, so that to the deadline rule the epoch took 0.1 s
+    # however fast this machine is: 29.9 s expected for the rest, more than the budget holds.
+    monkeypatch.setattr(grid, "run_grid", functools.partial(grid.run_grid, clock=TickingClock(1000.0, step=0.1)))
     cache = tmp_path / "cache"  # the persistent checkpoint folder, outside the results and the working copy
     conftest_cache = os.environ["BENCH_CHECKPOINTS"]
     monkeypatch.setenv("BENCH_CHECKPOINTS", str(cache))  # read at each call (bench/core/paths.py)
@@ -228,7 +234,7 @@ def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path, capsys, monkeypat
     assert first.code == 0, first.err
     assert "probe (no earlier record)" in first.out
     assert "grid: 0 ok, 0 failed, 0 skipped, 1 interrupted, 0 not started" in first.out
-    assert "interrupted: sasrec Beauty seed 1 at epoch 1 of 300 (probe: expected" in first.out
+    assert "interrupted: sasrec Beauty seed 1 at epoch 1 of 300 (probe: expected 30 s for 299 more epochs >" in first.out
     [record] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
     assert record["status"] == "interrupted" and len(record["epochs"]) == 1 and record["test"] is None
     assert (cache / record["run_id"] / "last.pt").is_file()
