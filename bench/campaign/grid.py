@@ -229,15 +229,9 @@ def _measured_gpu_packing(results_dir: Path, cpus_per_run: float | None, progres
 
 
 def run_grid(
-    specs: list[RunSpec],
-    results_dir: Path | str,
-    executor: str = "ray",
-    address: str | None = None,
-    cpus_per_run: float | None = None,
-    gpus_per_run: float | None = None,
-    progress: bool = True,
-    time_budget: float | None = None,
-    clock: Callable[[], float] = time.time,
+    specs: list[RunSpec], results_dir: Path | str, executor: str = "ray", address: str | None = None,
+    cpus_per_run: float | None = None, gpus_per_run: float | None = None, progress: bool = True,
+    time_budget: float | None = None, clock: Callable[[], float] = time.time,
 ) -> GridSummary:
     """Run the specs not yet done under `results_dir`, writing each record as its run finishes.
 
