@@ -44,8 +44,8 @@ def run_cli(argv, capsys=None) -> CliResult:
     from bench import cli
     from bench.core import configs, termination
 
-    results_folder = configs._results_folder["path"]
-    seen = termination._state["signal"]
+    results_folder = configs.results_folder()
+    seen = termination.requested()
     main_thread = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGTERM) if main_thread else None
     out, err = io.StringIO(), io.StringIO()
@@ -60,8 +60,9 @@ def run_cli(argv, capsys=None) -> CliResult:
     except SystemExit as exc:  # argparse: a usage error exits 2, --help 0
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        configs._results_folder["path"] = results_folder
-        termination._state["signal"] = seen
+        configs.use_results_folder(results_folder)
+        if not seen:
+            termination.reset()
         if handler is not None:
             signal.signal(signal.SIGTERM, handler)
     if capsys is None:

@@ -103,6 +103,11 @@ def use_results_folder(results: Path | str | None) -> None:
     _results_folder["path"] = None if results is None else Path(results).expanduser().resolve()
 
 
+def results_folder() -> Path | None:
+    """The folder set by `use_results_folder` (None: the default one)."""
+    return _results_folder["path"]
+
+
 def tuned_dir() -> Path:
     """Where tuned configs live: $BENCH_TUNED_DIR when set, else `tuned/` of the command's results folder
     (`use_results_folder`), else of the default one ($BENCH_RESULTS, else ./results); read at each call."""
