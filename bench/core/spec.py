@@ -72,7 +72,7 @@ class RunSpec:
     # Campaigns (bench/core/checkpoints.py, bench/campaign/schedule.py): how to run, not what, so not in the run's identity.
     checkpoint_every: int | None = None  # save a mid-run checkpoint every this many epochs
     checkpoint_dir: str | None = None  # where mid-run checkpoints live (<dir>/<run_id>/last.pt); None: none
-    deadline: float | None = None  # time.time() by which the run stops after an epoch, recorded "interrupted"
+    deadline: float | None = None  # when (on the run's clock, time.time) it stops after an epoch, "interrupted"
     probe: bool = False  # no earlier record to estimate from: after its first epoch, stop unless it can finish
     run_id: str = field(init=False, repr=False)  # bench/core/identity.py
 
