@@ -121,3 +121,10 @@ def test_trials_end_before_the_test_split(monkeypatch):
     monkeypatch.setattr(train, "evaluate", spy)
     record = train.run(spec, progress=False, evaluate_test=False)
     assert record["test"] is None and seen == ["valid", "valid"]
+
+
+def test_a_record_names_no_home_folder_of_the_machine_that_ran_it():
+    from pathlib import Path
+
+    spec = make_spec("sasrec", "Beauty", checkpoint_dir=str(Path.home() / ".cache" / "x"), save_checkpoint="/data/w.pt")
+    assert spec.fields()["checkpoint_dir"] == "~/.cache/x" and spec.fields()["save_checkpoint"] == "/data/w.pt"

@@ -12,7 +12,7 @@ import datetime as dt
 import traceback
 from dataclasses import dataclass, field
 
-from bench.core import checkpoints, records
+from bench.core import checkpoints, paths, records
 from bench.core.devices import device_kind
 from bench.core.errors import BenchError
 from bench.core.identity import variant_of
@@ -111,5 +111,5 @@ def interrupted_record(spec: RunSpec, reason: str) -> dict:
         "interrupted", device=device_kind(spec.device), epochs=epochs, best_epoch=fit.get("best_epoch", -1),
         best_valid=fit.get("best_valid"),
         interrupted={"reason": reason, "epochs_done": len(epochs), "max_epochs": spec.epochs,
-                     "checkpoint": str(ckpt) if resume is not None else None},
+                     "checkpoint": paths.portable(str(ckpt)) if resume is not None else None},
     ))

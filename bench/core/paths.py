@@ -12,3 +12,12 @@ def cache_folder(override_env: str, name: str) -> Path:
         return Path(os.environ[override_env]).expanduser().resolve()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
     return (cache / "intent-bench" / name).resolve()
+
+
+def portable(path: str | None) -> str | None:
+    """`path` as a record keeps it: under the user's home as `~/...`, so that a record names no machine's
+    home folder (the run's checkpoint folder, a saved checkpoint); other paths as given."""
+    if path is None:
+        return None
+    home = str(Path.home())
+    return "~" + path[len(home):] if path == home or path.startswith(home + os.sep) else path

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.core import configs, data, identity
+from bench.core import configs, data, identity, paths
 from bench.core.devices import check_device
 from bench.core.errors import BenchError
 from bench.core.evaluate import PROTOCOLS
@@ -89,7 +89,8 @@ class RunSpec:
     def fields(self) -> dict:
         """The spec as a record keeps it (its `spec` section): every field but the config and the id, which
         the record holds at its top level."""
-        return {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("config", "run_id")}
+        kept = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("config", "run_id")}
+        return kept | {k: paths.portable(kept[k]) for k in ("checkpoint_dir", "save_checkpoint")}
 
 
 # ------------------------------------------------------------------------------------------------ checks

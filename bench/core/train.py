@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from bench.core import checkpoints, context, records, termination
+from bench.core import checkpoints, context, paths, records, termination
 from bench.core.costs import PHASES, PeakMemory, PhaseTimer
 from bench.core.data import SequenceData
 from bench.core.devices import resolve_device
@@ -126,7 +126,7 @@ def _train_and_test(spec, device, memory, data, progress, epoch_callback, evalua
         ranks=records.encode_ranks({"test": test_ranks}) if test_ranks is not None else None,
         interrupted=None if fit.interrupted is None else {
             "reason": fit.interrupted, "epochs_done": len(fit.epochs), "max_epochs": spec.epochs,
-            "checkpoint": str(ckpt_path) if ckpt_path is not None and ckpt_path.is_file() else None,
+            "checkpoint": paths.portable(str(ckpt_path)) if ckpt_path is not None and ckpt_path.is_file() else None,
         },
         resumed_from_epoch=resume.next_epoch if resume is not None else None,
     ))
