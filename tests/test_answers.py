@@ -12,9 +12,9 @@ import pandas as pd
 
 from bench.core import records
 from bench.reporting import plots
-from bench.reporting.leaderboard import build, readme_block, write_leaderboard
+from bench.reporting.leaderboard import build, readme_blocks, write_leaderboard
 from bench.reporting.runs import METHOD_NAMES, column_colors, completed_runs
-from bench.reporting.summary import README_BEGIN, README_END, current_readme_block, rewrite_readme
+from bench.reporting.summary import README_BEGIN, README_END, current_readme_block, markers, rewrite_readme
 from tests.conftest import run_cli
 from tests.test_verdicts import _ranks, make_record
 
@@ -67,34 +67,42 @@ def test_an_answer_no_group_has_says_so(tmp_path: Path) -> None:
     assert answers.loc[("Beauty", "ELCRec vs ICLRec: peak memory"), "answer"].startswith("not measured")
 
 
-def test_the_committed_readme_block_is_what_the_command_writes() -> None:
-    block = current_readme_block(REPO / "README.md")
-    assert block is not None, f"README.md lacks {README_BEGIN} ... {README_END}"
-    assert block == readme_block(REPO / "results"), "README.md's answers are stale: run python -m bench leaderboard"
+def test_the_committed_readme_blocks_are_what_the_command_writes() -> None:
+    expected = readme_blocks(REPO / "results")
+    assert set(expected) == {"answers", "headline"}
+    for name, text in expected.items():
+        block = current_readme_block(REPO / "README.md", name)
+        assert block is not None, f"README.md lacks {' ... '.join(markers(name))}"
+        assert block == text, f"README.md's {name} block is stale: run python -m bench leaderboard"
 
 
 def test_readme_block_is_rewritten_between_its_markers_only(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\nbefore\n{README_BEGIN}\nold answers\n{README_END}\nafter\n")
-    assert rewrite_readme(readme, "new answers\n")
-    assert readme.read_text() == f"# title\n\nbefore\n{README_BEGIN}\nnew answers\n{README_END}\nafter\n"
-    assert not rewrite_readme(readme, "new answers\n")  # unchanged: not written again
+    begin, end = markers("other")
+    readme.write_text(f"# title\n\nbefore\n{README_BEGIN}\nold answers\n{README_END}\nmid\n{begin}\nold\n{end}\n")
+    assert rewrite_readme(readme, {"answers": "new answers\n", "other": "new other", "absent": "never written"})
+    assert readme.read_text() == (f"# title\n\nbefore\n{README_BEGIN}\nnew answers\n{README_END}\nmid\n{begin}\n"
+                                  f"new other\n{end}\n")
+    assert current_readme_block(readme, "other") == "new other\n" and current_readme_block(readme, "absent") is None
+    assert not rewrite_readme(readme, {"answers": "new answers\n"})  # unchanged: not written again
     plain = tmp_path / "OTHER.md"
     plain.write_text("no markers here\n")
-    assert not rewrite_readme(plain, "new answers\n") and plain.read_text() == "no markers here\n"
-    assert not rewrite_readme(tmp_path / "missing.md", "x") and not (tmp_path / "missing.md").exists()
+    assert not rewrite_readme(plain, {"answers": "new answers\n"}) and plain.read_text() == "no markers here\n"
+    assert not rewrite_readme(tmp_path / "missing.md", {"answers": "x"}) and not (tmp_path / "missing.md").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_leaderboard_command_rewrites_the_readme_beside_its_results(tmp_path: Path, capsys) -> None:
     shutil.copytree(FIXTURES / "runs", tmp_path / "results" / "runs")
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{README_BEGIN}\n{README_END}\n")
+    readme.write_text(f"intro\n{README_BEGIN}\n{README_END}\n{markers('headline')[0]}\n{markers('headline')[1]}\n")
     code, out, err = run_cli(["leaderboard", "--results", tmp_path / "results"], capsys)
     assert code == 0, err
     assert str(readme) in out.splitlines()
-    assert current_readme_block(readme) == readme_block(tmp_path / "results")
+    blocks = readme_blocks(tmp_path / "results")
+    assert all(current_readme_block(readme, name) == text for name, text in blocks.items())
     assert "| Beauty | most accurate (test NDCG@20) |" in readme.read_text()
+    assert "| ICLRec, published (Tables 1, 2) | mean of 3 | 0.0495 |" in readme.read_text()
 
 
 # ---------------------------------------------------------------------------------------- many methods

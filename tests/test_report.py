@@ -61,9 +61,12 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_index_html_leads_with_the_answers_and_is_self_contained(page: Path) -> None:
     text = page.read_text()
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
-    # The answers, then the scaling study's answer with its plots, then the details.
+    # The answers, the headline question, the scaling study's answer with its plots, then the details.
     headings = re.findall(r"<h2>(.*?)</h2>", text)
-    assert headings[:3] == ["Answers", "Scaling: does ELCRec save time as users grow?", "Details"], headings[:4]
+    expected = ["Answers", "Does ELCRec beat ICLRec on Beauty?", "Scaling: does ELCRec save time as users grow?", "Details"]
+    assert headings[:4] == expected, headings[:5]
+    headline = text.split('id="headline"', 1)[1].split("</section>", 1)[0]
+    assert "published seed-1 checkpoint" in headline and "0.0483" in headline
     answers = text.split('id="answers"', 1)[1].split("</section>", 1)[0]
     assert "most accurate (test NDCG@20)" in answers and "ELCRec vs ICLRec: peak memory" in answers
     scaling = text.split('id="scaling"', 1)[1].split("</section>", 1)[0]

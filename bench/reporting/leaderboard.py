@@ -8,7 +8,8 @@ never edited by hand: no timestamp, no machine path.
 
 The parts: runs.py (which records count, groups, column names, order of authority), tables.py (the long
 tables), comparisons.py (paired tests, cost intervals, time to a target quality), rendering.py (blocks and
-markdown), plots.py, summary.py (the answers), measurements.py (other studies), report.py (the page).
+markdown), plots.py, summary.py (the answers), headline.py (ELCRec vs ICLRec at the paper's budget),
+measurements.py (other studies), report.py (the page).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd
 from bench.core.errors import BenchError
 from bench.core.files import write_bytes_atomic
 from bench.core.records import check_schemas, find_corrupt, load_records, load_test_ranks
-from bench.reporting import measurements, plots, report, summary
+from bench.reporting import headline, measurements, plots, report, summary
 from bench.reporting.comparisons import PairedTests, cost_comparison, time_to_target_table
 from bench.reporting.rendering import (
     ACCURACY_INTRO,
@@ -51,8 +52,14 @@ class Board:
     def answers(self) -> list[Block]:
         return summary.answer_blocks(self.evidence, self.header)
 
-    def readme_block(self) -> str:
-        return summary.readme_markdown(self.answers(), self.scaling)
+    def headline(self) -> list[Block]:
+        return headline.headline_blocks(self.evidence)
+
+    def readme_blocks(self) -> dict[str, str]:
+        """README.md's generated blocks, by marker name."""
+        regenerate = "\n`python -m bench leaderboard` regenerates this block from the records.\n"
+        return {"answers": summary.readme_markdown(self.answers(), self.scaling),
+                "headline": render_md(self.headline()) + regenerate}
 
 
 def _header(records: pd.DataFrame, runs: pd.DataFrame, results_dir: Path) -> str:
@@ -79,9 +86,9 @@ def build(results_dir: Path) -> Board:
                  measurements.scaling_answer(results_dir))
 
 
-def readme_block(results_dir: Path) -> str:
-    """What `python -m bench leaderboard` writes between README.md's markers for these records."""
-    return build(results_dir).readme_block()
+def readme_blocks(results_dir: Path) -> dict[str, str]:
+    """What `python -m bench leaderboard` writes between README.md's markers for these records, by name."""
+    return build(results_dir).readme_blocks()
 
 
 def _documents(board: Board) -> dict[str, str]:
@@ -131,7 +138,7 @@ def write_leaderboard(results_dir: Path, out_dir: Path | None = None, readme: Pa
     files: dict[str, str | bytes] = _documents(board)
     parts = _group_parts(board, files)
     intros = {"Accuracy tables": ACCURACY_INTRO, "Cost tables": COST_INTRO, "Answers": summary.SUMMARY_INTRO}
-    files["index.html"] = report.index_html(board.answers(), board.scaling, parts,
+    files["index.html"] = report.index_html(board.answers(), board.headline(), board.scaling, parts,
                                             measurements.measurement_sections(results_dir), intros)
     # Plots of groups that no longer exist (records removed, grouping changed) would be stale: remove them.
     for old in out_dir.glob("plot_*.png"):
@@ -141,6 +148,6 @@ def write_leaderboard(results_dir: Path, out_dir: Path | None = None, readme: Pa
     for name, content in files.items():
         write_bytes_atomic(out_dir / name, content.encode("utf-8") if isinstance(content, str) else content)
         written.append(out_dir / name)
-    if readme is not None and summary.rewrite_readme(Path(readme), board.readme_block()):
+    if readme is not None and summary.rewrite_readme(Path(readme), board.readme_blocks()):
         written.append(Path(readme))
     return written

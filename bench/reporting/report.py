@@ -1,9 +1,10 @@
 """`results/index.html`: one self-contained page that leads with the answers, then the evidence.
 
-Order: the answers per dataset (bench/reporting/summary.py), the scaling study's answer with its plots, a
-table of contents, then the details: one collapsible part per group of runs in order of authority (budget
-banner, accuracy, cost, ELCRec vs ICLRec, time to a target quality, plots), then every other study under
-the results folder (bench/reporting/measurements.py) and how to read the tables.
+Order: the answers per dataset (bench/reporting/summary.py), the headline question on Beauty
+(bench/reporting/headline.py), the scaling study's answer with its plots, a table of contents, then the
+details: one collapsible part per group of runs in order of authority (budget banner, accuracy, cost, ELCRec
+vs ICLRec, time to a target quality, plots), then every other study under the results folder
+(bench/reporting/measurements.py) and how to read the tables.
 
 Self-contained means it opens from a file, a mail attachment or a CI artifact alike: CSS inline, plots as
 base64 PNG data URIs with alt text, no script, no external address, and no path of the machine it was made
@@ -17,6 +18,7 @@ import html
 import re
 from dataclasses import dataclass
 
+from bench.reporting.headline import HEADLINE_TITLE
 from bench.reporting.measurements import Section
 from bench.reporting.rendering import Block, Image
 
@@ -134,13 +136,14 @@ def _contents(groups: list[GroupPart], sections: list[Section]) -> str:
     )
 
 
-def index_html(answers: list[Block], scaling: list[Block], groups: list[GroupPart], sections: list[Section],
-               intros: dict[str, str]) -> str:
+def index_html(answers: list[Block], headline: list[Block], scaling: list[Block], groups: list[GroupPart],
+               sections: list[Section], intros: dict[str, str]) -> str:
     """The page; `intros`: title -> how to read a kind of table."""
     images = [b for b in scaling if b[0] == "image"]
     body = [
         "<h1>intent-bench: what the benchmark found</h1>",
         '<section class="top" id="answers"><h2>Answers</h2>', render_blocks(answers), "</section>",
+        f'<section class="top" id="headline"><h2>{HEADLINE_TITLE}</h2>', render_blocks(headline), "</section>",
     ]
     if scaling:
         body += [

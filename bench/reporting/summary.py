@@ -31,8 +31,14 @@ from bench.reporting.runs import (
 )
 
 METRIC = "NDCG@20"
-README_BEGIN = "<!-- answers:begin -->"
-README_END = "<!-- answers:end -->"
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The comments that delimit the generated block `name` of a README."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+README_BEGIN, README_END = markers("answers")
 ELCREC, ICLREC = METHOD_NAMES.get(PROPOSED, PROPOSED), METHOD_NAMES.get(COST_BASELINE, COST_BASELINE)
 
 
@@ -181,23 +187,30 @@ def readme_markdown(blocks: list[Block], scaling: list[Block]) -> str:
     return text + "\nEvery table and plot: `results/index.html` (`python -m bench leaderboard` regenerates this block).\n"
 
 
-def current_readme_block(readme: Path) -> str | None:
-    """The text between the markers of `readme`, or None when it has no such block."""
+def _span(text: str, name: str) -> tuple[int, int] | None:
+    begin, end = markers(name)
+    start, stop = text.find(begin), text.find(end)
+    return (start + len(begin), stop) if 0 <= start <= stop else None
+
+
+def current_readme_block(readme: Path, name: str = "answers") -> str | None:
+    """The text between the markers of block `name` in `readme`, or None when it has no such block."""
     text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    start, end = text.find(README_BEGIN), text.find(README_END)
-    if start < 0 or end < start:
-        return None
-    return text[start + len(README_BEGIN) : end].strip("\n") + "\n"
+    span = _span(text, name)
+    return None if span is None else text[span[0] : span[1]].strip("\n") + "\n"
 
 
-def rewrite_readme(readme: Path, block: str) -> bool:
-    """Replace what lies between the markers of `readme` by `block`, atomically; True when the file changed.
-    A README without both markers (an installed package, another project's) is left alone."""
-    if current_readme_block(readme) is None:
+def rewrite_readme(readme: Path, blocks: dict[str, str]) -> bool:
+    """Replace what lies between the markers of each named block of `readme` by its text, atomically; True
+    when the file changed. Blocks whose markers it lacks are skipped, so a README without any (an installed
+    package, another project's) is left alone."""
+    if not readme.is_file():
         return False
-    text = readme.read_text(encoding="utf-8")
-    start, end = text.find(README_BEGIN) + len(README_BEGIN), text.find(README_END)
-    new = text[:start] + "\n" + block.strip("\n") + "\n" + text[end:]
+    text = new = readme.read_text(encoding="utf-8")
+    for name, block in blocks.items():
+        span = _span(new, name)
+        if span is not None:
+            new = new[: span[0]] + "\n" + block.strip("\n") + "\n" + new[span[1] :]
     if new == text:
         return False
     write_text_atomic(readme, new)
