@@ -59,6 +59,31 @@ def test_two_epochs_resume_two_epochs_gives_the_uninterrupted_curve(method, tiny
     assert not path.exists()  # a finished run keeps its record, not its checkpoint
 
 
+def test_each_invocation_of_a_resumed_run_is_a_segment_of_its_context(tiny_data, tmp_path, monkeypatch):
+    from bench.core import context
+
+    spec = tiny_spec("sasrec", checkpoint_every=1, checkpoint_dir=str(tmp_path))
+    first = train.run(spec, data=tiny_data, progress=False, stop_when=stop_after(1))
+    assert [s["first_epoch"] for s in first["context"]["segments"]] == [0]
+    # The next invocation runs on another machine: its epochs are a segment of their own.
+    monkeypatch.setattr(context, "cpu_model", lambda: "Other CPU")
+    second = train.run(spec, data=tiny_data, progress=False, stop_when=stop_after(2))
+    assert [(s["first_epoch"], s["cpu_model"]) for s in second["context"]["segments"]] == [
+        (0, first["context"]["cpu_model"]), (1, "Other CPU")]
+    keys = context.epoch_keys(second["context"], 2)
+    assert keys[0] == context.comparable_key(first["context"]) and keys[1][1] == "Other CPU"
+    # A checkpoint written before segments were kept: its epochs ran in a context nobody recorded.
+    path = checkpoints.checkpoint_path(tmp_path, spec.run_id)
+    state = torch.load(path, weights_only=False)
+    del state["fit"]["segments"]
+    torch.save(state, path)
+    third = train.run(spec, data=tiny_data, progress=False)
+    assert third["status"] == "ok" and third["resumed_from_epoch"] == 2
+    segments = third["context"]["segments"]
+    assert [s["first_epoch"] for s in segments] == [0, 2] and not context.recorded(segments[0])
+    assert context.epoch_keys(third["context"], 4)[:2] == [None, None]
+
+
 def test_a_checkpoint_of_another_spec_is_refused(tiny_data, tmp_path):
     a = tiny_spec("sasrec", epochs=2, checkpoint_dir=str(tmp_path))
     rec = train.run(a, data=tiny_data, progress=False, stop_when=stop_after(1))

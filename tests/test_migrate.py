@@ -32,8 +32,8 @@ def _copy(record: dict) -> dict:
 
 
 def _old_context(context: dict) -> dict:
-    """A context as schema 1 of the context wrote it: no `recorded`."""
-    return {"schema": 1, **{k: v for k, v in context.items() if k not in ("schema", "recorded")}}
+    """A context as schema 1 of the context wrote it: no `recorded`, no `segments`."""
+    return {"schema": 1, **{k: v for k, v in context.items() if k not in ("schema", "recorded", "segments")}}
 
 
 def _as_schema_1(record: dict) -> dict:
@@ -69,19 +69,19 @@ def test_schema_1_records_are_upgraded_and_iclrec_gets_the_fresh_kmeans_id(tiny_
 
     assert main(["records", "migrate", "--results", str(tmp_path)]) == 1  # one refused
     out = capsys.readouterr()
-    assert "2 migrated to schema 3, 0 already current, 1 not migrated" in out.out
+    assert f"2 migrated to schema {records.RECORD_SCHEMA}, 0 already current, 1 not migrated" in out.out
     assert f"{bad_path}: its run id does not follow" in out.err
     upgraded = {r["method"]: r for r in map(records.read_record, (tmp_path / "runs").glob("*.json")) if r}
     assert upgraded["iclrec"]["run_id"] == fresh["run_id"]  # the id a fresh run gets today
     assert upgraded["iclrec"]["config"] == fresh["config"]  # kmeans_init fresh, rec_loss bce
     assert upgraded["iclrec"]["variant"] == fresh["variant"]
     assert upgraded["iclrec"]["context"] == fresh["context"]  # recorded, as the run took it
-    assert upgraded["sasrec"]["run_id"] == sasrec["run_id"] and upgraded["sasrec"]["schema"] == 3
+    assert upgraded["sasrec"]["run_id"] == sasrec["run_id"] and upgraded["sasrec"]["schema"] == records.RECORD_SCHEMA
     assert records.read_record(bad_path) is None  # still schema 1: unreadable until fixed, not half-used
     assert not records.record_path(tmp_path, old_iclrec).exists()  # moved, not copied
 
     assert main(["records", "migrate", "--results", str(tmp_path)]) == 1  # again: nothing more to do
-    assert "0 migrated to schema 3, 2 already current, 1 not migrated" in capsys.readouterr().out
+    assert f"0 migrated to schema {records.RECORD_SCHEMA}, 2 already current, 1 not migrated" in capsys.readouterr().out
 
 
 def _as_schema_2(record: dict, *, before_options: bool = False, before_context: bool = False) -> dict:
@@ -116,14 +116,14 @@ def test_schema_2_records_get_every_field_and_keep_their_ids(tiny_data, tmp_path
         paths[method] = records.record_path(tmp_path, old)
         records.write_record_atomic(paths[method], old)
     # A schema-2 record is refused by the tables with one line naming the migration, not skipped.
-    with pytest.raises(BenchError, match=r"3 record\(s\) under .* older schema than 3 .* records migrate --results"):
+    with pytest.raises(BenchError, match=rf"3 record\(s\) under .* older schema than {records.RECORD_SCHEMA} .* records migrate --results"):
         build(tmp_path)
 
     assert main(["records", "migrate", "--results", str(tmp_path)]) == 0
-    assert "3 migrated to schema 3, 0 already current, 0 not migrated" in capsys.readouterr().out
+    assert f"3 migrated to schema {records.RECORD_SCHEMA}, 0 already current, 0 not migrated" in capsys.readouterr().out
     for method, new in made.items():
         up = records.read_record(paths[method])  # same file name: the run id did not change
-        assert up is not None and up["schema"] == 3 and up["run_id"] == new["run_id"]
+        assert up is not None and up["schema"] == records.RECORD_SCHEMA and up["run_id"] == new["run_id"]
         spec = recorded_spec(up)
         assert identity.identity_of(spec, up["config"]) == up["run_id"]  # recomputed from its spec and config
         assert up["config"] == new["config"] and up["config"]["rec_loss"] == "bce"
@@ -147,7 +147,7 @@ def test_schema_2_records_get_every_field_and_keep_their_ids(tiny_data, tmp_path
     assert set(rows["rec_loss"]) == {"bce"} and set(rows["variant"]) == {"faithful"}
 
     assert main(["records", "migrate", "--results", str(tmp_path)]) == 0  # again: nothing more to do
-    assert "0 migrated to schema 3, 3 already current, 0 not migrated" in capsys.readouterr().out
+    assert f"0 migrated to schema {records.RECORD_SCHEMA}, 3 already current, 0 not migrated" in capsys.readouterr().out
 
 
 def test_a_variant_that_disagrees_with_its_spec_is_refused(tiny_data, tmp_path, capsys):
@@ -158,3 +158,31 @@ def test_a_variant_that_disagrees_with_its_spec_is_refused(tiny_data, tmp_path, 
     assert main(["records", "migrate", "--results", str(tmp_path)]) == 1
     assert f"{path}: its variant" in capsys.readouterr().err
     assert json.loads(path.read_text())["schema"] == 2  # left as it was
+
+
+def _as_schema_3(record: dict, resumed_from_epoch: int | None = None) -> dict:
+    """A record as schema 3 wrote it: a context (schema 2) without segments."""
+    old = _copy(record)
+    old["schema"] = 3
+    old["context"] = {**{k: v for k, v in old["context"].items() if k != "segments"}, "schema": 2}
+    if resumed_from_epoch is not None:
+        old["resumed_from_epoch"] = resumed_from_epoch
+    return old
+
+
+def test_schema_3_records_get_segments_and_a_resumed_one_an_unknown_start(tiny_data, tmp_path, capsys):
+    made = train.run(synthetic_spec("sasrec", epochs=3, patience=3, overrides=TINY), data=tiny_data, progress=False)
+    assert made["context"]["segments"] == [run_context.segment(made["context"], 0)]  # one invocation
+    once = _as_schema_3(made)
+    resumed = _as_schema_3({**made, "seed": 2, "run_id": "resumed00001"}, resumed_from_epoch=2)
+    for old in (once, resumed):
+        records.write_record_atomic(records.record_path(tmp_path, old), old)
+    assert main(["records", "migrate", "--results", str(tmp_path)]) == 0
+    assert f"2 migrated to schema {records.RECORD_SCHEMA}" in capsys.readouterr().out
+    up = {r["seed"]: r for r in map(records.read_record, (tmp_path / "runs").glob("*.json"))}
+    assert up[1]["context"] == made["context"]  # what the run itself would write today
+    segments = up[2]["context"]["segments"]
+    assert [s["first_epoch"] for s in segments] == [0, 2] and not run_context.recorded(segments[0])
+    assert segments[1] == run_context.segment(made["context"], 2)
+    key = run_context.comparable_key(made["context"])
+    assert run_context.epoch_keys(up[2]["context"], 3) == [None, None, key]

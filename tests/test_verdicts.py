@@ -15,10 +15,12 @@ from bench.core import context as run_context
 from bench.core import records
 from bench.core import stats as verdicts
 from bench.core.evaluate import rank_gains
+from bench.reporting.comparisons import cost_comparison, steady_epoch_seconds
 from bench.reporting.leaderboard import write_leaderboard
+from bench.reporting.runs import completed_runs
 
 CONTEXT = {
-    "schema": 2, "recorded": True, "device": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "gpu_name": None, "threads": 1,
+    "schema": 3, "recorded": True, "device": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "gpu_name": None, "threads": 1,
     "interop_threads": 1, "concurrency": 1, "loadavg_start": [0.5, 0.5, 0.5], "loadavg_end": [1.0, 0.8, 0.6],
     "torch": "2.13.0", "faiss": "1.9.0",
 }
@@ -64,7 +66,10 @@ def make_record(
         "ranks": records.encode_ranks({"test": ranks}),
     }
     # context=None: a run that recorded none, as `bench records migrate` fills it in from the record's env.
-    record["context"] = dict(context) if context is not None else run_context.not_recorded("cpu", record["env"])
+    if context is not None:  # one invocation, unless the test gives its segments
+        record["context"] = {**context, "segments": context.get("segments", [run_context.segment(context, 0)])}
+    else:
+        record["context"] = run_context.not_recorded("cpu", record["env"])
     rid = f"{method[:4]}{seed}{profile[:3]}{hour:02d}{dataset[:2]}".ljust(12, "0")[:12]
     return records.finalise(record, rid)
 
@@ -125,6 +130,22 @@ def test_one_epoch_after_warm_up_gives_no_interval_and_no_verdict(tmp_path) -> N
     assert "no verdict: one epoch after warm-up: no spread to measure (ELCRec +70.0%)" in line
     one = verdicts.per_epoch_interval([[]], [[]])
     assert one.change_pct is None and verdicts.cost_verdict(one) == "no verdict: no epoch after warm-up"
+
+
+def test_epochs_run_in_another_context_are_left_out_of_the_per_epoch_comparison(tmp_path) -> None:
+    # ICLRec's first three epochs ran on a slower machine (its campaign moved): 30 s an epoch there, 10 s here.
+    elsewhere = {**CONTEXT, "cpu_model": "Slow CPU"}
+    moved = {**CONTEXT, "segments": [run_context.segment(elsewhere, 0), run_context.segment(CONTEXT, 3)]}
+    icl = make_record("iclrec", train_s=(40.0, 30.0, 30.0, 10.0, 10.2, 9.8, 10.1), context=moved)
+    elc = make_record("elcrec", train_s=(20.0, 5.0, 5.1, 4.9, 5.0, 5.2, 4.8))
+    for r in (icl, elc):
+        records.save(tmp_path, r)
+    runs = completed_runs(records.load_records(tmp_path))
+    row = cost_comparison(runs).iloc[0]
+    # per epoch: ELCRec's 6 later epochs against ICLRec's epochs 3-6, ~-50%; with epochs 1-2 it would be ~-67%
+    assert -52 < row["per_epoch_change_pct"] < -48 and row["per_epoch_basis"].startswith("6+4 epochs")
+    assert "other or unrecorded context for ICLRec seed 1 epochs 0-2" in row["context"]
+    assert steady_epoch_seconds(runs[runs["method"] == "iclrec"].iloc[0]) == [10.0, 10.2, 9.8, 10.1]
 
 
 def test_different_or_unknown_context_is_not_compared(tmp_path) -> None:

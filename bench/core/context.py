@@ -9,6 +9,10 @@ methods only where `comparable_key` of their records is equal.
 A run made before the context existed has one that `python -m bench records migrate` filled from the record's
 own `env` (`not_recorded`): device, GPU name, torch threads, CPU count and versions, every other key null and
 `recorded` false. `recorded(context)` is the one test the readers make of it.
+
+A run continued from checkpoints across invocations (a campaign) may have run its epochs on several machines:
+`segments` lists each invocation's first epoch and context, and the cost tables compare epochs by the segment
+they ran in (`epoch_keys`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from pathlib import Path
 
 import torch
 
-CONTEXT_SCHEMA = 2  # 2: "recorded" says whether the run took it (bench/core/migrate.py upgrades 1)
+CONTEXT_SCHEMA = 3  # 2: "recorded" says whether the run took it; 3: "segments" (bench/core/migrate.py upgrades)
+# What a segment keeps of the context its invocation started in: enough for `comparable_key` and `machine`.
+SEGMENT_KEYS = ("recorded", "device", "cpu_model", "cpu_count", "gpu_name", "threads", "interop_threads",
+                "concurrency", "loadavg_start")
 
 
 def _loadavg() -> list[float] | None:
@@ -99,16 +106,39 @@ def start(spec, device: torch.device) -> dict:
     }
 
 
-def finish(context: dict) -> dict:
-    """The context with the load average at the end of the run."""
-    return {**context, "loadavg_end": _loadavg()}
+def finish(context: dict, segments: list[dict]) -> dict:
+    """The context with the load average at the end of the run and the run's `segments`."""
+    return {**context, "loadavg_end": _loadavg(), "segments": segments}
+
+
+def segment(context: dict, first_epoch: int) -> dict:
+    """One invocation's part of a run: the epoch it started at and the context it started in. A run that a
+    campaign continues from checkpoints has one per invocation, each possibly on another machine; its
+    checkpoint carries the segments so far, and the record keeps them all under "segments"."""
+    return {"first_epoch": first_epoch, **{k: context.get(k) for k in SEGMENT_KEYS}}
+
+
+def unknown_segment(device: str, first_epoch: int = 0) -> dict:
+    """Epochs whose context is not known: those a checkpoint written before segments existed holds."""
+    return {"first_epoch": first_epoch, **{k: None for k in SEGMENT_KEYS}, "recorded": False, "device": device}
+
+
+def epoch_keys(context: dict, epochs: int) -> list[tuple | None]:
+    """The `comparable_key` of the segment each of a run's first `epochs` epochs ran in."""
+    starts = sorted(context["segments"], key=lambda s: s["first_epoch"])
+    keys, current = [], None
+    for epoch in range(epochs):
+        while starts and starts[0]["first_epoch"] <= epoch:
+            current = comparable_key(starts.pop(0))
+        keys.append(current)
+    return keys
 
 
 def not_recorded(device: str, env: dict) -> dict:
     """The context of a run that recorded none (made before contexts existed), from what its record's `env`
     says: device, GPU name, torch threads (taken during the run), CPU count, torch and faiss. The CPU model,
     interop threads, runs in flight and load were never recorded: null. `recorded` false says so."""
-    return {
+    context = {
         "schema": CONTEXT_SCHEMA,
         "recorded": False,
         "device": device,
@@ -123,6 +153,7 @@ def not_recorded(device: str, env: dict) -> dict:
         "torch": env.get("torch"),
         "faiss": env.get("faiss"),
     }
+    return {**context, "segments": [segment(context, 0)]}
 
 
 def recorded(context: dict) -> bool:

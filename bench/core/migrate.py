@@ -21,6 +21,12 @@ filled values are the faithful ones the id leaves out, which is checked):
   `ranks` gets `"ranks": null` (its paired tests stay unavailable). A recorded context gets `recorded` true and
   the context schema 2. Failed and interrupted runs keep the sections they never reached absent or null.
 
+Schema 3 -> 4: a run continued from checkpoints may have run its epochs in several contexts, so the context
+lists them: `context.segments`, each invocation's first epoch and context (bench/core/context.segment). A
+schema-3 record knows only its last invocation's context: a run that was not resumed gets the one segment
+that context describes; a resumed one (`resumed_from_epoch`) gets an unknown segment from epoch 0 and its
+context from the epoch it resumed at. The context schema becomes 3. Run ids are unchanged.
+
 Before changing anything, each record's stored id is recomputed from its own spec and config under the old
 rule; a record whose id does not match is left as it is and named, so that no id is ever guessed. Files are
 written atomically (new file first, then the old one removed), so an interrupted migration leaves every
@@ -132,7 +138,20 @@ def _upgrade_2_to_3(record: dict) -> dict:
     return {**{k: new[k] for k in FIELD_ORDER if k in new}, **{k: v for k, v in new.items() if k not in FIELD_ORDER}}
 
 
-UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}  # schema -> the function that lifts it by one
+def _upgrade_3_to_4(record: dict) -> dict:
+    """The schema-4 form of a schema-3 record (a new dict, the run id kept): its context's segments."""
+    new = {**record, "schema": 4}
+    ctx = record.get("context")
+    if ctx is not None:
+        resumed = record.get("resumed_from_epoch")
+        known = run_context.segment(ctx, resumed or 0)
+        earlier = [run_context.unknown_segment(ctx["device"])] if resumed else []
+        new["context"] = {**ctx, "schema": run_context.CONTEXT_SCHEMA, "segments": [*earlier, known]}
+    return new
+
+
+# schema -> the function that lifts it by one
+UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3, 3: _upgrade_3_to_4}
 
 
 def migrate(results_dir: Path) -> Migration:

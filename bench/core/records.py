@@ -22,7 +22,8 @@ from bench.core.evaluate import METRICS
 from bench.core.files import TMP_SUFFIX, write_text_atomic
 from methods import REGISTRY
 
-RECORD_SCHEMA = 3  # 2: ICLRec records say kmeans_init; 3: every field present (bench/core/migrate.py upgrades 1, 2)
+# 2: ICLRec records say kmeans_init; 3: every field present; 4: context segments (bench/core/migrate.py upgrades)
+RECORD_SCHEMA = 4
 STATUSES = ("ok", "failed", "interrupted")
 
 # Temp files get this suffix so that the `runs/*.json` glob never picks up a half-written record.
@@ -45,7 +46,8 @@ _NUMERIC += ("num_users", "max_users", "spec_epochs", "spec_patience", "threads"
 COLUMNS = [*_FIELDS, "device", "variant", "device_name", "best_epoch", *_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH]
 COLUMNS += [*_FIRST, *_STEADY, "num_users", "max_users", "spec_epochs", "spec_patience"]
 COLUMNS += ["machine", "threads", "concurrency", "context", "has_ranks", "hostname", "software"]
-COLUMNS += ["epoch_training_s", "valid_curve"]  # per-epoch lists: E-step + train seconds, valid NDCG@20
+# Per-epoch lists: E-step + train seconds, valid NDCG@20, and the comparable context each epoch ran in.
+COLUMNS += ["epoch_training_s", "valid_curve", "epoch_keys"]
 # Every execution option's value (FAITHFUL's keys, defaults filled in) and the config's recommendation loss
 # (None where the record's config does not name one): the tables keep runs that differ in them apart.
 COLUMNS += ["variant_options", "rec_loss"]
@@ -249,6 +251,7 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     row["software"] = f"torch {known.get('torch') or '?'}, faiss {known.get('faiss') or '?'}"
     row["epoch_training_s"] = [(e.get("estep_s") or 0.0) + (e.get("train_s") or 0.0) for e in epochs]
     row["valid_curve"] = [(e.get("valid") or {}).get("NDCG@20", np.nan) for e in epochs]
+    row["epoch_keys"] = run_context.epoch_keys(ctx, len(epochs)) if ctx else [None] * len(epochs)
     row["path"] = str(path)
     return row
 

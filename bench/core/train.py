@@ -99,6 +99,7 @@ def _train_and_test(spec, device, memory, data, progress, epoch_callback, evalua
     fit = fit_epochs(
         spec, method, data, memory, wall_start, epoch_callback, progress, resume=resume,
         stop_when=stop_when if stop_when is not None else deadline_stop(spec, clock), checkpoint_path=ckpt_path,
+        run_context=run_context,
     )
     if fit.best_state is not None:  # None: stopped (SIGTERM) before its first epoch ended
         method.load_state_dict(fit.best_state)
@@ -121,7 +122,7 @@ def _train_and_test(spec, device, memory, data, progress, epoch_callback, evalua
         "ok" if fit.interrupted is None else "interrupted", device=device.type,
         env={**context.environment(device), **method.run_info()}, started_at=started, num_users=data.num_users,
         best_epoch=fit.best_epoch, best_valid=fit.best_valid, test=test, epochs=fit.epochs, totals=totals,
-        memory=peak, context=context.finish(run_context),
+        memory=peak, context=context.finish(run_context, fit.segments),
         # per-user test ranks (clipped at 20), for the paired tests of the leaderboard
         ranks=records.encode_ranks({"test": test_ranks}) if test_ranks is not None else None,
         interrupted=None if fit.interrupted is None else {
@@ -155,11 +156,13 @@ class Fit:
     best_valid: dict | None = None
     best_state: dict | None = None
     best_elapsed: float = 0.0
+    segments: list[dict] = field(default_factory=list)  # one per invocation (bench/core/context.segment)
     interrupted: str | None = None  # why the run stopped before its budget (deadline), else None
 
     def state(self) -> dict:
         """What a mid-run checkpoint keeps of it."""
-        return {k: getattr(self, k) for k in ("epochs", "best_score", "best_epoch", "best_valid", "best_state", "best_elapsed")}
+        kept = ("epochs", "best_score", "best_epoch", "best_valid", "best_state", "best_elapsed", "segments")
+        return {k: getattr(self, k) for k in kept}
 
     def totals(self) -> dict:
         totals = {f"{p}_s": round(sum(e[f"{p}_s"] for e in self.epochs), 6) for p in PHASES}
@@ -177,7 +180,7 @@ class _Epochs:
     the phase timer and what the epochs so far produced (`fit`)."""
 
     def __init__(self, spec: RunSpec, method, data: SequenceData, memory: PeakMemory, wall_start: float,
-                 resume: checkpoints.Resume | None) -> None:
+                 resume: checkpoints.Resume | None, run_context: dict | None) -> None:
         self.spec, self.method, self.data, self.memory, self.wall_start = spec, method, data, memory, wall_start
         device = data.device
         self.training_step = step_function(method, spec, device)
@@ -195,6 +198,10 @@ class _Epochs:
             best_state = {k: v.to(device) for k, v in resume.fit["best_state"].items()}
             self.fit = Fit(**{**resume.fit, "best_state": best_state})
             self.first_epoch = resume.next_epoch
+        if run_context is not None:
+            # A checkpoint from before segments were kept holds epochs whose context is unknown.
+            earlier = self.fit.segments or ([context.unknown_segment(device.type)] if self.first_epoch else [])
+            self.fit.segments = [*earlier, context.segment(run_context, self.first_epoch)]
 
     def run_epoch(self, epoch: int, progress: bool) -> dict:
         """One epoch: E-step, training steps and validation, each timed; returns the epoch's row."""
@@ -249,13 +256,15 @@ class _Epochs:
 def fit_epochs(
     spec, method, data, memory, wall_start, epoch_callback, progress,
     *, resume: checkpoints.Resume | None = None, stop_when: Callable | None = None, checkpoint_path=None,
+    run_context: dict | None = None,
 ) -> Fit:
     """The epochs, with early stopping on valid NDCG@20 after `spec.patience` epochs without a better one.
 
     `resume` continues a checkpointed run; `checkpoint_path` is where the run's mid-run checkpoint goes (None:
-    none); `stop_when(epochs_done)` may end the run after any epoch (Fit.interrupted says why).
+    none); `stop_when(epochs_done)` may end the run after any epoch (Fit.interrupted says why); `run_context`
+    (bench/core/context.start) starts this invocation's segment.
     """
-    loop = _Epochs(spec, method, data, memory, wall_start, resume)
+    loop = _Epochs(spec, method, data, memory, wall_start, resume, run_context)
     fit = loop.fit
     boundary: dict | None = None  # the last epoch boundary's checkpoint, in host memory (written on SIGTERM)
     bar = tqdm(range(loop.first_epoch, spec.epochs), desc=f"{spec.method}/{spec.dataset}", disable=not progress, leave=False)

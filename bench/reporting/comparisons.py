@@ -105,6 +105,37 @@ def compare_accuracy(acc: pd.DataFrame, tests: PairedTests) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------- cost
+def _epoch_ranges(epochs: list[int]) -> str:
+    """`0-161, 170` for sorted epoch numbers."""
+    ranges, start = [], None
+    for i, e in enumerate(epochs):
+        start = e if start is None else start
+        if i + 1 == len(epochs) or epochs[i + 1] != e + 1:
+            ranges.append(f"{start}-{e}" if e > start else f"{e}")
+            start = None
+    return ", ".join(ranges)
+
+
+def _epochs_elsewhere(runs: pd.DataFrame) -> list[str]:
+    """For each run some of whose epochs ran in another context than its last invocation's (a campaign
+    continued on another machine, or from a checkpoint older than segments): which epochs."""
+    out = []
+    for _, r in runs.iterrows():
+        final = run_context.comparable_key(r["context"])
+        other = [i for i, k in enumerate(r["epoch_keys"]) if k != final]
+        if other:
+            out.append(f"{r['column']} seed {int(r['seed'])} epochs {_epoch_ranges(other)}")
+    return out
+
+
+def steady_epoch_seconds(run: pd.Series) -> list[float]:
+    """A run's E-step + training seconds of its epochs after the first that ran in its last invocation's
+    context: the epochs the per-epoch comparison uses."""
+    final = run_context.comparable_key(run["context"])
+    pairs = list(zip(run["epoch_training_s"], run["epoch_keys"]))[1:]
+    return [seconds for seconds, key in pairs if key == final]
+
+
 def context_check(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str | None, str]:
     """(why the two sets of runs are not compared, or None; how their context is known)."""
     keys_a = [run_context.comparable_key(c) for c in a["context"]]
@@ -127,6 +158,10 @@ def context_check(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str | None, str]:
         return f"contexts differ ({a['column'].iloc[0]}: {desc(keys_a)} vs {b['column'].iloc[0]}: {desc(keys_b)})", ""
     k = keys_a[0]
     note = f"same context: {k[1]}, {k[2]} thread(s), {k[3]} in flight"
+    elsewhere = _epochs_elsewhere(both)
+    if elsewhere:
+        note += (f"; other or unrecorded context for {'; '.join(elsewhere)}: left out of the per-epoch comparison,"
+                 " included in the totals and the times to a target")
     # Load averages above the core count mean other work shared the machine: the spread may not show it all.
     cores = max(c["cpu_count"] or 0 for c in both["context"])
     loads = [(c[k] or [0.0])[0] for c in both["context"] for k in ("loadavg_start", "loadavg_end")]
@@ -145,8 +180,8 @@ def _cost_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict:
     """The cost of `a` against `b`: per epoch, in total and in peak memory, each an interval and a verdict."""
     row: dict = {}
     row["not_compared"], row["context"] = context_check(a, b)
-    per_epoch = verdicts.per_epoch_interval(list(a["epoch_training_s"].map(lambda e: e[1:])),
-                                            list(b["epoch_training_s"].map(lambda e: e[1:])))
+    per_epoch = verdicts.per_epoch_interval([steady_epoch_seconds(r) for _, r in a.iterrows()],
+                                            [steady_epoch_seconds(r) for _, r in b.iterrows()])
     total = verdicts.per_run_interval(list(a["training_s"]), list(b["training_s"]))
     memory = verdicts.per_run_interval(list(a["peak_memory_mb"]), list(b["peak_memory_mb"]))
     for name, iv in (("per_epoch", per_epoch), ("total", total), ("memory", memory)):
