@@ -55,6 +55,11 @@ def test_one_seed_each_gives_the_table_and_every_verdict_with_its_evidence(tmp_p
     assert any(v.startswith("Total training seconds") and "one run per method" in v for v in verdicts)
     targets = [v for v in verdicts if v.startswith("To ")]
     assert [v.split(" of ")[0] for v in targets] == ["To 50%", "To 90%", "To 100%"]
+    claims = [v for v in verdicts if " claim " in v]
+    assert claims[0].startswith("Accuracy claim (ELCRec beats ICLRec on test NDCG@5) holds: ELCRec is significantly")
+    assert claims[0].endswith("the paper +8.9%; p=<1e-4 (Wilcoxon, 2,000 users)).")
+    assert claims[1].startswith("Cost claim (ELCRec trains faster than ICLRec for the same epochs) holds here")
+    assert claims[1].endswith("; the paper -22.5%).")
     against = next(v for v in verdicts if v.startswith("ICLRec, ours - Table 1"))
     assert f"NDCG@20 {iclrec['test']['NDCG@20'] - 0.0491:+.4f}" in against
     assert "(published seed-1 checkpoint - Table 1: HR@5 +0.0005, NDCG@5 +0.0000" in against
@@ -88,3 +93,15 @@ def test_without_a_faithful_paper_run_of_both_it_says_what_is_missing(tmp_path: 
     records.save(tmp_path, _paper("iclrec", 1, base, (12.0, 10.0, 10.0)))
     _, _, first = _section(tmp_path, [])
     assert "seeds recorded: ICLRec 1, ELCRec 0" in first
+
+
+def test_a_less_accurate_costlier_elcrec_is_said_to_fail_both_claims(tmp_path: Path) -> None:
+    base = _ranks(0.10, seed=1)
+    iclrec = _paper("iclrec", 1, _better(base), (12.0, 8.0, 8.1, 7.9, 8.2, 8.0))
+    elcrec = _paper("elcrec", 1, base, (12.0, 10.0, 10.4, 9.8, 10.2, 10.1))
+    _, verdicts, _ = _section(tmp_path, [iclrec, elcrec])
+    claims = [v for v in verdicts if " claim " in v]
+    assert claims[0].startswith("Accuracy claim (ELCRec beats ICLRec on test NDCG@5) does not hold: ELCRec is"
+                                " significantly less accurate")
+    assert claims[1].startswith("Cost claim (ELCRec trains faster than ICLRec for the same epochs) does not hold"
+                                " here: ELCRec's epochs cost more (ours per epoch +")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bench.core.stats import interval_text
 from bench.reporting.published import (
     CHECKPOINT_SOURCE,
     COST_SOURCE,
@@ -106,10 +107,9 @@ def _columns(runs: pd.DataFrame) -> dict[str, str]:
 
 
 def _accuracy_verdicts(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str]) -> list[str]:
-    runs = ev.runs[in_group(ev.runs, key) & (ev.runs["dataset"] == dataset)]
     out = []
     for metric in (CLAIM_METRIC, "NDCG@20"):
-        means = {m: runs.loc[runs["column"] == c, f"test_{metric}"].mean() for m, c in cols.items()}
+        means = _test_means(ev, key, dataset, cols, metric)
         diff = means[PROPOSED] - means[COST_BASELINE]
         t = ev.tests.test(key, dataset, metric, cols[PROPOSED], cols[COST_BASELINE])
         interval = f" [{num(t.ci_low, '+.4f')}, {num(t.ci_high, '+.4f')}]" if t.ci_low is not None else ""
@@ -149,12 +149,73 @@ def _against_published(runs: pd.DataFrame, dataset: str) -> list[str]:
     return out
 
 
-def _cost_verdicts(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str]) -> list[str]:
+def _comparison(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str]) -> pd.Series | None:
+    """The cost comparison (comparisons.cost_comparison) of the two columns, or None."""
     comp = ev.where(ev.comp, key, dataset)
     comp = comp[(comp["column_elcrec"] == cols[PROPOSED]) & (comp["column_iclrec"] == cols[COST_BASELINE])]
-    out = []
-    if not comp.empty:
-        c = comp.iloc[0]
+    return None if comp.empty else comp.iloc[0]
+
+
+def _test_means(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str], metric: str) -> dict[str, float]:
+    """Each method's test `metric`, mean over its seeds in the group."""
+    runs = ev.runs[in_group(ev.runs, key) & (ev.runs["dataset"] == dataset)]
+    return {m: runs.loc[runs["column"] == c, f"test_{metric}"].mean() for m, c in cols.items()}
+
+
+def _change(a: float, b: float) -> str:
+    """A's relative change against B, `+8.9%`."""
+    return pct((a / b - 1) * 100)
+
+
+def _accuracy_claim(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str]) -> str:
+    """The paper's accuracy claim checked in one sentence, with the test that decides it."""
+    paper_acc = PUBLISHED_ACCURACY.get(dataset, {})
+    means = _test_means(ev, key, dataset, cols, CLAIM_METRIC)
+    ours = _change(means[PROPOSED], means[COST_BASELINE])
+    t = ev.tests.test(key, dataset, CLAIM_METRIC, cols[PROPOSED], cols[COST_BASELINE])
+    claimed = ""
+    if all(m in paper_acc for m in PAIR):
+        claimed = f", the paper {_change(paper_acc[PROPOSED][CLAIM_METRIC], paper_acc[COST_BASELINE][CLAIM_METRIC])}"
+    if not t.available:
+        verdict = "cannot be checked: no paired test is possible"
+    elif t.significant and means[PROPOSED] > means[COST_BASELINE]:
+        verdict = f"holds: {NAMES[PROPOSED]} is significantly more accurate"
+    elif t.significant:
+        verdict = f"does not hold: {NAMES[PROPOSED]} is significantly less accurate"
+    else:
+        verdict = "is not reproduced: no difference detectable"
+    return (f"Accuracy claim ({NAMES[PROPOSED]} beats {NAMES[COST_BASELINE]} on test {CLAIM_METRIC}) {verdict}"
+            f" (ours {ours}{claimed}; {t.describe()}).")
+
+
+def _cost_claim(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str]) -> str | None:
+    """The paper's cost claim checked in one sentence, on the per-epoch interval (the paper compares equal
+    epochs); None where the group has no comparison of the two columns."""
+    paper_cost = PUBLISHED_COST.get(dataset, {})
+    c = _comparison(ev, key, dataset, cols)
+    if c is None:
+        return None
+    iv = c["_per_epoch"]
+    if isinstance(c["not_compared"], str):
+        verdict = f"cannot be checked: {c['not_compared']}"
+    elif not iv.has_interval:
+        verdict = f"cannot be checked: {iv.reason}"
+    elif iv.high_pct < 0:
+        verdict = f"holds here: {NAMES[PROPOSED]}'s epochs are cheaper"
+    elif iv.low_pct > 0:
+        verdict = f"does not hold here: {NAMES[PROPOSED]}'s epochs cost more"
+    else:
+        verdict = "is not reproduced here: no difference detectable"
+    claimed = ""
+    if all(m in paper_cost for m in PAIR):
+        claimed = f"; the paper {_change(paper_cost[PROPOSED]['train_s'], paper_cost[COST_BASELINE]['train_s'])}"
+    return (f"Cost claim ({NAMES[PROPOSED]} trains faster than {NAMES[COST_BASELINE]} for the same epochs)"
+            f" {verdict} (ours per epoch {interval_text(iv) or 'not measured'}{claimed}).")
+
+
+def _cost_verdicts(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str]) -> list[str]:
+    c, out = _comparison(ev, key, dataset, cols), []
+    if c is not None:
         paper = PUBLISHED_COST.get(dataset, {})
         claimed = ""
         if all(m in paper for m in PAIR):
@@ -188,7 +249,8 @@ def headline_blocks(ev: Evidence, dataset: str = HEADLINE_DATASET) -> list[Block
     cols = _columns(runs)
     head = (f"From {group_brief(key, runs)}: {NAMES[PROPOSED]} and {NAMES[COST_BASELINE]} with their published"
             " configs, each run until early stopping on valid NDCG@20 or its epoch budget.")
-    return [("p", head), *published,
+    claims = [_accuracy_claim(ev, key, dataset, cols), _cost_claim(ev, key, dataset, cols)]
+    return [("p", head), ("p", "In short:"), ("list", [c for c in claims if c]), *published,
             ("p", "Accuracy, test split:"), ("list", _accuracy_verdicts(ev, key, dataset, cols)),
             ("p", "Against the published rows:"), ("list", _against_published(runs, dataset)),
             ("p", "Cost, E-step + training seconds:"), ("list", _cost_verdicts(ev, key, dataset, cols))]
