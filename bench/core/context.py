@@ -30,7 +30,8 @@ SEGMENT_KEYS = ("recorded", "device", "cpu_model", "cpu_count", "gpu_name", "thr
                 "concurrency", "loadavg_start")
 
 
-def _loadavg() -> list[float] | None:
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages, or None where the platform has none."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except (OSError, AttributeError):  # not every platform has it
@@ -99,7 +100,7 @@ def start(spec, device: torch.device) -> dict:
         "interop_threads": torch.get_num_interop_threads(),
         # Runs in flight on this machine during the run, this one included: the grid sets it on the spec.
         "concurrency": int(getattr(spec, "concurrency", 1) or 1),
-        "loadavg_start": _loadavg(),
+        "loadavg_start": load_average(),
         "loadavg_end": None,
         "torch": torch.__version__,
         "faiss": _faiss_version(),
@@ -108,7 +109,7 @@ def start(spec, device: torch.device) -> dict:
 
 def finish(context: dict, segments: list[dict]) -> dict:
     """The context with the load average at the end of the run and the run's `segments`."""
-    return {**context, "loadavg_end": _loadavg(), "segments": segments}
+    return {**context, "loadavg_end": load_average(), "segments": segments}
 
 
 def segment(context: dict, first_epoch: int) -> dict:

@@ -284,7 +284,7 @@ def finish_context(setup: Setup, samples: Samples, estimate: dict[str, Spread], 
     ratios = [e / i for i, e in zip(samples.steps["iclrec"], samples.steps["elcrec"])]  # consecutive steps, paired
     return {
         **setup.context,
-        "load_average_end": context.finish(setup.machine)["loadavg_end"],
+        "load_average_end": context.load_average(),
         "finished_at": _now(),
         "validation": [asdict(c) for c in checks],
         "step_samples": {m: len(v) for m, v in samples.steps.items()},
