@@ -15,7 +15,7 @@ from bench.core import context as run_context
 from bench.core import records
 from bench.core import stats as verdicts
 from bench.core.evaluate import rank_gains
-from bench.reporting.comparisons import cost_comparison, steady_epoch_seconds
+from bench.reporting.comparisons import cost_comparison, epoch_seconds_in
 from bench.reporting.leaderboard import write_leaderboard
 from bench.reporting.runs import completed_runs
 
@@ -132,20 +132,40 @@ def test_one_epoch_after_warm_up_gives_no_interval_and_no_verdict(tmp_path) -> N
     assert one.change_pct is None and verdicts.cost_verdict(one) == "no verdict: no epoch after warm-up"
 
 
+def _saved_runs(tmp_path, recs: list[dict]):
+    for r in recs:
+        records.save(tmp_path, r)
+    return completed_runs(records.load_records(tmp_path))
+
+
 def test_epochs_run_in_another_context_are_left_out_of_the_per_epoch_comparison(tmp_path) -> None:
     # ICLRec's first three epochs ran on a slower machine (its campaign moved): 30 s an epoch there, 10 s here.
     elsewhere = {**CONTEXT, "cpu_model": "Slow CPU"}
     moved = {**CONTEXT, "segments": [run_context.segment(elsewhere, 0), run_context.segment(CONTEXT, 3)]}
     icl = make_record("iclrec", train_s=(40.0, 30.0, 30.0, 10.0, 10.2, 9.8, 10.1), context=moved)
     elc = make_record("elcrec", train_s=(20.0, 5.0, 5.1, 4.9, 5.0, 5.2, 4.8))
-    for r in (icl, elc):
-        records.save(tmp_path, r)
-    runs = completed_runs(records.load_records(tmp_path))
+    runs = _saved_runs(tmp_path, [icl, elc])
     row = cost_comparison(runs).iloc[0]
     # per epoch: ELCRec's 6 later epochs against ICLRec's epochs 3-6, ~-50%; with epochs 1-2 it would be ~-67%
     assert -52 < row["per_epoch_change_pct"] < -48 and row["per_epoch_basis"].startswith("6+4 epochs")
-    assert "other or unrecorded context for ICLRec seed 1 epochs 0-2" in row["context"]
-    assert steady_epoch_seconds(runs[runs["method"] == "iclrec"].iloc[0]) == [10.0, 10.2, 9.8, 10.1]
+    assert row["context"].startswith("same context: Test CPU, 1 thread(s), 1 in flight; per epoch: the epochs run in")
+    assert "(not ICLRec seed 1 epochs 0-2, which totals and times to a target include)" in row["context"]
+    key = run_context.comparable_key(CONTEXT)
+    assert epoch_seconds_in(runs[runs["method"] == "iclrec"].iloc[0], key) == [10.0, 10.2, 9.8, 10.1]
+
+
+def test_runs_that_ended_on_different_machines_compare_per_epoch_where_both_ran(tmp_path) -> None:
+    # ELCRec's campaign finished on another machine; both made epochs 1-3 on the test CPU.
+    other = {**CONTEXT, "cpu_model": "Other CPU"}
+    finished_elsewhere = {**other, "segments": [run_context.segment(CONTEXT, 0), run_context.segment(other, 4)]}
+    icl = make_record("iclrec", train_s=(20.0, 10.0, 10.2, 9.8, 10.1, 10.0))
+    elc = make_record("elcrec", train_s=(20.0, 5.0, 5.1, 4.9, 1.0, 1.0), context=finished_elsewhere)
+    row = cost_comparison(_saved_runs(tmp_path, [icl, elc])).iloc[0]
+    assert row["per_epoch_not_compared"] is None and row["per_epoch_verdict"].startswith("ELCRec saves: -50")
+    assert row["per_epoch_basis"].startswith("3+5 epochs")
+    assert row["total_verdict"].startswith("not compared: contexts differ")
+    assert row["memory_verdict"].startswith("not compared: contexts differ")
+    assert "per epoch: the epochs run in Test CPU, 1 thread(s), 1 in flight (not ELCRec seed 1 epochs 4-5" in row["context"]
 
 
 def test_different_or_unknown_context_is_not_compared(tmp_path) -> None:

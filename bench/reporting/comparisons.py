@@ -11,6 +11,7 @@ compared only where their execution context (bench/core/context.py) matches.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,24 +117,39 @@ def _epoch_ranges(epochs: list[int]) -> str:
     return ", ".join(ranges)
 
 
-def _epochs_elsewhere(runs: pd.DataFrame) -> list[str]:
-    """For each run some of whose epochs ran in another context than its last invocation's (a campaign
-    continued on another machine, or from a checkpoint older than segments): which epochs."""
+def key_text(key: tuple) -> str:
+    """A comparable context (bench/core/context.comparable_key) in words."""
+    return f"{key[1]}, {key[2]} thread(s), {key[3]} in flight"
+
+
+def shared_epoch_context(a: pd.DataFrame, b: pd.DataFrame) -> tuple | None:
+    """The recorded context in which both sets of runs made the most epochs after their first: the one the
+    per-epoch comparison uses. A campaign may continue a run on another machine (context.segments), so this
+    need not be either run's last; None where they share no recorded context."""
+
+    def counts(runs: pd.DataFrame) -> Counter:
+        return Counter(k for keys in runs["epoch_keys"] for k in keys[1:] if k is not None)
+
+    in_a, in_b = counts(a), counts(b)
+    shared = [k for k in in_a if k in in_b]
+    return max(shared, key=lambda k: (min(in_a[k], in_b[k]), str(k))) if shared else None
+
+
+def epoch_seconds_in(run: pd.Series, key: tuple | None) -> list[float]:
+    """A run's E-step + training seconds of its epochs after the first (warm-up) that ran in context `key`
+    (None: those whose context nobody recorded)."""
+    pairs = list(zip(run["epoch_training_s"], run["epoch_keys"]))[1:]
+    return [seconds for seconds, k in pairs if k == key]
+
+
+def _epochs_elsewhere(runs: pd.DataFrame, key: tuple) -> list[str]:
+    """For each run some of whose epochs ran in another context than `key`: which epochs."""
     out = []
     for _, r in runs.iterrows():
-        final = run_context.comparable_key(r["context"])
-        other = [i for i, k in enumerate(r["epoch_keys"]) if k != final]
+        other = [i for i, k in enumerate(r["epoch_keys"]) if k != key]
         if other:
             out.append(f"{r['column']} seed {int(r['seed'])} epochs {_epoch_ranges(other)}")
     return out
-
-
-def steady_epoch_seconds(run: pd.Series) -> list[float]:
-    """A run's E-step + training seconds of its epochs after the first that ran in its last invocation's
-    context: the epochs the per-epoch comparison uses."""
-    final = run_context.comparable_key(run["context"])
-    pairs = list(zip(run["epoch_training_s"], run["epoch_keys"]))[1:]
-    return [seconds for seconds, key in pairs if key == final]
 
 
 def context_check(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str | None, str]:
@@ -153,15 +169,10 @@ def context_check(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str | None, str]:
     if len(set(keys_a + keys_b)) > 1:
 
         def desc(keys: list) -> str:
-            return "; ".join(sorted({f"{k[1]}, {k[2]} thread(s), {k[3]} in flight" for k in keys}))
+            return "; ".join(sorted({key_text(k) for k in keys}))
 
         return f"contexts differ ({a['column'].iloc[0]}: {desc(keys_a)} vs {b['column'].iloc[0]}: {desc(keys_b)})", ""
-    k = keys_a[0]
-    note = f"same context: {k[1]}, {k[2]} thread(s), {k[3]} in flight"
-    elsewhere = _epochs_elsewhere(both)
-    if elsewhere:
-        note += (f"; other or unrecorded context for {'; '.join(elsewhere)}: left out of the per-epoch comparison,"
-                 " included in the totals and the times to a target")
+    note = f"same context: {key_text(keys_a[0])}"
     # Load averages above the core count mean other work shared the machine: the spread may not show it all.
     cores = max(c["cpu_count"] or 0 for c in both["context"])
     loads = [(c[k] or [0.0])[0] for c in both["context"] for k in ("loadavg_start", "loadavg_end")]
@@ -180,17 +191,27 @@ def _cost_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict:
     """The cost of `a` against `b`: per epoch, in total and in peak memory, each an interval and a verdict."""
     row: dict = {}
     row["not_compared"], row["context"] = context_check(a, b)
-    per_epoch = verdicts.per_epoch_interval([steady_epoch_seconds(r) for _, r in a.iterrows()],
-                                            [steady_epoch_seconds(r) for _, r in b.iterrows()])
+    # Per epoch: the epochs both ran in one recorded context, wherever the runs ended; the totals and the peak
+    # memory are one number per run, compared only where the runs' last contexts match.
+    key = shared_epoch_context(a, b)
+    row["per_epoch_not_compared"] = None if key is not None else row["not_compared"]
+    row["total_not_compared"] = row["memory_not_compared"] = row["not_compared"]
+    elsewhere = _epochs_elsewhere(pd.concat([a, b]), key) if key is not None else []
+    if elsewhere or (key is not None and row["not_compared"]):  # said only where it is not every epoch
+        per_epoch_note = f"per epoch: the epochs run in {key_text(key)}"
+        if elsewhere:
+            per_epoch_note += f" (not {'; '.join(elsewhere)}, which totals and times to a target include)"
+        row["context"] = f"{row['context']}; {per_epoch_note}" if row["context"] else per_epoch_note
+    per_epoch = verdicts.per_epoch_interval([epoch_seconds_in(r, key) for _, r in a.iterrows()],
+                                            [epoch_seconds_in(r, key) for _, r in b.iterrows()])
     total = verdicts.per_run_interval(list(a["training_s"]), list(b["training_s"]))
     memory = verdicts.per_run_interval(list(a["peak_memory_mb"]), list(b["peak_memory_mb"]))
     for name, iv in (("per_epoch", per_epoch), ("total", total), ("memory", memory)):
         row[f"{name}_change_pct"] = iv.change_pct
         row[f"{name}_low_pct"], row[f"{name}_high_pct"] = iv.low_pct, iv.high_pct
         row[f"{name}_basis"] = iv.basis or iv.reason
-        row[f"{name}_verdict"] = (
-            f"not compared: {row['not_compared']}" if row["not_compared"] else verdicts.cost_verdict(iv)
-        )
+        blocked = row[f"{name}_not_compared"]
+        row[f"{name}_verdict"] = f"not compared: {blocked}" if blocked else verdicts.cost_verdict(iv)
         row[f"_{name}"] = iv
     return row
 

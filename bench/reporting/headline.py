@@ -196,8 +196,8 @@ def _cost_claim(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str]) ->
     if c is None:
         return None
     iv = c["_per_epoch"]
-    if isinstance(c["not_compared"], str):
-        verdict = f"cannot be checked: {c['not_compared']}"
+    if isinstance(c["per_epoch_not_compared"], str):
+        verdict = f"cannot be checked: {c['per_epoch_not_compared']}"
     elif not iv.has_interval:
         verdict = f"cannot be checked: {iv.reason}"
     elif iv.high_pct < 0:

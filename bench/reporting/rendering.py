@@ -209,7 +209,8 @@ def _says(text) -> bool:
 def _versus_blocks(c: pd.DataFrame) -> list[Block]:
     def change(name: str) -> pd.Series:
         return c.apply(
-            lambda r: "not compared" if _says(r["not_compared"]) else verdicts.interval_text(r[f"_{name}"]), axis=1
+            lambda r: "not compared" if _says(r[f"{name}_not_compared"]) else verdicts.interval_text(r[f"_{name}"]),
+            axis=1,
         )
 
     vs = pd.DataFrame({
@@ -223,7 +224,7 @@ def _versus_blocks(c: pd.DataFrame) -> list[Block]:
     lines = []
     for _, r in c.iterrows():
         head = f"{r['dataset']}: {r['column_elcrec']} vs {r['column_iclrec']}"
-        if _says(r["not_compared"]):
+        if _says(r["per_epoch_not_compared"]):  # then nothing is compared
             lines.append(f"{head}: not compared: {r['not_compared']}.")
             continue
         lines.append(

@@ -128,7 +128,7 @@ def _cost(ev: Evidence, key: tuple, dataset: str, name: str) -> Candidate | None
     r = _first_pair(ev.where(ev.comp, key, dataset))
     if r is None:
         return None
-    stated = not isinstance(r["not_compared"], str) and r[f"_{name}"].has_interval
+    stated = not isinstance(r[f"{name}_not_compared"], str) and r[f"_{name}"].has_interval
     return Candidate(key, f"{r['column_elcrec']} vs {r['column_iclrec']}: {r[f'{name}_verdict']}", stated)
 
 
