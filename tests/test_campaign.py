@@ -509,3 +509,12 @@ def test_status_divides_the_time_left_by_the_measured_packing_gain(tmp_path, cap
     assert mine["expected_left_s"] == pytest.approx(status["expected_left_s"] / 1.25)
     print_status(status)
     assert "packed as measured on Fake CPU x2 (2 runs at once, 1.25x [1.10, 1.40] the throughput of one)" in capsys.readouterr().out
+
+
+def test_overhead_is_the_time_outside_the_epochs_not_their_spread():
+    from bench.campaign.schedule import estimate_from
+
+    # Epochs of 10 s with one slow outlier (a shared machine): 10 epochs, 190 s, and 5 s outside them.
+    rows = [{"estep_s": 0.0, "train_s": t, "eval_s": 0.0} for t in (10.0,) * 9 + (100.0,)]
+    estimate = estimate_from([{"epochs": rows, "totals": {"wall_s": 195.0}}], "test")
+    assert estimate.epoch_s == 10.0 and estimate.overhead_s == pytest.approx(5.0)  # not 195 - 10 x 10 = 95

@@ -150,7 +150,9 @@ def estimate_from(recs: list[dict], source: str) -> Estimate | None:
         epoch_times.extend(times[1:] if len(times) > 1 else times)
         wall = (record.get("totals") or {}).get("wall_s")
         if wall is not None:
-            overheads.append(float(wall) - statistics.median(times[1:] if len(times) > 1 else times) * len(times))
+            # What the run spent outside its epochs (loading, test, checkpoints): not wall - median x epochs,
+            # which would count the epochs' own spread as overhead and refuse a resumable run an epoch fits.
+            overheads.append(float(wall) - sum(times))
     if not epoch_times:
         return None
     overhead = max(0.0, statistics.fmean(overheads)) if overheads else 0.0
