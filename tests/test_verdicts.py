@@ -314,3 +314,24 @@ def test_time_to_target_from_valid_curves_and_phase_times(tmp_path) -> None:
     section = cost.split("### Time to a target quality (valid NDCG@20), at the smoke profile's budget", 1)[1]
     row = next(line for line in section.splitlines() if line.startswith("| Beauty | 100% of the best of ICLRec"))
     assert "| ELCRec saves: -" in row and "(2+2 seeds)" in row
+
+
+def test_time_to_target_names_the_epochs_a_campaign_ran_in_another_context(tmp_path) -> None:
+    # ICLRec's campaign made epochs 0-2 on a slower machine: its time to a target counts them, and says so.
+    elsewhere = {**CONTEXT, "cpu_model": "Slow CPU"}
+    moved = {**CONTEXT, "segments": [run_context.segment(elsewhere, 0), run_context.segment(CONTEXT, 3)]}
+    icl = make_record("iclrec", train_s=(40.0, 30.0, 30.0, 10.0, 10.2), context=moved, ranks=_ranks(0.1))
+    sas = make_record("sasrec", train_s=(10.0, 5.0, 5.1, 4.9, 5.0), ranks=_ranks(0.1, seed=2))
+    elc = make_record("elcrec", train_s=(20.0, 5.0, 5.1, 4.9, 5.0), ranks=_ranks(0.2, seed=3))
+    runs = _saved_runs(tmp_path, [icl, sas, elc])
+    from bench.reporting.comparisons import time_to_target_table
+
+    table = time_to_target_table(runs)
+    spans = "ICLRec seed 1: epochs 0-2 Slow CPU, 1 thread(s), 1 in flight then 3-4 Test CPU, 1 thread(s), 1 in flight"
+    # Every pair with ICLRec says it (ICLRec vs SASRec too, which the headline does not show); the other does not.
+    with_icl = table[(table["method_a"] == "iclrec") | (table["method_b"] == "iclrec")]
+    assert len(with_icl) == 6 and (with_icl["mixed_contexts"] == spans).all()
+    assert table.loc[(table["method_a"] == "elcrec") & (table["method_b"] == "sasrec"), "mixed_contexts"].isna().all()
+    write_leaderboard(tmp_path, tmp_path / "out")
+    cost = (tmp_path / "out" / "cost.md").read_text()
+    assert f"some runs' epochs ran in more than one context, so they mix those contexts' speeds: {spans}." in cost

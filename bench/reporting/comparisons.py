@@ -152,6 +152,24 @@ def _epochs_elsewhere(runs: pd.DataFrame, key: tuple) -> list[str]:
     return out
 
 
+def context_spans(runs: pd.DataFrame) -> list[str]:
+    """For each run whose epochs ran in more than one context (a campaign continued it elsewhere), which
+    epochs ran where: `iclrec seed 1: epochs 0-190 context not recorded then 191-299 <CPU>, 1 thread(s), ...`."""
+    out = []
+    for _, r in runs.iterrows():
+        keys = list(r["epoch_keys"])
+        if len(set(keys)) < 2:
+            continue
+        parts, start = [], 0
+        for i in range(1, len(keys) + 1):
+            if i == len(keys) or keys[i] != keys[start]:
+                where = key_text(keys[start]) if keys[start] is not None else "context not recorded"
+                parts.append(f"{_epoch_ranges(list(range(start, i)))} {where}")
+                start = i
+        out.append(f"{r['column']} seed {int(r['seed'])}: epochs {' then '.join(parts)}")
+    return out
+
+
 def context_check(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str | None, str]:
     """(why the two sets of runs are not compared, or None; how their context is known)."""
     keys_a = [run_context.comparable_key(c) for c in a["context"]]
@@ -310,6 +328,8 @@ def time_to_target_table(runs: pd.DataFrame) -> pd.DataFrame:
         for ca, cb in _pairs(columns_of(g), methods):
             a, b = g[g["column"] == ca], g[g["column"] == cb]
             not_compared, _ = context_check(a, b)
+            # Times to a target count every epoch, so a run continued on another machine mixes their speeds.
+            spans = "; ".join(context_spans(pd.concat([a, b]))) or None
             for t in time_to_target(a, b):
                 iv = t.interval
                 rows.append({
@@ -319,7 +339,7 @@ def time_to_target_table(runs: pd.DataFrame) -> pd.DataFrame:
                     "seconds_a": float(np.nanmean(t.seconds_a)), "seconds_b": float(np.nanmean(t.seconds_b)),
                     "n_a": len(t.seconds_a), "n_b": len(t.seconds_b), "change_pct": iv.change_pct,
                     "low_pct": iv.low_pct, "high_pct": iv.high_pct, "not_compared": not_compared,
-                    "verdict": f"not compared: {not_compared}" if not_compared else verdicts.cost_verdict(iv, ca),
+                    "mixed_contexts": spans, "verdict": f"not compared: {not_compared}" if not_compared else verdicts.cost_verdict(iv, ca),
                 })
     table = pd.DataFrame(rows)
     return ordered(table, [*GROUP, "dataset"]) if not table.empty else table

@@ -246,7 +246,12 @@ def _target_blocks(t: pd.DataFrame, profile: str) -> list[Block]:
         "verdict": t["verdict"],
     })
     title = f"Time to a target quality (valid {TARGET_METRIC}), at the {profile} profile's budget"
-    return [("h3", title), *table_with_notes(table, ["compared"])]
+    blocks = [("h3", title), *table_with_notes(table, ["compared"])]
+    spans = sorted({s for text in t["mixed_contexts"].dropna() for s in text.split("; ") if s})
+    if spans:
+        blocks.append(("note", "These times count every epoch, and some runs' epochs ran in more than one context,"
+                               f" so they mix those contexts' speeds: {'; '.join(spans)}."))
+    return blocks
 
 
 def cost_blocks(cost: pd.DataFrame, comp: pd.DataFrame, targets: pd.DataFrame, runs: pd.DataFrame,
