@@ -97,9 +97,8 @@ def _train_and_test(spec, device, memory, data, progress, epoch_callback, evalua
     if resume is not None:
         wall_start -= resume.elapsed_s  # wall and time-to-best continue from the first invocation
     fit = fit_epochs(
-        spec, method, data, memory, wall_start, epoch_callback, progress, resume=resume,
+        spec, method, data, memory, wall_start, epoch_callback, progress, run_context, resume=resume,
         stop_when=stop_when if stop_when is not None else deadline_stop(spec, clock), checkpoint_path=ckpt_path,
-        run_context=run_context,
     )
     if fit.best_state is not None:  # None: stopped (SIGTERM) before its first epoch ended
         method.load_state_dict(fit.best_state)
@@ -180,7 +179,7 @@ class _Epochs:
     the phase timer and what the epochs so far produced (`fit`)."""
 
     def __init__(self, spec: RunSpec, method, data: SequenceData, memory: PeakMemory, wall_start: float,
-                 resume: checkpoints.Resume | None, run_context: dict | None) -> None:
+                 resume: checkpoints.Resume | None, run_context: dict) -> None:
         self.spec, self.method, self.data, self.memory, self.wall_start = spec, method, data, memory, wall_start
         device = data.device
         self.training_step = step_function(method, spec, device)
@@ -198,10 +197,9 @@ class _Epochs:
             best_state = {k: v.to(device) for k, v in resume.fit["best_state"].items()}
             self.fit = Fit(**{**resume.fit, "best_state": best_state})
             self.first_epoch = resume.next_epoch
-        if run_context is not None:
-            # A checkpoint from before segments were kept holds epochs whose context is unknown.
-            earlier = self.fit.segments or ([context.unknown_segment(device.type)] if self.first_epoch else [])
-            self.fit.segments = [*earlier, context.segment(run_context, self.first_epoch)]
+        # A checkpoint from before segments were kept holds epochs whose context is unknown.
+        earlier = self.fit.segments or ([context.unknown_segment(device.type)] if self.first_epoch else [])
+        self.fit.segments = [*earlier, context.segment(run_context, self.first_epoch)]
 
     def run_epoch(self, epoch: int, progress: bool) -> dict:
         """One epoch: E-step, training steps and validation, each timed; returns the epoch's row."""
@@ -255,14 +253,14 @@ class _Epochs:
 
 def fit_epochs(
     spec, method, data, memory, wall_start, epoch_callback, progress,
-    *, resume: checkpoints.Resume | None = None, stop_when: Callable | None = None, checkpoint_path=None,
-    run_context: dict | None = None,
+    run_context: dict, *, resume: checkpoints.Resume | None = None, stop_when: Callable | None = None,
+    checkpoint_path=None,
 ) -> Fit:
     """The epochs, with early stopping on valid NDCG@20 after `spec.patience` epochs without a better one.
 
     `resume` continues a checkpointed run; `checkpoint_path` is where the run's mid-run checkpoint goes (None:
     none); `stop_when(epochs_done)` may end the run after any epoch (Fit.interrupted says why); `run_context`
-    (bench/core/context.start) starts this invocation's segment.
+    (bench/core/context.start) is the context this invocation starts its segment in.
     """
     loop = _Epochs(spec, method, data, memory, wall_start, resume, run_context)
     fit = loop.fit
