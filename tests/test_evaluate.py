@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch
 from bench.core.data import SequenceData, Sequences
 from bench.core.errors import BenchError
 from bench.core.evaluate import METRICS, evaluate, rank_metrics
+from bench.reporting.published import PUBLISHED_CHECKPOINTS
 from tests.conftest import REFERENCE_CHECKPOINT, run_cli
 
 PUBLISHED_ROW = {"HR@5": 0.0500, "NDCG@5": 0.0326, "HR@10": 0.0744, "NDCG@10": 0.0403, "HR@20": 0.1058, "NDCG@20": 0.0483}
@@ -177,6 +180,34 @@ def test_published_checkpoint_gives_published_scores(capsys):
     metrics = json.loads(out.strip().splitlines()[-1])
     assert set(metrics) == set(PUBLISHED_ROW)
     for key, value in PUBLISHED_ROW.items():
+        assert round(metrics[key], 4) == value, key
+
+
+def _published_checkpoints() -> list:
+    """Released checkpoints named `<Method>-<dataset>-<seed>.pt` in the folder $BENCH_PUBLISHED_CHECKPOINTS
+    (e.g. the `src/output/` folder of the ELCRec repository), each with the row bench/reporting/published.py
+    records for it. Nothing when the variable is unset: these files are not part of ../shared."""
+    folder = os.environ.get("BENCH_PUBLISHED_CHECKPOINTS")
+    if not folder:
+        return [pytest.param(None, None, None, marks=pytest.mark.skip(reason="BENCH_PUBLISHED_CHECKPOINTS unset"))]
+    out = []
+    for path in sorted(Path(folder).glob("*-*-*.pt")):
+        method, dataset = path.stem.split("-")[0].lower(), "-".join(path.stem.split("-")[1:-1])
+        row = PUBLISHED_CHECKPOINTS.get(dataset, {}).get(method)
+        if row is not None and path.stat().st_size > 0:
+            out.append(pytest.param(method, dataset, path, id=path.stem))
+    assert out, f"no published checkpoint with a recorded row in {folder}"
+    return out
+
+
+@pytest.mark.parametrize("method, dataset, path", _published_checkpoints())
+def test_released_checkpoints_give_their_published_rows(method, dataset, path, capsys):
+    # Every released checkpoint whose row published.py records, not only the one ../shared carries.
+    code, out, err = run_cli(["evaluate", "--method", method, "--dataset", dataset, "--checkpoint", str(path),
+                              "--json"], capsys)
+    assert code == 0, err[-2000:]
+    metrics = json.loads(out.strip().splitlines()[-1])
+    for key, value in PUBLISHED_CHECKPOINTS[dataset][method].items():
         assert round(metrics[key], 4) == value, key
 
 

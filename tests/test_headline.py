@@ -47,6 +47,9 @@ def test_one_seed_each_gives_the_table_and_every_verdict_with_its_evidence(tmp_p
     assert ours["NDCG@20"] == f"{iclrec['test']['NDCG@20']:.4f}" and ours["best epoch / epochs"] == "5 / 6"
     assert ours["training s (E-step + train)"] == f"{sum(iclrec['epochs'][i]['train_s'] for i in range(6)):,.0f}"
     assert rows.loc["ICLRec, published seed-1 checkpoint", "NDCG@20"] == "0.0483"
+    assert ours["valid NDCG@20"] == f"{iclrec['best_valid']['NDCG@20']:.4f}"
+    assert rows.loc["ELCRec, published seed-1 checkpoint", "valid NDCG@20"] == "0.0632"
+    assert rows.loc["ELCRec, published (Tables 1, 2)", "valid NDCG@20"] == ""  # the paper gives no valid scores
     assert rows.loc["ELCRec, published (Tables 1, 2)", "training s (E-step + train)"] == "2,922"
     ndcg5 = next(v for v in verdicts if v.startswith("Test NDCG@5"))
     assert "ELCRec better: p=<1e-4 (Wilcoxon, 2,000 users)" in ndcg5 and ndcg5.endswith("the paper: +8.9%.")
@@ -63,6 +66,11 @@ def test_one_seed_each_gives_the_table_and_every_verdict_with_its_evidence(tmp_p
     against = next(v for v in verdicts if v.startswith("ICLRec, ours - Table 1"))
     assert f"NDCG@20 {iclrec['test']['NDCG@20'] - 0.0491:+.4f}" in against
     assert "(published seed-1 checkpoint - Table 1: HR@5 +0.0005, NDCG@5 +0.0000" in against
+    # ELCRec's released seed-1 model scores exactly its Table 1 row (a "mean of 3 seeds"): said, not a spread.
+    elc_against = next(v for v in verdicts if v.startswith("ELCRec, ours - Table 1"))
+    assert "(the published seed-1 checkpoint gives Table 1's row to the 4th decimal in every column)" in elc_against
+    assert against.endswith(f"best valid NDCG@20, ours - published seed-1 checkpoint: "
+                            f"{iclrec['best_valid']['NDCG@20'] - 0.0630:+.4f}.")
 
 
 def test_three_seeds_add_means_and_the_test_over_seeds(tmp_path: Path) -> None:
