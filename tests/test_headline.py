@@ -60,7 +60,9 @@ def test_one_seed_each_gives_the_table_and_every_verdict_with_its_evidence(tmp_p
     assert [v.split(" of ")[0] for v in targets] == ["To 50%", "To 90%", "To 100%"]
     claims = [v for v in verdicts if " claim " in v]
     assert claims[0].startswith("Accuracy claim (ELCRec beats ICLRec on test NDCG@5) holds: ELCRec is significantly")
-    assert claims[0].endswith("the paper +8.9%; p=<1e-4 (Wilcoxon, 2,000 users)).")
+    assert claims[0].endswith("the paper +8.9%; p=<1e-4 (Wilcoxon, 2,000 users)). With 1 seed(s) per method the test"
+                              " is over users only: how far the result moves from seed to seed is not measured until"
+                              " each has 3.")
     assert claims[1].startswith("Cost claim (ELCRec trains faster than ICLRec for the same epochs) holds here")
     assert claims[1].endswith("; the paper -22.5%).")
     against = next(v for v in verdicts if v.startswith("ICLRec, ours - Table 1"))
@@ -85,6 +87,8 @@ def test_three_seeds_add_means_and_the_test_over_seeds(tmp_path: Path) -> None:
     expected = np.mean([r["test"]["HR@5"] for r in recs if r["method"] == "elcrec"])
     assert mean["HR@5"] == f"{expected:.4f}"
     assert "paired t, 3 seeds" in next(v for v in verdicts if v.startswith("Test NDCG@20"))
+    claim = next(v for v in verdicts if v.startswith("Accuracy claim"))
+    assert "paired t, 3 seeds" in claim and "seed to seed" not in claim  # 3 seeds: the spread is in the test
     assert any("our std over seeds: HR@5" in v for v in verdicts)
     assert any(v.startswith("Total training seconds") and "ELCRec saves" in v and "3+3 seeds" in v for v in verdicts)
 
