@@ -339,7 +339,8 @@ def time_to_target_table(runs: pd.DataFrame) -> pd.DataFrame:
                     "seconds_a": float(np.nanmean(t.seconds_a)), "seconds_b": float(np.nanmean(t.seconds_b)),
                     "n_a": len(t.seconds_a), "n_b": len(t.seconds_b), "change_pct": iv.change_pct,
                     "low_pct": iv.low_pct, "high_pct": iv.high_pct, "not_compared": not_compared,
-                    "mixed_contexts": spans, "verdict": f"not compared: {not_compared}" if not_compared else verdicts.cost_verdict(iv, ca),
+                    "mixed_contexts": spans,
+                    "verdict": f"not compared: {not_compared}" if not_compared else verdicts.cost_verdict(iv, ca),
                 })
     table = pd.DataFrame(rows)
     return ordered(table, [*GROUP, "dataset"]) if not table.empty else table

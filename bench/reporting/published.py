@@ -97,8 +97,9 @@ COST_SOURCE = "ELCRec paper, Table 2 (one RTX 4090, equal epochs)"
 
 # Test rows of the authors' released seed-1 checkpoints (full ranking, reference protocol), as our encoder
 # evaluates them: `python -m bench evaluate --method M --dataset D --checkpoint F` gives exactly the rows their
-# authors publish (ICLRec: ../shared/reference/; ELCRec: `src/output/ELCRec-<dataset>-1.pt` of its repository,
-# whose README prints these rows; its Sports and Yelp files are not published, so those rows are the README's).
+# authors publish (ICLRec Beauty: ../shared/reference/; ELCRec Beauty and Toys: `src/output/ELCRec-<dataset>-1.pt`
+# of its repository, whose README prints these rows). Where the file is not at hand the row is the published
+# one: ICLRec Toys as the specification gives it, ELCRec Sports and Yelp as the ELCRec README prints them.
 PUBLISHED_CHECKPOINTS: dict[str, dict[str, dict[str, float]]] = {
     "Beauty": {
         "iclrec": {"HR@5": 0.0500, "NDCG@5": 0.0326, "HR@10": 0.0744, "NDCG@10": 0.0403, "HR@20": 0.1058,
