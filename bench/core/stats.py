@@ -42,7 +42,7 @@ class PairedTest:
     p_users: float | None = None  # Wilcoxon signed-rank over users
     n_users: int = 0
     p_seeds: float | None = None  # paired t over seeds (>= 3 seeds in common)
-    n_seeds: int = 0
+    n_seeds: int = 0  # seeds both methods ran, whether or not enough for the t-test
     # 95% interval of the mean paired difference A - B: over users (normal approximation) where per-user
     # values exist, else over seeds (t) with 3 or more.
     ci_low: float | None = None
@@ -111,8 +111,7 @@ def paired_test(
         d = np.asarray(seeds_a, dtype=np.float64) - np.asarray(seeds_b, dtype=np.float64)
         half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(d) - 1)) * d.std(ddof=1) / math.sqrt(len(d))
         ci = (d.mean() - half, d.mean() + half)
-    n_seeds = len(seeds_a) if p_seeds is not None else 0
-    return PairedTest(p_users, n_users, p_seeds, n_seeds, *ci)
+    return PairedTest(p_users, n_users, p_seeds, len(seeds_a), *ci)
 
 
 # ------------------------------------------------------------------------------------------------- cost

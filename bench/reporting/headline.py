@@ -195,11 +195,10 @@ def _accuracy_claim(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str]
         verdict = f"does not hold: {NAMES[PROPOSED]} is significantly less accurate"
     else:
         verdict = "is not reproduced: no difference detectable"
-    runs = ev.runs[in_group(ev.runs, key) & (ev.runs["dataset"] == dataset)]
-    seeds = min(int((runs["column"] == cols[m]).sum()) for m in PAIR)
     # The paper tests over 3 seeds; below that the test is over users of the seeds run, blind to seed spread.
-    caveat = "" if seeds >= 3 else (f" With {seeds} seed(s) per method the test is over users only: how far the"
-                                     " result moves from seed to seed is not measured until each has 3.")
+    caveat = "" if t.p_seeds is not None else (f" With {t.n_seeds} seed(s) per method the test is over users only:"
+                                               " how far the result moves from seed to seed is not measured until"
+                                               " each has 3.")
     return (f"Accuracy claim ({NAMES[PROPOSED]} beats {NAMES[COST_BASELINE]} on test {CLAIM_METRIC}) {verdict}"
             f" (ours {ours}{claimed}; {t.describe()}).{caveat}")
 
