@@ -10,6 +10,7 @@
     packing               throughput of concurrent runs on one GPU through Ray (writes results/benchmarks/)
     profile               seconds per phase and the top operators of the training step
     scaling               ICLRec's E-step against ELCRec's clustering terms as the user count grows
+    campaign              a plan of long runs (campaigns/*.toml) in niced lanes, continued from checkpoints
     records migrate       upgrade run records of an older schema (bench/core/migrate.py)
 
 User errors (BenchError) print one line `error: ...` on stderr and exit 2, without a traceback. A run
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile_command(sub)
     _add_records_command(sub)
     _add_scaling_command(sub)
+    _add_campaign_command(sub)
     return parser
 
 
@@ -225,6 +227,23 @@ def _add_scaling_command(sub) -> None:
     sc.add_argument("--from-csv", action="store_true", help="only regenerate the table and plots from the CSV")
 
 
+def _add_campaign_command(sub) -> None:
+    ca = sub.add_parser("campaign", help="run a campaign plan (campaigns/*.toml) in niced lanes, one thread per run, "
+                        "continued from checkpoints; or show its state, or collect its finished records")
+    ca.add_argument("plan", type=Path, help="the plan: a TOML file of [campaign] budget and [[step]] grids")
+    ca.add_argument("--lanes", type=int, default=2, help="runs in flight at once, one grid process each (default 2)")
+    ca.add_argument("--nice", type=int, default=10, help="niceness of the lanes' processes (default 10; 0: not niced)")
+    ca.add_argument("--time-budget", metavar="DURATION", help="stop the campaign after this long (90s, 25m, 2h): runs "
+                    "in flight are checkpointed and continued next time (default: until the plan is done)")
+    ca.add_argument("--results", type=Path, help="the campaign's results folder (default: the plan's, else "
+                    "~/.cache/intent-bench/campaign: outside the working copy, like the checkpoints)")
+    what = ca.add_mutually_exclusive_group()
+    what.add_argument("--status", action="store_true", help="each step's runs: done, interrupted, failed, pending")
+    what.add_argument("--collect", type=Path, metavar="DIR",
+                      help="copy the plan's finished (ok) records into DIR/runs, skipping those already there")
+    what.add_argument("--dry-run", action="store_true", help="print each step's grid command and exit")
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench import commands
 
@@ -241,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "packing": commands.cmd_packing,
         "scaling": commands.cmd_scaling,
         "records": commands.cmd_records,
+        "campaign": commands.cmd_campaign,
     }
     if args.command in ("run", "tune"):  # the commands that train stop gracefully on SIGTERM
         termination.install()

@@ -352,3 +352,27 @@ def cmd_records(args) -> int:
     print(f"records: {len(done.migrated)} migrated to schema {RECORD_SCHEMA}, {done.current} already current, "
           f"{len(done.refused)} not migrated")
     return 1 if done.refused else 0
+
+
+# -------------------------------------------------------------------------------------------- campaign
+def cmd_campaign(args) -> int:
+    from bench.campaign import plan as campaign
+    from bench.campaign.schedule import parse_duration
+
+    plan = campaign.load_plan(args.plan, args.results)
+    if args.status:
+        campaign.print_plan_status(plan)
+        return 0
+    if args.collect is not None:
+        copied = campaign.collect(plan, args.collect)
+        for path in copied:
+            print(f"collected: {path}")
+        print(f"{len(copied)} finished record(s) copied into {args.collect / 'runs'}"
+              + ("; regenerate the tables with `python -m bench leaderboard`" if copied else ""))
+        return 0
+    if args.dry_run:
+        for step in plan.steps:
+            print(" ".join(campaign.step_command(plan, step)))
+        return 0
+    budget = None if args.time_budget is None else parse_duration(args.time_budget)
+    return campaign.run_campaign(plan, lanes=args.lanes, niceness=args.nice, time_budget=budget)
