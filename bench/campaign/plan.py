@@ -189,7 +189,7 @@ def _lane(lanes: Lanes, plan: Plan, number: int, niceness: int, deadline: float 
 
 
 def run_campaign(plan: Plan, lanes: int = 2, niceness: int = 10, time_budget: float | None = None,
-                 say=print) -> int:
+                 say=print, stagger_s: float = 5.0) -> int:
     """Run the plan in `lanes` lanes until every step's grid has ended in every lane; 143 when stopped."""
     if lanes < 1:
         raise BenchError(f"--lanes must be at least 1, got {lanes}")
@@ -207,7 +207,7 @@ def run_campaign(plan: Plan, lanes: int = 2, niceness: int = 10, time_budget: fl
                                       daemon=True)
             thread.start()
             threads.append(thread)
-            time.sleep(5)  # the first lane claims the first step's run before the next lane looks at it
+            time.sleep(stagger_s)  # the first lane claims the first step's run before the next lane looks at it
         while any(t.is_alive() for t in threads):
             for t in threads:
                 t.join(timeout=1.0)
