@@ -295,7 +295,7 @@ def test_run_grid_status_evaluate_and_leaderboard_take_an_added_dataset(tmp_path
     board = run_cli(["leaderboard", "--results", results, "--out", tmp_path / "board"], capsys)
     assert board.code == 0, board.err
     page = "\n".join(p.read_text() for p in (tmp_path / "board").rglob("*.md"))
-    assert "mini" in page and "no published numbers" in page
+    assert "Added with `bench data add`: mini. No published numbers exist" in page
 
 
 def test_run_ids_of_added_datasets_follow_their_content_and_shipped_ids_do_not_change(tmp_path, added_small):

@@ -417,7 +417,7 @@ def _times(path: Path, column, header_lines: int) -> np.ndarray:
     except (ValueError, TypeError):
         stamps = None
     if stamps is not None and not stamps.isna().any():
-        return stamps.to_numpy().astype("datetime64[ns]").astype(np.int64)
+        return stamps.dt.tz_convert(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
     strings = pd.Series(column.to_numpy(zero_copy_only=False))
     numbers = pd.to_numeric(strings, errors="coerce")
     bad = numbers.isna() | ~np.isfinite(numbers.to_numpy(dtype=float, na_value=np.nan))
