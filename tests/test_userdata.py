@@ -260,15 +260,20 @@ def test_iso_dates_order_like_their_times(tmp_path):
 
 
 # ------------------------------------------------------------------------------- commands on added data
+def walks(users: int = 150, items: int = 40) -> list[tuple]:
+    """Users walking through items in steps of 1 from a random start: a log a model learns in an epoch."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for u in range(users):
+        start, n = rng.integers(0, items), rng.integers(5, 12)
+        rows += [(f"user{u}", f"item{(start + j) % items}", 1000 + 10 * j) for j in range(n)]
+    return rows
+
+
 @pytest.fixture
 def added_small(tmp_path):
     """An added dataset of 150 users walking through 40 items (enough for a one-epoch smoke run)."""
-    rng = np.random.default_rng(3)
-    rows = []
-    for u in range(150):
-        start, n = rng.integers(0, 40), rng.integers(5, 12)
-        rows += [(f"user{u}", f"item{(start + j) % 40}", 1000 + 10 * j) for j in range(n)]
-    return userdata.add_dataset("mini", write(tmp_path / "mini.csv", rows, "csv"))
+    return userdata.add_dataset("mini", write(tmp_path / "mini.csv", walks(), "csv"))
 
 
 def test_run_grid_status_evaluate_and_leaderboard_take_an_added_dataset(tmp_path, capsys, added_small):
