@@ -354,3 +354,31 @@ def test_movielens_100k_from_recbole_wheel(tmp_path):
     frame = pd.read_csv(inter, sep="\t")
     rows = list(frame.iloc[:, [0, 1, 3]].astype({"timestamp:float": "int64"}).itertuples(index=False, name=None))
     assert added.path.read_text() == reference(rows, 5)
+
+
+@pytest.mark.slow  # seconds of k-means and encoder set-up; the default suite keeps to its budget
+def test_scaling_sets_up_on_an_added_dataset(tmp_path, added_small):
+    """The scaling study's set-up (the real users, the resampled pool, both methods) reads the added
+    dataset's file; the timed sweep after it is the study's own (tests/test_scaling.py)."""
+    from bench.tools.scaling.spec import ScalingSpec, plan_study
+    from bench.tools.scaling.sweep import set_up
+    from tests.test_scaling import TINY
+
+    study = ScalingSpec(dataset="mini", users=(40,), device="cpu", backends=("torch",), repeats=1, step_sample=1,
+                        pool_users=32, results=tmp_path / "scaling", overrides=TINY)
+    setup = set_up(study, plan_study(study), None)
+    assert setup.real.num_users == added_small.statistics["users"] == 150
+
+
+def test_a_large_file_shows_each_step_as_it_ends(tmp_path, monkeypatch):
+    monkeypatch.setattr(userdata, "LARGE_BYTES", 0)  # this small file counts as large
+    lines = []
+
+    def log(line):
+        lines.append((line, (data.added_dir() / "mine.toml").exists()))
+
+    userdata.add_dataset("mine", write(tmp_path / "log.csv", CRAFTED, "csv"), k_core=3, progress=True, log=log)
+    said = [line for line, _ in lines]
+    assert said[0].startswith("format: csv") and said[1] == "read 14 rows of log.csv"
+    assert [s.split(":")[0] for s in said[3:5]] == ["3-core round 1", "3-core round 2"]
+    assert not any(written for _, written in lines[:-1])  # said as each step ended, before anything was written
