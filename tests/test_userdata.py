@@ -382,3 +382,11 @@ def test_a_large_file_shows_each_step_as_it_ends(tmp_path, monkeypatch):
     assert said[0].startswith("format: csv") and said[1] == "read 14 rows of log.csv"
     assert [s.split(":")[0] for s in said[3:5]] == ["3-core round 1", "3-core round 2"]
     assert not any(written for _, written in lines[:-1])  # said as each step ended, before anything was written
+
+
+def test_an_unreadable_manifest_is_refused_then_replaced_with_force(tmp_path, added_small, capsys):
+    (data.added_dir() / "mini.toml").write_text("not = [toml")
+    path = tmp_path / "mini.csv"
+    _one_line_error(run_cli(["data", "add", "mini", path], capsys), "cannot read the manifest")
+    assert run_cli(["data", "add", "mini", path, "--force"], capsys).code == 0
+    assert data.load_manifest("mini").expected["users"] == 150

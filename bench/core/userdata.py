@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.core import data
+from bench.core import data, paths
 from bench.core.data import MIN_ITEMS, Sequences
 from bench.core.errors import BenchError
 from bench.core.files import write_bytes_atomic
@@ -125,6 +125,7 @@ def add_dataset(
             emit(line)
         else:
             pending.append(line)
+
     first_line = _first_line(source)
     if fmt is None:
         fmt, why = detect_format(source, first_line)
@@ -136,7 +137,7 @@ def add_dataset(
     options = {k: v for k, v in options.items() if v is not None}  # TOML has no null
     source_sha = data.sha256_of(source)
 
-    existing = _existing(name)
+    existing = _existing(name, force)
     if existing is not None:
         same = existing.get("source", {}).get("sha256") == source_sha and existing.get("options") == options
         if same and _intact(existing):
@@ -162,7 +163,7 @@ def add_dataset(
         "sha256": _sha256(text),
         "description": f"added with `bench data add` from {source.name}",
         "added_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "source": {"file": str(source.resolve()), "sha256": source_sha, "bytes": source.stat().st_size,
+        "source": {"file": paths.portable(str(source.resolve())), "sha256": source_sha, "bytes": source.stat().st_size,
                    "rows": int(len(inter.users))},
         "options": options,
         "statistics": stats,
@@ -192,8 +193,17 @@ def check_name(name: str) -> None:
         raise BenchError(f"{name!r} is the name of the shipped dataset {shipped[name.lower()]}; choose another name")
 
 
-def _existing(name: str) -> dict | None:
-    return data.read_added_manifest(name) if name in data.added_names() else None
+def _existing(name: str, force: bool) -> dict | None:
+    """The manifest of the dataset already added under `name`, if any; an unreadable one is replaced with
+    `force` (and without it is refused, its error saying so)."""
+    if name not in data.added_names():
+        return None
+    try:
+        return data.read_added_manifest(name)
+    except BenchError:
+        if force:
+            return None
+        raise
 
 
 def _intact(manifest: dict) -> bool:
