@@ -140,7 +140,7 @@ def _add_data_command(sub) -> None:
     add.add_argument("--item-col", help="item column of a csv/tsv/inter file (default: item_id, item, itemId, ...)")
     add.add_argument("--time-col", help="timestamp column of a csv/tsv/inter file (default: timestamp, time, ...): "
                      "numbers, or ISO 8601 date-times")
-    add.add_argument("--k-core", type=int, default=DEFAULT_K_CORE,
+    add.add_argument("--k-core", type=int, default=DEFAULT_K_CORE, metavar="K",
                      help=f"keep users and items with at least K interactions, filtering until both hold (default "
                      f"{DEFAULT_K_CORE}; 0 keeps all; users always need 3, for the train/valid/test split)")
     add.add_argument("--force", action="store_true", help="replace a dataset of this name added from another file "
