@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_command(sub) -> None:
-    data = sub.add_parser("data", help="download and inspect datasets (offline: export BENCH_DATA_MIRROR=<folder>)")
+    data = sub.add_parser("data", help="download, add and inspect datasets (offline: export BENCH_DATA_MIRROR=<folder>)")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     dl = data_sub.add_parser("download", help="fetch datasets into the cache and verify their checksums")
     dl.add_argument("names", nargs="*", help="datasets to fetch (default: all)")
