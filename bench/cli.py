@@ -1,6 +1,7 @@
 """`python -m bench`: the only module that sees argparse; every other module takes typed arguments.
 
     data download|stats   fetch and verify datasets; print their statistics
+    data add|list|info    make a dataset from an interactions file; list datasets; one dataset's statistics
     run                   one run (--method, --dataset) or the grid (--all), through Ray or in process
     evaluate              score a checkpoint in the published layout
     tune                  an Optuna study over a method's search space; its workers run through Ray or as
@@ -29,7 +30,7 @@ from bench.core.spec import DEFAULT_RESULTS
 from methods import KMEANS_BACKENDS
 
 METHOD_HELP = "method name: sasrec, cl4srec, iclrec, elcrec (or any method registered in methods/__init__.py)"
-DATASET_HELP = "dataset name: Beauty, Sports_and_Outdoors, Toys_and_Games, Yelp"
+DATASET_HELP = "dataset name: Beauty, Sports_and_Outdoors, Toys_and_Games, Yelp, or one added with `data add`"
 DEVICE_HELP = "auto (CUDA when torch sees it) | cpu | cuda"
 RESULTS_HELP = "results folder: records go to <results>/runs/ (default $BENCH_RESULTS, else results/ in the repository)"
 
@@ -76,7 +77,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     grid = p.add_argument_group("the grid (--all)")
     grid.add_argument("--all", action="store_true", help="run the grid of methods x datasets x seeds, resumable")
     grid.add_argument("--methods", nargs="+", help="methods of the grid (default: all)")
-    grid.add_argument("--datasets", nargs="+", help="datasets of the grid (default: all four)")
+    grid.add_argument("--datasets", nargs="+", help="datasets of the grid, shipped or added (default: the four shipped)")
     grid.add_argument("--seeds", nargs="+", type=int, help="seeds of the grid (default: the profile's)")
     grid.add_argument("--executor", default="ray", help="ray (default) | local (in this process, one run at a time)")
     grid.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_command(sub) -> None:
-    data = sub.add_parser("data", help="download and inspect datasets (offline: export BENCH_DATA_MIRROR=<folder>)")
+    data = sub.add_parser("data", help="download, add and inspect datasets (offline: export BENCH_DATA_MIRROR=<folder>)")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     dl = data_sub.add_parser("download", help="fetch datasets into the cache and verify their checksums")
     dl.add_argument("names", nargs="*", help="datasets to fetch (default: all)")
@@ -123,6 +124,35 @@ def _add_data_command(sub) -> None:
     st = data_sub.add_parser("stats", help="users, items, interactions, lengths per dataset")
     st.add_argument("names", nargs="*", help="datasets (default: all)")
     st.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    from bench.core.userdata import DEFAULT_K_CORE, FORMAT_HELP
+
+    add = data_sub.add_parser(
+        "add", help="make a dataset from your own interactions file (docs/datasets.md)",
+        description="Make dataset NAME from an interactions file, processed as the shipped datasets were made: "
+        "time order per user (ties in file order), (user, item, time) duplicates dropped, iterative k-core, "
+        "users and items renumbered from 1. Written to the data folder ($BENCH_DATA_DIR), with a manifest.")
+    add.add_argument("name", help="the new dataset's name: letters, digits, '_', '-', '.'; not a shipped one's")
+    add.add_argument("file", type=Path, help="the interactions file")
+    add.add_argument("--format", dest="fmt", metavar="FORMAT",
+                     help="; ".join(f"{k}: {v}" for k, v in FORMAT_HELP.items()) + ". Default: from the extension "
+                     "and the first line (.inter or a name:type header: inter; .tsv: tsv; .csv: amazon when its "
+                     "first line is four fields ending in two numbers, else csv; otherwise tabs: tsv, commas: csv, "
+                     "neither: sequence)")
+    add.add_argument("--user-col", help="user column of a csv/tsv/inter file (default: user_id, user, userId, ...)")
+    add.add_argument("--item-col", help="item column of a csv/tsv/inter file (default: item_id, item, itemId, ...)")
+    add.add_argument("--time-col", help="timestamp column of a csv/tsv/inter file (default: timestamp, time, ...): "
+                     "numbers, or ISO 8601 date-times")
+    add.add_argument("--k-core", type=int, default=DEFAULT_K_CORE, metavar="K",
+                     help=f"keep users and items with at least K interactions, filtering until both hold (default "
+                     f"{DEFAULT_K_CORE}; 0 keeps all; users always need 3, for the train/valid/test split)")
+    add.add_argument("--force", action="store_true", help="replace a dataset of this name added from another file "
+                     "or with other options")
+    add.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
+    ls = data_sub.add_parser("list", help="every dataset: the shipped ones and those added with `data add`")
+    ls.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    inf = data_sub.add_parser("info", help="one dataset's statistics, source and (added ones) processing")
+    inf.add_argument("name", help="a shipped or added dataset")
+    inf.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
 def _add_run_command(sub) -> None:
@@ -162,7 +192,7 @@ def _add_status_command(sub) -> None:
     stt.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
     _add_budget_options(stt)
     stt.add_argument("--methods", nargs="+", help="methods (default: all)")
-    stt.add_argument("--datasets", nargs="+", help="datasets (default: all four)")
+    stt.add_argument("--datasets", nargs="+", help="datasets, shipped or added (default: the four shipped)")
     stt.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the profile's)")
     stt.add_argument("--device", default="cuda", help="device of the runs counted: cuda (default: a campaign's) | cpu")
     stt.add_argument("--compile", default="off", help="compile mode of the runs counted (default off)")

@@ -18,6 +18,8 @@ from bench.core.errors import BenchError
 def cmd_data(args) -> int:
     from bench.core import data
 
+    if args.data_command in ("add", "list", "info"):
+        return _cmd_user_data(args)
     names = data.dataset_names() if (getattr(args, "all", False) or not args.names) else args.names
     if args.data_command == "download":
         for name in names:
@@ -39,6 +41,63 @@ def cmd_data(args) -> int:
                 f"{r['avg_length']:>9.2f}{r['longest']:>9}" + ("" if r["matches_manifest"] else "  (differs from manifest!)")
             )
     return 0
+
+
+def _cmd_user_data(args) -> int:
+    """`data add`, `data list`, `data info` (bench/core/userdata.py)."""
+    from bench.core import userdata
+
+    if args.data_command == "add":
+        added = userdata.add_dataset(
+            args.name, args.file, fmt=args.fmt, user_col=args.user_col, item_col=args.item_col,
+            time_col=args.time_col, k_core=args.k_core, force=args.force, progress=True,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+        if args.json:
+            print(json.dumps(added.manifest))
+        else:
+            _print_info(userdata.info(added.name))
+        return 0
+    if args.data_command == "list":
+        rows = userdata.listing()
+        if args.json:
+            print(json.dumps(rows))
+            return 0
+        print(f"{'dataset':<22}{'kind':<9}{'users':>10}{'items':>10}{'interactions':>14}  source")
+        for r in rows:
+            print(f"{r['dataset']:<22}{r['kind']:<9}{r['users']:>10,}{r['items']:>10,}{r['interactions']:>14,}  "
+                  f"{r['source']}")
+        return 0
+    described = userdata.info(args.name)
+    if args.json:
+        print(json.dumps(described))
+    else:
+        _print_info(described)
+    return 0
+
+
+def _print_info(d: dict) -> None:
+    s = d["statistics"]
+    rows = [("users", f"{s['users']:,}"), ("items", f"{s['items']:,}"), ("interactions", f"{s['interactions']:,}"),
+            ("mean length", f"{s['mean_length']:.2f}"), ("median length", f"{s['median_length']:g}"),
+            ("shortest", f"{s['min_length']:,}"), ("longest", f"{s['max_length']:,}"), ("density", f"{s['density']:.3g}"),
+            ("file", d["file"]), ("sha256", d["sha256"])]
+    if d["kind"] == "added":
+        src, p = d["source"], d["processing"]
+        rounds = p.get("k_core_rounds", [])
+        rows += [("source", src.get("file", "")), ("source sha256", src.get("sha256", "")),
+                 ("source rows", f"{src.get('rows', 0):,}"),
+                 ("options", ", ".join(f"{k} {v}" for k, v in d["options"].items())),
+                 ("duplicates dropped", f"{p.get('duplicates_dropped', 0):,}"),
+                 ("k-core rounds", "; ".join(f"{r['users_removed']:,} users, {r['items_removed']:,} items"
+                                             for r in rounds) or "none needed"),
+                 ("added at", d.get("added_at") or "")]
+    else:
+        rows += [("source", d["source"].get("url", "")), ("description", d.get("description", ""))]
+    print(f"{d['dataset']} ({d['kind']})")
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
 
 
 # ------------------------------------------------------------------------------------------------- run

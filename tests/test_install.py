@@ -19,7 +19,8 @@ import pytest
 from tests.conftest import REPO, SHARED
 
 COMMANDS = [
-    ["--help"], ["data", "--help"], ["data", "download", "--help"], ["data", "stats", "--help"], ["run", "--help"],
+    ["--help"], ["data", "--help"], ["data", "download", "--help"], ["data", "stats", "--help"], ["data", "add", "--help"],
+    ["data", "list", "--help"], ["data", "info", "--help"], ["run", "--help"],
     ["evaluate", "--help"], ["tune", "--help"], ["leaderboard", "--help"], ["status", "--help"], ["packing", "--help"],
     ["profile", "--help"], ["scaling", "--help"], ["records", "--help"], ["records", "migrate", "--help"],
 ]
@@ -40,11 +41,18 @@ def installed(tmp_path_factory) -> Path:
 
 
 def _bench(installed: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return _installed_python(installed, cwd, "-m", "bench", *args)
+
+
+def _bench_python(installed: Path, cwd: Path, script: str) -> subprocess.CompletedProcess:
+    return _installed_python(installed, cwd, "-c", script)
+
+
+def _installed_python(installed: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
     env.update(PYTHONPATH=str(installed), OMP_NUM_THREADS="1", BENCH_DATA_MIRROR=str(SHARED / "datasets"),
                BENCH_DATA_DIR=str(cwd / "data"), BENCH_CHECKPOINTS=str(cwd / "checkpoints"))
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_the_installed_package_is_the_one_that_runs(installed, tmp_path):
@@ -89,6 +97,30 @@ def test_a_tiny_run_and_its_tables_from_another_folder(installed, tmp_path):
     tables = _bench(installed, tmp_path, "leaderboard")
     assert tables.returncode == 0, tables.stderr[-1000:]
     assert (tmp_path / "results" / "leaderboard.md").is_file()
+
+
+def test_added_datasets_run_and_tabulate_from_another_folder(installed, tmp_path):
+    """`data add` of a generated CSV, a RecBole .inter file and a shipped dataset's round trip, then a run on
+    an added dataset and its tables, all from the installed package: the added data live in the data folder
+    ($BENCH_DATA_DIR), not in the package."""
+    from tests.test_userdata import shipped_as_ratings, walks, write
+
+    write(tmp_path / "walks.csv", walks(), "csv")
+    write(tmp_path / "walks.inter", walks(), "inter")
+    shipped_as_ratings("Beauty", tmp_path / "beauty.csv")
+    # one interpreter for the five commands (each exit code checked), without a process start per command
+    script = ("import sys\nfrom bench.cli import main\nfor args in ("
+              "['data', 'add', 'walks', 'walks.csv'], ['data', 'add', 'walks_inter', 'walks.inter'], "
+              "['data', 'add', 'beauty_again', 'beauty.csv'], "
+              "['run', '--method', 'sasrec', '--dataset', 'walks', '--profile', 'smoke', '--epochs', '1', '--threads', '1'], "
+              "['leaderboard']):\n    code = main(args)\n    assert code == 0, (args, code)\n")
+    proc = _bench_python(installed, tmp_path, script)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    added = tmp_path / "data" / "added"
+    assert (added / "beauty_again.txt").read_bytes() == (SHARED / "datasets" / "Beauty.txt").read_bytes()
+    assert (added / "walks.txt").read_bytes() == (added / "walks_inter.txt").read_bytes()
+    assert list((tmp_path / "results" / "runs").glob("sasrec-walks-s1-*.json"))
+    assert "Added with `bench data add`: walks" in (tmp_path / "results" / "leaderboard.md").read_text()
 
 
 @pytest.mark.slow

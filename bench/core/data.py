@@ -50,6 +50,14 @@ def cache_dir() -> Path:
     return cache_folder("BENCH_DATA_DIR", "datasets")
 
 
+def added_dir() -> Path:
+    """Where `bench data add` puts datasets: <cache_dir>/added/, <NAME>.txt beside its manifest <NAME>.toml.
+
+    A subfolder of its own, so that an added dataset's file can never be taken for a shipped one's download.
+    """
+    return cache_dir() / "added"
+
+
 # --------------------------------------------------------------------------------------------- manifests
 @dataclass(frozen=True)
 class Manifest:
@@ -60,18 +68,49 @@ class Manifest:
     description: str
     citation: str
     expected: dict
+    added: dict | None = None  # an added dataset's whole manifest (bench/core/userdata.py); None when shipped
 
 
 def dataset_names() -> list[str]:
+    """The shipped datasets: the default of every command that takes "all datasets"."""
     return sorted(p.name.removesuffix(".toml") for p in manifest_dir().iterdir() if p.name.endswith(".toml"))
+
+
+def added_names() -> list[str]:
+    """Datasets made by `bench data add` in this data folder (each a <NAME>.toml manifest there)."""
+    folder = added_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir()
+                  if p.name.endswith(".toml") and not p.name.startswith(".") and p.is_file())
+
+
+def is_added(name: str) -> bool:
+    return name not in dataset_names() and name in added_names()
+
+
+def read_added_manifest(name: str) -> dict:
+    """An added dataset's manifest as written; `name` must be one of `added_names()`."""
+    path = added_dir() / f"{name}.toml"
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BenchError(f"cannot read the manifest {path} of added dataset {name} ({exc}); add it again "
+                         f"with `python -m bench data add {name} FILE --force`") from None
 
 
 def load_manifest(name: str) -> Manifest:
     known = dataset_names()
-    if name not in known:  # matched against the known set first: a name never becomes a path by itself
-        raise BenchError(f"unknown dataset {name!r}; known: {', '.join(known)}")
-    raw = tomllib.loads((manifest_dir() / f"{name}.toml").read_text(encoding="utf-8"))
-    return Manifest(**raw)
+    if name in known:  # matched against the known set first: a name never becomes a path by itself
+        raw = tomllib.loads((manifest_dir() / f"{name}.toml").read_text(encoding="utf-8"))
+        return Manifest(**raw)
+    added = added_names()
+    if name not in added:
+        also = f"; added: {', '.join(added)}" if added else " (add your own with `python -m bench data add NAME FILE`)"
+        raise BenchError(f"unknown dataset {name!r}; known: {', '.join(known)}{also}")
+    raw = read_added_manifest(name)
+    return Manifest(name=name, file=raw["file"], url="", sha256=raw["sha256"], description=raw.get("description", ""),
+                    citation="", expected=raw["expected"], added=raw)
 
 
 # -------------------------------------------------------------------------------------------- download
@@ -109,8 +148,13 @@ def _fetch_to(manifest: Manifest, mirror: str | None, dest: Path) -> str:
 
 
 def download(name: str, mirror: str | None = None, force: bool = False) -> Path:
-    """Fetch a dataset into the cache, verify its checksum, and place it atomically. Returns its path."""
+    """Fetch a dataset into the cache, verify its checksum, and place it atomically. Returns its path.
+
+    An added dataset has nowhere to be fetched from: its file is verified where `bench data add` wrote it.
+    """
     manifest = load_manifest(name)
+    if manifest.added is not None:
+        return _verified_added(manifest)
     target = cache_dir() / manifest.file
     cached_but_bad = False
     if target.is_file() and not force:
@@ -140,6 +184,16 @@ def download(name: str, mirror: str | None = None, force: bool = False) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def _verified_added(manifest: Manifest) -> Path:
+    path = added_dir() / manifest.file
+    again = f"add it again with `python -m bench data add {manifest.name} FILE --force`"
+    if not path.is_file():
+        raise BenchError(f"added dataset {manifest.name} has lost its file {path}; {again}")
+    if sha256_of(path) != manifest.sha256:
+        raise BenchError(f"added dataset {manifest.name}: {path} no longer matches its manifest's sha256; {again}")
+    return path
 
 
 def dataset_path(name: str) -> Path:

@@ -1,7 +1,8 @@
 """A run's identity: its run id (what determines the result) and its variant (how faithful it ran).
 
 The run id is the first 12 hex digits of the sha256 of everything that determines a result
-(bench/core/records.py `run_id`): method, dataset, seed, budget, protocol, the resolved config. Execution
+(bench/core/records.py `run_id`): method, dataset, seed, budget, protocol, the resolved config, and for a
+dataset added with `bench data add` the sha256 of its file. Execution
 options at their faithful (published) value are left out, so a faithful run keeps the id it had before an
 option existed; any other value enters the id, so a variant never shares an id with the faithful run.
 `RunSpec` (bench/core/spec.py) computes its id here when it is made.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from bench.core import records
+from bench.core import data, records
 from bench.core.devices import device_kind
 
 
@@ -66,6 +67,11 @@ def identity_of(spec: SpecFields, config, faithful: dict | None = None) -> str:
     """
     budget = {"epochs": spec.epochs, "patience": spec.patience, "max_users": spec.max_users}
     budget.update(execution_options(spec))
+    if data.is_added(spec.dataset):
+        # An added dataset can be replaced (`data add --force`): its content enters the id, so that runs on
+        # the new data are never taken for the old data's. Shipped datasets are fixed by their manifests and
+        # keep the ids they always had.
+        budget["data_sha256"] = data.load_manifest(spec.dataset).sha256
     faithful = records.faithful_values(spec.method) if faithful is None else faithful
     faithful_config = {k: v for k, v in faithful.items() if k not in SPEC_OPTIONS}
     values = config if isinstance(config, dict) else config.to_dict()

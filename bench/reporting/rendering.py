@@ -125,6 +125,12 @@ def _wide(g: pd.DataFrame, values: list[str]) -> pd.DataFrame:
     return wide.reindex(pd.MultiIndex.from_frame(g[["dataset", "metric"]].drop_duplicates()))
 
 
+def shipped_datasets() -> set[str]:
+    from bench.core.data import dataset_names
+
+    return set(dataset_names())
+
+
 def _published_blocks(g: pd.DataFrame, cols: list[str]) -> list[Block]:
     shown = [c for c in cols if g.loc[g["column"] == c, "published"].notna().any()]
     if not shown:
@@ -161,6 +167,10 @@ def accuracy_blocks(acc: pd.DataFrame, runs: pd.DataFrame, key: tuple) -> list[B
     seeds = g.groupby(["dataset", "column"], sort=False)["n_seeds"].max().unstack("column")[cols]
     blocks += [("p", _columns_note(g)), *table_with_notes(table, repeated)]
     blocks += _published_blocks(g, cols)
+    added = [d for d in dict.fromkeys(g["dataset"]) if d not in shipped_datasets()]
+    if added:
+        blocks += [("note", f"Added with `bench data add`: {', '.join(added)}. No published numbers exist for "
+                            "these datasets, so their rows have no published columns.")]
     blocks += [("p", "Seeds per method and dataset:"), ("table", seeds.fillna(0).astype(int).reset_index())]
     return blocks
 
