@@ -27,6 +27,7 @@ class SpecFields(Protocol):
     epochs: int
     patience: int
     max_users: int | None
+    max_steps: int | None
     precision: str
     compile: str
     device: str
@@ -65,6 +66,8 @@ def identity_of(spec: SpecFields, config, faithful: dict | None = None) -> str:
     execution options, so that the ids of runs made before rec_loss existed stay what they were.
     """
     budget = {"epochs": spec.epochs, "patience": spec.patience, "max_users": spec.max_users}
+    if getattr(spec, "max_steps", None) is not None:  # left out when unbounded: earlier runs keep their ids
+        budget["max_steps"] = spec.max_steps
     budget.update(execution_options(spec))
     faithful = records.faithful_values(spec.method) if faithful is None else faithful
     faithful_config = {k: v for k, v in faithful.items() if k not in SPEC_OPTIONS}

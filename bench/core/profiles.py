@@ -20,6 +20,7 @@ class Profile:
     epochs: int
     patience: int
     seeds: tuple[int, ...]
+    max_steps: int | None = None  # training steps per epoch at most (None: every example once)
 
 
 PROFILES = {
