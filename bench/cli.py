@@ -39,12 +39,14 @@ RESULTS_HELP = "results folder: records go to <results>/runs/ (default $BENCH_RE
 def _add_budget_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--profile",
-        help="budget: smoke (2,000 users, 3 epochs) | quick (all users, 10 epochs) | paper (300 epochs, "
+        help="budget: smoke (2,000 users, 3 epochs of at most 3 steps) | quick (all users, 10 epochs) | paper (300 epochs, "
         "patience 40, seeds 1-3; the default)",
     )
     p.add_argument("--epochs", type=int, help="maximum epochs (default: the profile's)")
     p.add_argument("--patience", type=int, help="early-stopping patience on valid NDCG@20 (default: the profile's)")
     p.add_argument("--max-users", type=int, help="train on a deterministic sample of this many users (default: the profile's)")
+    p.add_argument("--max-steps", type=int, help="training steps per epoch at most, each epoch a fresh random sample of "
+                   "the examples (default: the profile's; every example once)")
 
 
 def _add_execution_options(p: argparse.ArgumentParser) -> None:
@@ -194,7 +196,8 @@ def _add_status_command(sub) -> None:
     stt.add_argument("--methods", nargs="+", help="methods (default: all)")
     stt.add_argument("--datasets", nargs="+", help="datasets, shipped or added (default: the four shipped)")
     stt.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the profile's)")
-    stt.add_argument("--device", default="cuda", help="device of the runs counted: cuda (default: a campaign's) | cpu")
+    stt.add_argument("--device", default="auto", help="device of the runs counted: cpu | cuda (default: this machine's, "
+                     "cuda when torch sees one)")
     stt.add_argument("--compile", default="off", help="compile mode of the runs counted (default off)")
     stt.add_argument("--checkpoint-dir", type=Path, help="folder of mid-run checkpoints (default $BENCH_CHECKPOINTS, else ~/.cache/intent-bench/checkpoints)")
     stt.add_argument("--json", action="store_true", help="print the rows and totals as one JSON object")
@@ -293,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         "campaign": commands.cmd_campaign,
     }
     if args.command in ("run", "tune"):  # the commands that train stop gracefully on SIGTERM
-        termination.install()
+        # and `run` on Ctrl-C too (tune's workers record their trials on their own KeyboardInterrupt)
+        termination.install(interrupt=args.command == "run")
     # tuned configs live in the results folder, beside the studies they come from (docs/tuned-configs.md)
     configs.use_results_folder(getattr(args, "results", None))
     try:

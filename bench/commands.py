@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from bench.core import files, termination
+from bench.core import termination
 from bench.core.errors import BenchError
 
 
@@ -108,13 +107,14 @@ def _print_metrics(title: str, metrics: dict) -> None:
 
 def _spec_options(args) -> dict:
     """The `make_spec` keywords that single runs and grids share, from argv."""
-    from bench.core.configs import parse_overrides
+    from bench.api import checkpoint_folder
 
     return {
         "profile": args.profile,
         "epochs": args.epochs,
         "patience": args.patience,
         "max_users": args.max_users,
+        "max_steps": args.max_steps,
         "protocol": args.protocol,
         "config_source": args.configs,
         "precision": args.precision,
@@ -122,78 +122,45 @@ def _spec_options(args) -> dict:
         "device": args.device,
         "num_threads": args.threads,
         "checkpoint_every": args.checkpoint_every,
-        "checkpoint_dir": _checkpoint_dir(args),
-    } | ({} if args.all else {"overrides": parse_overrides(args.overrides)})
-
-
-def _checkpoint_dir(args) -> str | None:
-    """Mid-run checkpoints: asked for by --checkpoint-every or --checkpoint-dir (a time-boxed grid sets them
-    itself); the default folder is the persistent cache of bench/core/checkpoints.py."""
-    from bench.core.checkpoints import default_folder
-
-    if args.checkpoint_dir is None and args.checkpoint_every is None:
-        return None
-    folder = args.checkpoint_dir if args.checkpoint_dir is not None else default_folder()
-    return str(folder.expanduser().resolve())
-
-
-def _check_checkpoint_path(path: str) -> None:
-    """The checkpoint file must be writable before training: a run is not spent to lose its output."""
-    from bench.core.files import check_writable
-
-    target = Path(path).expanduser()
-    if target.is_dir():
-        raise BenchError(f"--save-checkpoint {path} is a folder; give a file name")
-    check_writable(target.resolve().parent, "checkpoint folder")
+        "checkpoint_dir": checkpoint_folder(args.checkpoint_every, args.checkpoint_dir),
+    }
 
 
 def single_run_spec(args):
     """The spec of `run --method M --dataset D ...`."""
+    from bench.core.configs import parse_overrides
     from bench.core.spec import make_spec
 
     for flag, value in (("--methods", args.methods), ("--datasets", args.datasets), ("--seeds", args.seeds)):
         if value:
             raise BenchError(f"{flag} belongs to the grid: add --all, or use --method/--dataset/--seed")
-    return make_spec(args.method, args.dataset, seed=args.seed, save_checkpoint=args.save_checkpoint, **_spec_options(args))
+    return make_spec(args.method, args.dataset, seed=args.seed, save_checkpoint=args.save_checkpoint,
+                     overrides=parse_overrides(args.overrides), **_spec_options(args))
 
 
 def cmd_run(args) -> int:
+    """`run`: bench.api.execute_run (what `bench.run` calls too), then the record printed."""
+    from bench.api import RunFailed, execute_run
+
     if args.all:
         return cmd_grid(args)
     if not args.method or not args.dataset:
         raise BenchError("run needs --method and --dataset (or --all for the grid)")
-    from bench.core import outcomes, records, train
-
     if args.time_budget is not None:
         raise BenchError("--time-budget time-boxes a grid: add --all")
     spec = single_run_spec(args)
-    files.check_writable(args.results / "runs")
-    if spec.checkpoint_dir:
-        from bench.core import checkpoints
-
-        files.check_writable(Path(spec.checkpoint_dir), "checkpoint folder")
-        done = checkpoints.epochs_done(spec.checkpoint_dir, spec.run_id)
-        if done is not None:
-            print(f"resuming from {checkpoints.checkpoint_path(spec.checkpoint_dir, spec.run_id)} at epoch {done}", file=sys.stderr)
-    if spec.save_checkpoint:
-        _check_checkpoint_path(spec.save_checkpoint)
     try:
-        record = train.run(spec, progress=True)  # the bars go to stderr; stdout stays clean for --json
-    except BenchError:
-        raise
-    except Exception as exc:  # a diverged or crashed run: recorded as failed, with its reason
-        record = outcomes.failure_record(spec, exc)
-        path = records.save(args.results, record)
-        print(f"error: run failed: {record['error']} (record: {path})", file=sys.stderr)
+        record, path = execute_run(spec, args.results, progress=True)  # bars on stderr; stdout clean for --json
+    except RunFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
-    path = records.save(args.results, record)
     print(f"record: {path}", file=sys.stderr)
-    if record["status"] == "interrupted":  # a SIGTERM (bench/core/termination.py)
+    if record["status"] == "interrupted":  # SIGTERM or Ctrl-C (bench/core/termination.py)
         stop = record["interrupted"]
         kept = f"checkpoint {stop['checkpoint']}" if stop.get("checkpoint") else "no checkpoint (no --checkpoint-every)"
         print(f"error: {stop['reason']} after {stop['epochs_done']} of {stop['max_epochs']} epochs; kept: {kept}; "
               "run the same command again to resume", file=sys.stderr)
-        return termination.EXIT_CODE
+        return termination.exit_code()
     if args.json:
         print(json.dumps(record))
     else:
@@ -207,34 +174,27 @@ def cmd_run(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    """`run --all`: 0 when every run is ok (or was already), 1 when any failed."""
-    from bench.campaign import grid
+    """`run --all`: bench.api.execute_grid (what `bench.grid` calls too), then its summary printed; 0 when
+    every run is ok (or was already), 1 when any failed."""
+    from bench.api import execute_grid
 
     if args.save_checkpoint:
         raise BenchError("--save-checkpoint names one file: it cannot be used with --all")
     if args.json:
         raise BenchError("--json prints one run's record: with --all, read the records under --results")
-    from bench.campaign.schedule import parse_duration
-
-    time_budget = None if args.time_budget is None else parse_duration(args.time_budget)
     methods = args.methods or ([args.method] if args.method else None)
     datasets = args.datasets or ([args.dataset] if args.dataset else None)
     seeds = args.seeds or ([args.seed] if args.seed is not None else None)
-    specs = grid.grid_specs(methods, datasets, seeds, set_pairs=args.overrides, **_spec_options(args))
-    summary = grid.run_grid(
-        specs,
-        args.results,
-        executor=args.executor,
-        address=args.address,
-        cpus_per_run=args.cpus_per_run,
-        gpus_per_run=args.gpus_per_run,
-        progress=True,
-        time_budget=time_budget,
+    _, summary = execute_grid(
+        methods, datasets, seeds, results=args.results, overrides=args.overrides, executor=args.executor,
+        address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+        time_budget=args.time_budget, progress=True, **_spec_options(args),
     )
+    timed = args.time_budget is not None
     print(
         f"grid: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} skipped"
         + (f", {len(summary.interrupted)} interrupted, {len(summary.not_started)} not started"
-           if time_budget or summary.interrupted else "")
+           if timed or summary.interrupted else "")
         + f" in {summary.wall_s:.1f} s"
     )
     for line in summary.not_started:
@@ -257,7 +217,7 @@ def cmd_grid(args) -> int:
     if termination.requested():
         print(f"error: {termination.reason()}: {len(summary.interrupted)} run(s) recorded interrupted at their last "
               "epoch boundary, no further run started; run the same command again to resume", file=sys.stderr)
-        return termination.EXIT_CODE
+        return termination.exit_code()
     return summary.exit_code
 
 
@@ -308,18 +268,10 @@ def cmd_tune(args) -> int:
 
 # ------------------------------------------------------------------------------------ leaderboard, profile
 def cmd_leaderboard(args) -> int:
-    from bench.core.files import check_writable
-    from bench.core.records import check_schemas, find_corrupt
-    from bench.reporting.leaderboard import write_leaderboard
+    """`leaderboard`: bench.api.leaderboard (what `bench.leaderboard` is), then the files written."""
+    from bench.api import leaderboard
 
-    if not (args.results / "runs").is_dir():
-        raise BenchError(f"no run records under {args.results / 'runs'}: run `python -m bench run` first")
-    check_schemas(args.results)  # one line naming the migration, not a warning per record of an older schema
-    check_writable(args.out or args.results, "leaderboard output folder")
-    for path in find_corrupt(args.results):  # skipped by the tables; said here too, not only inside them
-        print(f"warning: skipped unreadable record {path}", file=sys.stderr)
-    readme = args.readme or (args.results.parent / "README.md" if args.out is None else None)
-    for path in write_leaderboard(args.results, args.out, readme):
+    for path in leaderboard(args.results, out=args.out, readme=args.readme):
         print(path)
     return 0
 
@@ -352,8 +304,10 @@ def cmd_status(args) -> int:
     status = protocol_status(
         args.results, profile=args.profile, methods=args.methods, datasets=args.datasets, seeds=args.seeds,
         device=args.device, compile=args.compile, checkpoint_dir=args.checkpoint_dir,
-        epochs=args.epochs, patience=args.patience, max_users=args.max_users,
+        epochs=args.epochs, patience=args.patience, max_users=args.max_users, max_steps=args.max_steps,
     )
+    for path in status["unreadable"]:  # a run whose record is damaged would otherwise show as pending
+        print(f"warning: skipped unreadable record {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(status))
     else:

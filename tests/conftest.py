@@ -37,7 +37,7 @@ def run_cli(argv, capsys=None) -> CliResult:
 
     What a process start would give a test, without one: argparse's SystemExit becomes its exit code, as at
     the process boundary; any other exception propagates (a traceback fails the test). The process-wide state
-    that `main` sets for `run`/`tune` (the tuned-configs folder, the SIGTERM handler, a SIGTERM seen) is put
+    that `main` sets for `run`/`tune` (the tuned-configs folder, the SIGTERM and SIGINT handlers, a signal seen) is put
     back afterwards, so that a later test sees none of it. Tests that need the real entry point (a signal, a
     killed process, a traceback printed by the interpreter, environment read at import) start a subprocess.
     """
@@ -47,7 +47,7 @@ def run_cli(argv, capsys=None) -> CliResult:
     results_folder = configs.results_folder()
     seen = termination.requested()
     main_thread = threading.current_thread() is threading.main_thread()
-    handler = signal.getsignal(signal.SIGTERM) if main_thread else None
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
     out, err = io.StringIO(), io.StringIO()
     if capsys is not None:
         capsys.readouterr()  # what the test printed before is not the command's
@@ -63,8 +63,9 @@ def run_cli(argv, capsys=None) -> CliResult:
         configs.use_results_folder(results_folder)
         if not seen:
             termination.reset()
-        if handler is not None:
-            signal.signal(signal.SIGTERM, handler)
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     if capsys is None:
         return CliResult(code, out.getvalue(), err.getvalue())
     captured = capsys.readouterr()

@@ -518,3 +518,25 @@ def test_overhead_is_the_time_outside_the_epochs_not_their_spread():
     rows = [{"estep_s": 0.0, "train_s": t, "eval_s": 0.0} for t in (10.0,) * 9 + (100.0,)]
     estimate = estimate_from([{"epochs": rows, "totals": {"wall_s": 195.0}}], "test")
     assert estimate.epoch_s == 10.0 and estimate.overhead_s == pytest.approx(5.0)  # not 195 - 10 x 10 = 95
+
+
+def test_status_reads_this_machines_device_and_names_an_unreadable_record(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from bench.campaign.grid import grid_specs
+    from bench.core import records
+    from bench.core.outcomes import RunOutcome, make_record
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without CUDA
+    [spec] = grid_specs(["sasrec"], ["Beauty"], [1], profile="smoke", device="cpu")
+    epochs = [{"epoch": 0, "valid": {"NDCG@20": 0.01}, "estep_s": 0.0, "train_s": 2.0, "eval_s": 1.0}]
+    records.save(tmp_path, make_record(spec, RunOutcome("ok", device="cpu", best_epoch=0, test={"NDCG@20": 0.0123},
+                                                        epochs=epochs, totals={"wall_s": 3.0})))
+    (tmp_path / "runs" / "damaged.json").write_text('{"method": "sasrec"')
+    report = run_cli(["status", "--results", tmp_path, "--profile", "smoke", "--methods", "sasrec", "--datasets",
+                      "Beauty", "--json"], capsys)
+    assert report.code == 0, report.err
+    status = json.loads(report.out)
+    assert status["device"] == "cpu" and status["counts"]["ok"] == 1 and status["rows"][0]["status"] == "ok"
+    assert report.err.strip() == f"warning: skipped unreadable record {tmp_path / 'runs' / 'damaged.json'}"
+    assert status["unreadable"] == [str(tmp_path / "runs" / "damaged.json")]

@@ -6,6 +6,9 @@ Timings themselves are not tested (a benchmark, not a timed test): the study run
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
+import re
 import shutil
 from pathlib import Path
 
@@ -67,6 +70,9 @@ def test_population_train_input_is_rows_of_the_real_one():
     assert torch.equal(got.long(), real[torch.from_numpy(idx)])
 
 
+STDERR: dict[str, str] = {}  # what a module fixture's study printed
+
+
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("scaling")
@@ -74,8 +80,22 @@ def tiny_study(tmp_path_factory):
         dataset="synthetic", users=(40, 80, 160), device="cpu", backends=("faiss", "torch"), repeats=1,
         step_sample=2, pool_users=64, results=out, overrides=TINY,
     )
-    paths = scaling.run_study(study, progress=False, sequences=synthetic_sequences(300))
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):  # the phase lines and the bars
+        paths = scaling.run_study(study, progress=True, sequences=synthetic_sequences(300))
+    STDERR["tiny_study"] = said.getvalue()
     return out, paths, pd.read_csv(out / scaling.CSV_NAME)
+
+
+def test_every_phase_says_what_it_does_and_how_far_it_is(tiny_study):
+    said = STDERR["tiny_study"]
+    phases = ["scaling: set-up: ", "scaling: warm-up: ", "scaling: sweep: 100%", "scaling: real epochs: 100%",
+              "scaling: writing scaling.csv"]
+    at = [said.find(p) for p in phases]
+    assert -1 not in at and at == sorted(at), said[-2000:]
+    # per method, the real epochs (validate_smallest 2: N 40 and 80, batch 16: 3 and 5 steps) and the 2 x 2
+    # timed steps around each: the bar counts every step and ends at its total, 2 x (7 + 9)
+    assert re.search(r"scaling: real epochs: 100%\|[^|]*\| 32/32 ", said), said[-2000:]
 
 
 def test_study_writes_its_outputs(tiny_study):

@@ -192,3 +192,31 @@ def test_no_process_of_a_local_ray_outlives_its_grid(tmp_path, stop):
     else:
         assert proc.returncode == -signal.SIGKILL and not records
         assert len(list((tmp_path / "results" / "claims").glob("*.claim"))) == 2  # taken over by the next grid
+
+
+def test_ctrl_c_leaves_a_run_as_sigterm_does(tmp_path):
+    """Ctrl-C (SIGINT) to `bench run`: the run recorded interrupted at its last epoch boundary, that boundary
+    checkpointed (the same command resumes from it), one line and exit 130, no traceback."""
+    from bench.core import checkpoints
+
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    # 40 epochs without early stopping (about 0.2 s each on 150 users): the signal lands mid-run
+    args = [sys.executable, "-m", "bench", "run", "--method", "sasrec", "--dataset", "Beauty", "--max-users", "150",
+            "--epochs", "40", "--patience", "40", "--threads", "1", "--checkpoint-every", "5", "--results", str(results)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_CHECKPOINTS": str(cache)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(cache.glob("*/last.pt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(0.5)  # into the epochs after the first checkpoint: the last boundary is not a --checkpoint-every one
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and out == ""
+    [line] = [x for x in err.splitlines() if x.startswith("error:")]
+    [record] = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
+    stop = record["interrupted"]
+    assert record["status"] == "interrupted" and stop["reason"] == "interrupted (Ctrl-C)" and record["test"] is None
+    assert line == (f"error: interrupted (Ctrl-C) after {stop['epochs_done']} of 40 epochs; kept: checkpoint "
+                    f"{stop['checkpoint']}; run the same command again to resume")
+    assert checkpoints.epochs_done(cache, record["run_id"]) == stop["epochs_done"] == len(record["epochs"]) >= 5

@@ -93,11 +93,13 @@ def _unique(values: list) -> list:
     return list(dict.fromkeys(values))
 
 
-def split_overrides(pairs: list[str] | None, methods: list[str]) -> dict[str, dict[str, str]]:
-    """`--set` pairs per method: unscoped keys go to the methods that have them, `method.key` to one."""
-    per_method: dict[str, dict[str, str]] = {m: {} for m in methods}
-    scoped: list[tuple[str, str, str]] = []
-    for key, value in configs.parse_overrides(pairs).items():
+def split_overrides(pairs: list[str] | dict | None, methods: list[str]) -> dict[str, dict]:
+    """`--set` pairs (or a dict of them, the API's) per method: unscoped keys go to the methods that have
+    them, `method.key` to one."""
+    per_method: dict[str, dict] = {m: {} for m in methods}
+    scoped: list[tuple[str, str, object]] = []
+    given = pairs if isinstance(pairs, dict) else configs.parse_overrides(pairs)
+    for key, value in given.items():
         scope, dot, name = key.partition(".")
         if dot and scope in per_method:
             scoped.append((scope, name, value))
@@ -124,7 +126,7 @@ def grid_specs(
     seeds: list[int] | None = None,
     *,
     profile: str | None = None,
-    set_pairs: list[str] | None = None,
+    set_pairs: list[str] | dict | None = None,
     **options,
 ) -> list[RunSpec]:
     """The grid's specs: methods x datasets x seeds (defaults: all methods, all datasets, the profile's

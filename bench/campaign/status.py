@@ -1,7 +1,7 @@
 """`python -m bench status`: where a protocol stands, run by run, and the GPU time it still needs.
 
 Every run of the protocol (method x dataset x seed of the profile, on the device and compile mode asked,
-default the paper profile on CUDA: a campaign's runs) is one of
+default the paper profile on this machine's device: CUDA when torch sees one, else the CPU) is one of
 
 - done: a record with status ok (best epoch, test NDCG@20),
 - interrupted: an interrupted record or a mid-run checkpoint (epoch e of max; the next grid resumes it),
@@ -54,22 +54,26 @@ def protocol_status(
     epochs: int | None = None,
     patience: int | None = None,
     max_users: int | None = None,
+    max_steps: int | None = None,
     methods: list[str] | None = None,
     datasets: list[str] | None = None,
     seeds: list[int] | None = None,
-    device: str = "cuda",
+    device: str = "auto",
     compile: str = "off",
     checkpoint_dir: Path | str | None = None,
 ) -> dict:
-    """Rows (one per run of the protocol) and totals, as plain data (`bench status --json` prints it)."""
+    """Rows (one per run of the protocol) and totals, as plain data (`bench status --json` prints it).
+
+    `device` "auto" counts the runs of this machine's device (cuda when torch sees one, else cpu)."""
     from bench.campaign.grid import grid_specs
     from bench.core.devices import check_device
 
     check_device(device)
+    device = device_kind(device) if device == "auto" else device
     results_dir = Path(results_dir).expanduser().resolve()
     folder = Path(checkpoint_dir).expanduser().resolve() if checkpoint_dir else checkpoints.default_folder()
     specs = grid_specs(methods, datasets, seeds, profile=profile, device=device, compile=compile, epochs=epochs,
-                       patience=patience, max_users=max_users)
+                       patience=patience, max_users=max_users, max_steps=max_steps)
     latest = _latest_records(results_dir)
     estimates = load_estimates(results_dir, COMMITTED_RESULTS)
     rows = [_row(spec, spec.run_id, latest, folder, estimates) for spec in specs]
@@ -85,6 +89,7 @@ def protocol_status(
         packed.append({**found, "expected_left_s": left_s / ratio, "protocol_upper_bound_s": whole / ratio})
     return {
         "results": str(results_dir),
+        "unreadable": [str(p) for p in records.find_corrupt(results_dir)],
         "profile": specs[0].profile if specs else profile,
         "device": device,
         "compile": compile,

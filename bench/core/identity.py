@@ -28,6 +28,7 @@ class SpecFields(Protocol):
     epochs: int
     patience: int
     max_users: int | None
+    max_steps: int | None
     precision: str
     compile: str
     device: str
@@ -66,6 +67,8 @@ def identity_of(spec: SpecFields, config, faithful: dict | None = None) -> str:
     execution options, so that the ids of runs made before rec_loss existed stay what they were.
     """
     budget = {"epochs": spec.epochs, "patience": spec.patience, "max_users": spec.max_users}
+    if getattr(spec, "max_steps", None) is not None:  # left out when unbounded: earlier runs keep their ids
+        budget["max_steps"] = spec.max_steps
     budget.update(execution_options(spec))
     if data.is_added(spec.dataset):
         # An added dataset can be replaced (`data add --force`): its content enters the id, so that runs on

@@ -1,7 +1,10 @@
 """Run profiles: how much data, how many epochs and which seeds a grid uses.
 
-- smoke: a deterministic sample of at most 2,000 users per dataset and 3 epochs; the 16-run grid takes
-  minutes on 2 CPU cores. For checking that everything runs, not for conclusions.
+- smoke: a deterministic sample of at most 2,000 users per dataset, 3 epochs of at most 3 training steps
+  each (768 examples at batch 256, a fresh random sample every epoch): the step cap bounds every method
+  alike, ICSRec and DuoRec included, whose one example per prefix would otherwise make about 6x more steps
+  than the others' one per user. The 24-run grid takes minutes on 2 CPU cores. For checking that
+  everything runs, not for conclusions.
 - quick: full data, a small epoch budget; enough to compare per-epoch costs and early accuracy.
 - paper: the published protocol: up to 300 epochs, patience 40 on valid NDCG@20, seeds 1, 2, 3.
 """
@@ -20,10 +23,11 @@ class Profile:
     epochs: int
     patience: int
     seeds: tuple[int, ...]
+    max_steps: int | None = None  # training steps per epoch at most (None: every example once)
 
 
 PROFILES = {
-    "smoke": Profile("smoke", max_users=2000, epochs=3, patience=3, seeds=(1,)),
+    "smoke": Profile("smoke", max_users=2000, epochs=3, patience=3, seeds=(1,), max_steps=3),
     "quick": Profile("quick", max_users=None, epochs=10, patience=5, seeds=(1,)),
     "paper": Profile("paper", max_users=None, epochs=300, patience=40, seeds=(1, 2, 3)),
 }

@@ -252,7 +252,7 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     row["epoch_training_s"] = [(e.get("estep_s") or 0.0) + (e.get("train_s") or 0.0) for e in epochs]
     row["valid_curve"] = [(e.get("valid") or {}).get("NDCG@20", np.nan) for e in epochs]
     row["epoch_keys"] = run_context.epoch_keys(ctx, len(epochs)) if ctx else [None] * len(epochs)
-    row["path"] = str(path)
+    row["path"] = None if path is None else str(path)
     return row
 
 
@@ -261,11 +261,13 @@ def load_records(results_dir: Path) -> pd.DataFrame:
 
     Unreadable files are skipped here; `find_corrupt` lists them so that callers can report them.
     """
-    rows = []
-    for path in _record_files(results_dir):
-        record = read_record(path)
-        if record is not None:
-            rows.append(_flatten(record, path))
+    readable = ((record, path) for path in _record_files(results_dir) if (record := read_record(path)) is not None)
+    return records_table(readable)
+
+
+def records_table(pairs) -> pd.DataFrame:
+    """The table of `load_records` for (record, path) pairs (a path may be None)."""
+    rows = [_flatten(record, path) for record, path in pairs]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     # Missing numbers arrive as None; make the numeric columns float so that means and NaN checks work.
     frame[list(_NUMERIC)] = frame[list(_NUMERIC)].astype("float64")

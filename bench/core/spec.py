@@ -58,6 +58,7 @@ class RunSpec:
     epochs: int = 300
     patience: int = 40
     max_users: int | None = None
+    max_steps: int | None = None  # training steps per epoch at most (None: every example once)
     protocol: str = "reference"
     config_source: str = "paper"  # where the config came from: paper | tuned | custom (with --set overrides)
     # Execution options: the faithful defaults are fp32 and eager. Other values can change the numbers, so
@@ -80,7 +81,7 @@ class RunSpec:
         object.__setattr__(self, "run_id", identity.identity_of(self, self.config))
 
     def identity(self) -> dict:
-        keys = ("method", "dataset", "seed", "profile", "epochs", "patience", "max_users", "protocol")
+        keys = ("method", "dataset", "seed", "profile", "epochs", "patience", "max_users", "max_steps", "protocol")
         return {k: getattr(self, k) for k in keys}
 
     def config_values(self) -> dict:
@@ -111,11 +112,12 @@ def check_seed(seed: int) -> int:
     return seed
 
 
-def budget_label(profile: Profile, epochs: int, patience: int, max_users: int | None) -> str:
+def budget_label(profile: Profile, epochs: int, patience: int, max_users: int | None,
+                 max_steps: int | None = None) -> str:
     """The profile whose budget this is (the asked one first), else "custom"."""
-    budget = (epochs, patience, max_users)
+    budget = (epochs, patience, max_users, max_steps)
     for candidate in (profile, *PROFILES.values()):
-        if (candidate.epochs, candidate.patience, candidate.max_users) == budget:
+        if (candidate.epochs, candidate.patience, candidate.max_users, candidate.max_steps) == budget:
             return candidate.name
     return "custom"
 
@@ -127,7 +129,7 @@ def make_spec(
     *,
     # what to run: the budget, the seed, the protocol, the config
     profile: str | Profile | None = None, epochs: int | None = None, patience: int | None = None,
-    max_users: int | None = None, seed: int | None = None, protocol: str = "reference",
+    max_users: int | None = None, max_steps: int | None = None, seed: int | None = None, protocol: str = "reference",
     config_source: str = "paper", overrides: dict | None = None,
     # execution options that can change the numbers (they enter the run id unless faithful)
     precision: str = "fp32", compile: str = "off",
@@ -142,12 +144,13 @@ def make_spec(
     out of range, or a config override the method does not accept, before any data is loaded.
     """
     prof = profile if isinstance(profile, Profile) else get_profile(profile or "paper")
-    for option, value in (("--epochs", epochs), ("--patience", patience), ("--max-users", max_users),
+    for option, value in (("--epochs", epochs), ("--patience", patience), ("--max-users", max_users), ("--max-steps", max_steps),
                           ("--threads", num_threads), ("--checkpoint-every", checkpoint_every)):
         check_positive(option, value)
     epochs = prof.epochs if epochs is None else epochs
     patience = prof.patience if patience is None else patience
     max_users = prof.max_users if max_users is None else max_users
+    max_steps = prof.max_steps if max_steps is None else max_steps
     seed = check_seed(prof.seeds[0] if seed is None else seed)
     configs.method_class(method)
     data.load_manifest(dataset)
@@ -162,10 +165,11 @@ def make_spec(
         dataset=dataset,
         config=config,
         seed=seed,
-        profile=budget_label(prof, epochs, patience, max_users),
+        profile=budget_label(prof, epochs, patience, max_users, max_steps),
         epochs=epochs,
         patience=patience,
         max_users=max_users,
+        max_steps=max_steps,
         protocol=protocol,
         config_source=config_label,
         precision=precision,

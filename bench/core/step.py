@@ -35,8 +35,11 @@ def epoch_batches(method: Method, data: SequenceData, generator: torch.Generator
     )
 
 
-def steps_per_epoch(method: Method, data: SequenceData) -> int:
-    return -(-data.num_examples(method.training_examples) // method.config.batch_size)  # ceil
+def steps_per_epoch(method: Method, data: SequenceData, max_steps: int | None = None) -> int:
+    """Batches in one epoch: every example once (the last batch smaller), or `max_steps` of them at most
+    (a budget's cap: each epoch then trains on a fresh random sample of the examples)."""
+    steps = -(-data.num_examples(method.training_examples) // method.config.batch_size)  # ceil
+    return steps if max_steps is None else min(steps, max_steps)
 
 
 def step_function(method: Method, spec: RunSpec, device: torch.device) -> Callable:

@@ -9,6 +9,7 @@ decides where the record goes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -186,7 +187,7 @@ class _Epochs:
         self.optimizer = make_optimizer(method)
         self.generator = torch.Generator(device=device).manual_seed(spec.seed)
         self.timer = PhaseTimer(device)
-        self.steps_per_epoch = epoch_steps(method, data)
+        self.steps_per_epoch = epoch_steps(method, data, spec.max_steps)
         self.check_every = FINITE_CHECK_EVERY.get(device.type, 50)
         self.fit = Fit()
         self.first_epoch = 0
@@ -231,7 +232,8 @@ class _Epochs:
             total=self.steps_per_epoch, desc=f"epoch {epoch}", unit="step", leave=False,
             disable=not progress or self.steps_per_epoch < 20,  # a bar inside long epochs only
         )
-        for step, batch in enumerate(epoch_batches(self.method, self.data, self.generator)):
+        batches = epoch_batches(self.method, self.data, self.generator)  # a fresh random order every epoch
+        for step, batch in enumerate(itertools.islice(batches, self.steps_per_epoch)):
             _stop_if_terminated()
             terms = self.training_step(batch)
             optimise(terms, self.optimizer)

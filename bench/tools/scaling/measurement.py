@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -132,13 +133,16 @@ class StepRunner:
                 self.step(self.next_batch())
         return clock.seconds / count
 
-    def real_epoch(self, data) -> tuple[float, int]:
-        """One real full epoch over `data` through the harness's iterator: (seconds, steps)."""
+    def real_epoch(self, data, on_step: Callable[[], None] | None = None) -> tuple[float, int]:
+        """One real full epoch over `data` through the harness's iterator: (seconds, steps); `on_step()` is
+        called after each step (a progress bar's update: a host call, in the timing as in a run's loop)."""
         steps = 0
         with Clock(self.device) as clock:
             for batch in self.epoch(data):
                 self.step(batch)
                 steps += 1
+                if on_step is not None:
+                    on_step()
         return clock.seconds, steps
 
 

@@ -72,22 +72,43 @@ class Samples:
 
 
 def run_study(spec: ScalingSpec, progress: bool = True, sequences: Sequences | None = None) -> list[Path]:
-    """Measure, fit, write the outputs; returns the paths written. `sequences` replaces the dataset (tests)."""
+    """Measure, fit, write the outputs; returns the paths written. `sequences` replaces the dataset (tests).
+
+    With `progress`, every phase says on stderr what it does before it starts, and the two long ones (the
+    sweep and the real epochs) show how far they are in a bar of their own.
+    """
     from tqdm.auto import tqdm
 
+    say = _announcer(progress)
     plan = plan_study(spec)
     with _threads(spec.threads):
+        say(f"set-up: {spec.dataset}'s users, a pool of {spec.pool_users:,}, ICLRec and ELCRec with their first "
+            "E-step on every user")
         setup = set_up(spec, plan, sequences)
+        say("warm-up: 2 untimed steps per method" + (", then each step's memory in a fresh process"
+                                                     if plan.device.type == "cpu" else ""))
         step_memory = warm_up(spec, plan, setup)
-        bar = tqdm(repeat_plan(spec, plan.users), desc="scaling", disable=not progress, unit="run")
+        bar = tqdm(repeat_plan(spec, plan.users), desc="scaling: sweep", disable=not progress, unit="run")
         samples = sweep(spec, plan, setup, bar)
-        estimate = step_estimates(plan.users, samples)
-        checks = validation_epochs(spec, plan, setup, estimate, bar)
         bar.close()
+        estimate = step_estimates(plan.users, samples)
+        checks = validation_epochs(spec, plan, setup, estimate, progress)
         ctx = finish_context(setup, samples, estimate, checks)
         n_max = int(setup.sequences.lengths.max())
         rows = study_rows(spec, plan, samples.per_n, estimate, step_memory, checks, n_max)
+    say(f"writing {CSV_NAME}, the table and the plots under {spec.results}")
     return write_study(spec, plan.device, rows, ctx)
+
+
+def _announcer(progress: bool) -> Callable[[str], None]:
+    """`say(text)`: one stderr line per phase when `progress`, else nothing."""
+    import sys
+
+    def say(text: str) -> None:
+        if progress:
+            print(f"scaling: {text}", file=sys.stderr, flush=True)
+
+    return say
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -253,21 +274,32 @@ def step_estimates(users: tuple[int, ...], samples: Samples) -> dict[str, Spread
     return {m: Spread(float(np.median(samples.steps[m])), min(means[m]), max(means[m])) for m in METHODS}
 
 
-def validation_epochs(spec: ScalingSpec, plan: Plan, setup: Setup, estimate: dict[str, Spread], bar) -> list[EpochCheck]:
-    """Real full epochs at the smallest N, against the estimate (steps x step seconds)."""
+def validation_epochs(spec: ScalingSpec, plan: Plan, setup: Setup, estimate: dict[str, Spread],
+                      progress: bool = False) -> list[EpochCheck]:
+    """Real full epochs at the smallest N, against the estimate (steps x step seconds); with `progress`, a bar
+    of their steps (the timed steps around each epoch included)."""
+    from tqdm.auto import tqdm
+
     checks = []
-    for n in plan.users[: spec.validate_smallest]:
-        bar.set_postfix_str(f"N={n:,} real epochs")
+    checked = plan.users[: spec.validate_smallest]
+    batch = {name: setup.runs[name].config.batch_size for name in METHODS}
+    # Steps of a real epoch at N: one per batch of users (ICLRec and ELCRec train on one example per user).
+    total = sum(2 * spec.step_sample + -(-n // batch[name]) for n in checked for name in METHODS)
+    bar = tqdm(total=total, desc="scaling: real epochs", unit="step", disable=not progress or not checked)
+    for n in checked:
         seqs = build_population(setup.sequences, n, spec.seed)
         data = SequenceData(spec.dataset, seqs, setup.item_size, max_len=plan.iclrec.max_len, device=str(plan.device))
         for name in METHODS:
             runner = setup.runners[name]
+            bar.set_postfix_str(f"N={n:,} {name}")
             # The estimate's recipe with steps sampled right before and after the real epoch, so that both see
             # the same load; the study-wide median is reported beside it (the load can drift between the sweep
             # and these epochs).
             before = runner.timed_steps(spec.step_sample)
-            seconds, steps = runner.real_epoch(data)
+            bar.update(spec.step_sample)
+            seconds, steps = runner.real_epoch(data, on_step=bar.update)
             after = runner.timed_steps(spec.step_sample)
+            bar.update(spec.step_sample)
             local = 0.5 * (before + after) * steps
             study = estimate[name].mid * steps
             checks.append(EpochCheck(
@@ -276,6 +308,7 @@ def validation_epochs(spec: ScalingSpec, plan: Plan, setup: Setup, estimate: dic
                 study_median_error_pct=100.0 * (study - seconds) / seconds,
             ))
         del data
+    bar.close()
     return checks
 
 
