@@ -1,7 +1,7 @@
 """The contract between a method and the harness, in one place.
 
 A method is an encoder plus whatever its training adds (losses, cluster centers). The encoder is a part
-chosen by config, `encoder` (`methods.ENCODERS`: "sasrec", the default, `methods/encoder.py`; "gru4rec",
+chosen by config, `encoder` (`methods/encoders.py`: "sasrec", the default, `methods/encoder.py`; "gru4rec",
 `methods/gru4rec.py`); a method file never names it. It subclasses `Method` (or `AugmentedMethod` when it trains on augmented views), declares
 a typed config dataclass (frozen: a run's resolved config never changes after it is resolved), and is listed in `methods/__init__.py`; `methods/configs/<name>.toml` holds its
 published settings and search space. That is all a new method needs (README, "Adding a method").
@@ -62,6 +62,7 @@ from torch import nn
 
 from methods.augment import augment
 from methods.encoder import Encoder
+from methods.encoders import ENCODERS
 from methods.losses import full_softmax_ce, rec_bce_loss, rec_ce_loss
 
 
@@ -107,7 +108,7 @@ class MethodConfig:
     weight_decay: float = 0.0
     batch_size: int = 256
     rec_loss: str = "bce"  # bce (published for the first four methods) | ce | ce_last (prefix examples)
-    encoder: str = "sasrec"  # a name in methods.ENCODERS
+    encoder: str = "sasrec"  # a name in methods/encoders.py
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid value. Subclasses extend it."""
@@ -154,8 +155,6 @@ class AugmentedConfig(MethodConfig):
 
 def encoder_class(name: str) -> type[Encoder]:
     """The encoder registered under `name`; ValueError for an unknown one."""
-    from methods import ENCODERS  # the registry sits beside REGISTRY, in the package that imports this module
-
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS)}")
     return ENCODERS[name]
@@ -164,8 +163,6 @@ def encoder_class(name: str) -> type[Encoder]:
 def encoder_of_state(state_dict: dict[str, torch.Tensor]) -> type[Encoder]:
     """The encoder whose layout a checkpoint has, from its keys (SASRec's when no layout's own key is there,
     so that a damaged SASRec file is told what it lacks)."""
-    from methods import ENCODERS
-
     held = [cls for cls in ENCODERS.values() if cls.holds(state_dict)]
     if len(held) > 1:
         raise ValueError(f"it has keys of several encoder layouts ({', '.join(cls.name for cls in held)})")

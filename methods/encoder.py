@@ -2,7 +2,7 @@
 (docs/methods.md, "Encoder").
 
 A method is an encoder plus its training terms: `--set encoder=<name>` picks the encoder from
-`methods.ENCODERS` (README, "Adding an encoder"). The SASRec encoder is the S3-Rec / ICLRec re-implementation of SASRec: post-LayerNorm blocks, GELU (erf form), LayerNorm
+`methods/encoders.py` (README, "Adding an encoder"). The SASRec encoder is the S3-Rec / ICLRec re-implementation of SASRec: post-LayerNorm blocks, GELU (erf form), LayerNorm
 eps 1e-12, additive -10000 attention mask, N(0, 0.02) initialisation. Attribute names follow the published
 checkpoints (`item_embeddings`, `item_encoder.layer.{i}.attention.query`, ...), so a published `state_dict`
 loads as it is and ours load into the published code.

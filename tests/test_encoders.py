@@ -16,6 +16,10 @@ from methods import ENCODERS, REGISTRY, DatasetInfo
 from methods.gru4rec import GRU4RecEncoder
 from tests.conftest import SHARED, run_cli, synthetic_spec
 
+# One torch thread for the in-process training: two OpenMP threads on a busy 2-core machine spin against
+# each other (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 GRU_CHECKPOINT = SHARED / "reference" / "ICSRec-GRU-Beauty-0.pt"
 SAS_CHECKPOINT = SHARED / "reference" / "ICSRec-SAS-Beauty-0.pt"
 # What the published code prints for the GRU file on a CPU (../shared/reference/README.md).

@@ -1,7 +1,8 @@
 """Run profiles: how much data, how many epochs and which seeds a grid uses.
 
-- smoke: a deterministic sample of at most 2,000 users per dataset and 3 epochs; the 16-run grid takes
-  minutes on 2 CPU cores. For checking that everything runs, not for conclusions.
+- smoke: a deterministic sample of at most 2,000 users per dataset and 3 epochs; the grid takes minutes on
+  2 CPU cores. For checking that everything runs, not for conclusions. Its grid adds one GRU4Rec column
+  (ICLRec and ICSRec on `encoder=gru4rec`), so that the second encoder stays tested end to end.
 - quick: full data, a small epoch budget; enough to compare per-epoch costs and early accuracy.
 - paper: the published protocol: up to 300 epochs, patience 40 on valid NDCG@20, seeds 1, 2, 3.
 """
@@ -20,10 +21,19 @@ class Profile:
     epochs: int
     patience: int
     seeds: tuple[int, ...]
+    # Columns a grid of this profile adds beside each method's own: (method, config values), run where the
+    # grid has that method. One GRU4Rec column in the smoke grid: ICLRec (one example per user, two views)
+    # and ICSRec (prefix examples, the published GRU pairing); num_layers 2 is one GRU layer.
+    extra_columns: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
+
+GRU4REC_COLUMN = (
+    ("iclrec", (("encoder", "gru4rec"), ("num_layers", "2"))),
+    ("icsrec", (("encoder", "gru4rec"),)),
+)
 
 PROFILES = {
-    "smoke": Profile("smoke", max_users=2000, epochs=3, patience=3, seeds=(1,)),
+    "smoke": Profile("smoke", max_users=2000, epochs=3, patience=3, seeds=(1,), extra_columns=GRU4REC_COLUMN),
     "quick": Profile("quick", max_users=None, epochs=10, patience=5, seeds=(1,)),
     "paper": Profile("paper", max_users=None, epochs=300, patience=40, seeds=(1, 2, 3)),
 }

@@ -19,8 +19,7 @@ from bench.core.errors import BenchError
 from bench.core.files import write_torch_atomic
 from bench.core.spec import make_spec
 from bench.core.step import build_method
-from methods import Method
-from methods.base import encoder_class, encoder_of_state
+from methods import Method, encoder_class, encoder_of_state
 
 
 def save_checkpoint(state: dict, path: str) -> None:
