@@ -24,7 +24,7 @@ GRU_CHECKPOINT = SHARED / "reference" / "ICSRec-GRU-Beauty-0.pt"
 SAS_CHECKPOINT = SHARED / "reference" / "ICSRec-SAS-Beauty-0.pt"
 # What the published code prints for the GRU file on a CPU (../shared/reference/README.md).
 GRU_ROW = {"HR@5": 0.0514, "NDCG@5": 0.0364, "HR@10": 0.0739, "NDCG@10": 0.0437, "HR@20": 0.1014, "NDCG@20": 0.0506}
-TINY = {"hidden_size": 32, "batch_size": 64, "max_len": 20}
+TINY = {"hidden_size": 16, "batch_size": 64, "max_len": 20}
 GRU_KEYS = ["item_embeddings.weight", "gru_layers.weight_ih_l0", "gru_layers.weight_hh_l0", "dense.weight", "dense.bias"]
 
 
@@ -103,12 +103,23 @@ def test_a_method_file_never_names_an_encoder():
         assert "gru" not in source.lower() and "SASRecEncoder" not in source, cls.name
 
 
+@pytest.fixture(scope="module")
+def micro_data():
+    """80 synthetic users (about 750 prefix examples), max_len 20: a whole run in seconds."""
+    from bench.core.data import SequenceData
+    from tests.conftest import synthetic_sequences
+
+    seqs = synthetic_sequences(num_users=80, num_items=60)
+    return SequenceData("synthetic", seqs, item_size=int(seqs.items.max()) + 2, max_len=20)
+
+
 @pytest.mark.parametrize("method", list(REGISTRY))
 @pytest.mark.parametrize("encoder", list(ENCODERS))
-def test_every_method_trains_an_epoch_on_every_encoder(method, encoder, tiny_data):
-    overrides = {**TINY, "encoder": encoder, "num_layers": 2, **({"num_intents": 8} if "intent" in
-                 " ".join(configs.field_types(REGISTRY[method].Config)) else {})}
-    record = train.run(synthetic_spec(method, epochs=1, patience=1, overrides=overrides), data=tiny_data, progress=False)
+def test_every_method_trains_an_epoch_on_every_encoder(method, encoder, micro_data):
+    # The whole run path (train.run: E-step, training, validation, test, record) for one epoch.
+    overrides = {**TINY, "encoder": encoder, "num_layers": 2, **({"num_intents": 8} if "num_intents" in
+                 configs.field_types(REGISTRY[method].Config) else {})}
+    record = train.run(synthetic_spec(method, epochs=1, patience=1, overrides=overrides), data=micro_data, progress=False)
     assert record["status"] == "ok", record.get("error")
     assert record["config"]["encoder"] == encoder and record["epochs"][0]["train_s"] > 0
     assert all(0 <= v <= 1 for v in record["test"].values())
@@ -151,3 +162,28 @@ def test_a_checkpoint_and_an_encoder_that_disagree_are_one_line_errors(capsys, p
     code, _, err = run_cli(["evaluate", "--method", "icsrec", "--dataset", "Beauty", "--checkpoint", path,
                             "--set", given], capsys)
     assert code == 2 and err.strip().startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_tables_keep_encoders_apart_and_show_published_rows_beside_sasrec_only(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from bench.core.records import read_record, record_path, write_record_atomic
+    from bench.reporting.leaderboard import write_leaderboard
+    from bench.reporting.tables import _published
+    from tests.test_leaderboard import FIXTURES, QUICK, _row
+
+    record = read_record(next((FIXTURES / "runs").glob("iclrec-Beauty-s1-quick-*.json")))
+    assert "encoder" not in record["config"]  # a record from before the option: on SASRec
+    write_record_atomic(record_path(tmp_path, record), record)
+    gru = {**record, "run_id": "bbbbbbbbbbbb", "config": {**record["config"], "encoder": "gru4rec"},
+           "test": {k: v / 2 for k, v in record["test"].items()}}
+    write_record_atomic(record_path(tmp_path, gru), gru)
+    write_leaderboard(tmp_path, tmp_path / "out")
+    row = _row((tmp_path / "out" / "leaderboard.md").read_text(), QUICK, "dataset | metric", ("Beauty", "NDCG@20"))
+    # Two columns of one seed each, never one column averaged over both encoders.
+    assert row["ICLRec (on sasrec)"] == "0.0480 (n=1)" and row["ICLRec (on gru4rec)"] == "0.0240 (n=1)"
+    frame = pd.DataFrame({"profile": "paper", "dataset": "Beauty", "method": "iclrec", "metric": "NDCG@20",
+                          "rec_loss": "bce", "encoder": ["sasrec", "gru4rec"]})
+    values, _ = _published(frame)
+    assert not np.isnan(values[0]) and np.isnan(values[1])
