@@ -169,6 +169,9 @@ def _add_evaluate_command(sub) -> None:
     ev.add_argument("--split", default="test", choices=("test", "valid"), help="split to score (default test)")
     ev.add_argument("--protocol", default="reference", help="reference (published, default) | strict")
     ev.add_argument("--device", default="auto", help=DEVICE_HELP)
+    ev.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                    help="a config value, e.g. encoder=gru4rec (default: the encoder whose layout the file has); "
+                    "one the file fixes by its keys or shapes must agree with it")
     ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
 

@@ -224,9 +224,12 @@ def cmd_grid(args) -> int:
 # -------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args) -> int:
     from bench.core import weights
+    from bench.core.configs import parse_overrides
     from bench.core.evaluate import evaluate
 
-    method, data = weights.method_from_checkpoint(args.method, args.dataset, args.checkpoint, args.device)
+    method, data = weights.method_from_checkpoint(
+        args.method, args.dataset, args.checkpoint, args.device, parse_overrides(args.overrides)
+    )
     metrics = evaluate(method, data, args.split, args.protocol)
     if args.json:
         print(json.dumps(metrics))

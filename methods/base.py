@@ -1,7 +1,8 @@
 """The contract between a method and the harness, in one place.
 
-A method is the shared SASRec encoder (`methods/encoder.py`) plus whatever its training adds (losses,
-cluster centers). It subclasses `Method` (or `AugmentedMethod` when it trains on augmented views), declares
+A method is an encoder plus whatever its training adds (losses, cluster centers). The encoder is a part
+chosen by config, `encoder` (`methods/encoders.py`: "sasrec", the default, `methods/encoder.py`; "gru4rec",
+`methods/gru4rec.py`); a method file never names it. It subclasses `Method` (or `AugmentedMethod` when it trains on augmented views), declares
 a typed config dataclass (frozen: a run's resolved config never changes after it is resolved), and is listed in `methods/__init__.py`; `methods/configs/<name>.toml` holds its
 published settings and search space. That is all a new method needs (README, "Adding a method").
 
@@ -42,9 +43,11 @@ losses"): "bce" (one sampled negative per position; the published loss of SASRec
 ELCRec), "ce" (full softmax at every position with a target) or "ce_last" (full softmax at the last
 position; prefix examples only). `Method.rec_loss(hidden, batch)` computes whichever the config names.
 
-A method is an `SASRecEncoder` subclass rather than a wrapper around one so that its `state_dict` has
-exactly the published keys (`item_embeddings.weight`, ..., ELCRec's `cluster_centers`) with no renaming:
-published checkpoints load as they are.
+A method built with `Method(config, info, seed)` is an instance of its class combined with the encoder
+class the config names (`with_encoder`: the class `ICSRec` on `GRU4RecEncoder`, named `ICSRec`), rather
+than a wrapper around an encoder, so that its `state_dict` has the published layout of that encoder (plus
+the method's own tensors, e.g. ELCRec's `cluster_centers`) with no renaming: published checkpoints load as
+they are, and the encoder's methods (`forward`, `encode_last`, `item_embeddings`) are the method's.
 """
 
 from __future__ import annotations
@@ -55,9 +58,11 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import torch
+from torch import nn
 
 from methods.augment import augment
-from methods.encoder import SASRecEncoder
+from methods.encoder import Encoder
+from methods.encoders import ENCODERS
 from methods.losses import full_softmax_ce, rec_bce_loss, rec_ce_loss
 
 
@@ -103,9 +108,11 @@ class MethodConfig:
     weight_decay: float = 0.0
     batch_size: int = 256
     rec_loss: str = "bce"  # bce (published for the first four methods) | ce | ce_last (prefix examples)
+    encoder: str = "sasrec"  # a name in methods/encoders.py
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid value. Subclasses extend it."""
+        encoder_class(self.encoder).check_config(self)
         if self.rec_loss not in REC_LOSSES:
             raise ValueError(f"rec_loss must be {', '.join(REC_LOSSES[:-1])} or {REC_LOSSES[-1]}, got {self.rec_loss!r}")
         positive = ("num_layers", "hidden_size", "num_heads", "max_len", "batch_size", "lr")
@@ -146,6 +153,36 @@ class AugmentedConfig(MethodConfig):
 
 
 
+def encoder_class(name: str) -> type[Encoder]:
+    """The encoder registered under `name`; ValueError for an unknown one."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS)}")
+    return ENCODERS[name]
+
+
+def encoder_of_state(state_dict: dict[str, torch.Tensor]) -> type[Encoder]:
+    """The encoder whose layout a checkpoint has, from its keys (SASRec's when no layout's own key is there,
+    so that a damaged SASRec file is told what it lacks)."""
+    held = [cls for cls in ENCODERS.values() if cls.holds(state_dict)]
+    if len(held) > 1:
+        raise ValueError(f"it has keys of several encoder layouts ({', '.join(cls.name for cls in held)})")
+    return held[0] if held else ENCODERS[MethodConfig.encoder]
+
+
+_COMBINED: dict[tuple[type, type], type] = {}
+
+
+def with_encoder(method_cls: type[Method], encoder_cls: type[Encoder]) -> type[Method]:
+    """`method_cls` on `encoder_cls`: a class that is both, named as the method, made once per pair."""
+    method_cls = method_cls.__dict__.get("method_class", method_cls)  # a combined class: its method
+    key = (method_cls, encoder_cls)
+    if key not in _COMBINED:
+        namespace = {"__module__": method_cls.__module__, "__qualname__": method_cls.__qualname__,
+                     "__doc__": method_cls.__doc__, "method_class": method_cls}
+        _COMBINED[key] = type(method_cls.__name__, (method_cls, encoder_cls), namespace)
+    return _COMBINED[key]
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a method may know about the dataset when it is built."""
@@ -158,9 +195,9 @@ class DatasetInfo:
 CPU_CHUNK_ROWS = 128  # rows per encoder call on CPU (see Method.encode_separately)
 
 
-class Method(SASRecEncoder, metaclass=ABCMeta):
+class Method(nn.Module, metaclass=ABCMeta):
     """Base class of all methods. Subclasses set `name`, `display_name`, `color`, `Config` and implement
-    `training_step`."""
+    `training_step`; the encoder comes from the config (`with_encoder`)."""
 
     name: ClassVar[str]  # registry name, used on the command line and in run ids
     display_name: ClassVar[str] = ""  # in tables and plots (default: `name`)
@@ -169,17 +206,17 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
     num_views: ClassVar[int] = 0  # augmented views per user that the harness adds to every batch
     training_examples: ClassVar[str] = "users"  # or "prefixes" (see the module doc)
 
+    def __new__(cls, *args, **kwargs):
+        # Built from a config: the method on the encoder it names. Without arguments (copy.deepcopy's
+        # protocol) the class is already a combined one.
+        config = args[0] if args else kwargs.get("config")
+        if config is not None:
+            cls = with_encoder(cls, encoder_class(config.encoder))
+        return super().__new__(cls)
+
     def __init__(self, config: MethodConfig, info: DatasetInfo, seed: int = 1):
         self.check_config(config)
-        super().__init__(
-            item_size=info.item_size,
-            hidden=config.hidden_size,
-            num_layers=config.num_layers,
-            heads=config.num_heads,
-            max_len=config.max_len,
-            hidden_dropout=config.hidden_dropout,
-            attn_dropout=config.attn_dropout,
-        )
+        super().__init__(item_size=info.item_size, **self.encoder_args(config))  # the combined encoder's
         self.config = config
         self.info = info
         self.seed = seed
@@ -303,13 +340,16 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
         """Eval-mode (no dropout) encoding of every row at its last position: [N, H].
 
         Rows go through in order of their width (columns from the first item on), each block cut to its
-        widest row, as evaluation does (bench/core/evaluate.py): padded keys weigh exactly 0 and positions
-        are right-aligned, so the outputs are those of the full width (equal up to float rounding), for a
-        fraction of the work (ICSRec's Beauty prefixes fill 8.4 of 50 columns on average).
+        widest row, as evaluation does (bench/core/evaluate.py), when the encoder's last output does not
+        depend on leading padding (`cuts_leading_padding`; SASRec: padded keys weigh exactly 0 and
+        positions are right-aligned): the outputs are then those of the full width (equal up to float
+        rounding), for a fraction of the work (ICSRec's Beauty prefixes fill 8.4 of 50 columns on average).
         """
         was_training = self.training
         self.eval()
         width = inputs.shape[1] - (inputs > 0).int().argmax(dim=1)  # [N]; a row of padding only: full width
+        if not self.cuts_leading_padding():
+            width = torch.full_like(width, inputs.shape[1])
         order = torch.argsort(width)
         widths = torch.stack([w.max() for w in width[order].split(batch_size)]).tolist()  # one host sync
         last = torch.empty(len(inputs), self.item_embeddings.embedding_dim, device=inputs.device)
@@ -320,12 +360,10 @@ class Method(SASRecEncoder, metaclass=ABCMeta):
 
     @classmethod
     def config_from_checkpoint(cls, state_dict: dict[str, torch.Tensor]) -> dict:
-        """Config values a checkpoint fixes by its shapes (layer count; methods add theirs, e.g. K)."""
-        return {
-            "num_layers": SASRecEncoder.num_layers_in(state_dict),
-            "hidden_size": int(state_dict["item_embeddings.weight"].shape[1]),
-            "max_len": int(state_dict["position_embeddings.weight"].shape[0]),
-        }
+        """Config values a checkpoint fixes by its keys and shapes: the encoder whose layout it has, that
+        encoder's sizes (layers, hidden size...); methods add theirs (e.g. K)."""
+        encoder = encoder_of_state(state_dict)
+        return {"encoder": encoder.name, **encoder.config_from_state(state_dict)}
 
 
 class AugmentedMethod(Method):

@@ -1,6 +1,8 @@
-"""The SASRec transformer shared by every method (docs/methods.md, "Encoder").
+"""The encoder contract (`Encoder`), and the SASRec transformer, every method's default encoder
+(docs/methods.md, "Encoder").
 
-This is the S3-Rec / ICLRec re-implementation of SASRec: post-LayerNorm blocks, GELU (erf form), LayerNorm
+A method is an encoder plus its training terms: `--set encoder=<name>` picks the encoder from
+`methods/encoders.py` (README, "Adding an encoder"). The SASRec encoder is the S3-Rec / ICLRec re-implementation of SASRec: post-LayerNorm blocks, GELU (erf form), LayerNorm
 eps 1e-12, additive -10000 attention mask, N(0, 0.02) initialisation. Attribute names follow the published
 checkpoints (`item_embeddings`, `item_encoder.layer.{i}.attention.query`, ...), so a published `state_dict`
 loads as it is and ours load into the published code.
@@ -9,6 +11,7 @@ loads as it is and ours load into the published code.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -136,8 +139,56 @@ class LayerStack(nn.Module):
         return x
 
 
-class SASRecEncoder(nn.Module):
+class Encoder(nn.Module):
+    """What a method needs of its encoder; every encoder subclasses this.
+
+    An encoder maps item ids [B, L] (left-padded with 0) to one output per position [B, L, H] (`forward`)
+    and holds the item table `item_embeddings` (nn.Embedding [item_size, H]) that the losses and evaluation
+    score against. A method class is combined with the encoder its config names (methods/base.py), so the
+    encoder's parameters are the method's own, under the names the published checkpoints use: a published
+    `state_dict` of that layout loads as it is.
+    """
+
+    name: ClassVar[str]  # registry name: `--set encoder=<name>`, run ids, tables
+    layout_prefixes: ClassVar[tuple[str, ...]]  # state_dict key prefixes that only this encoder's layout has
+    required_keys: ClassVar[tuple[str, ...]]  # keys a checkpoint of this layout cannot lack
+    item_embeddings: nn.Embedding
+
+    @staticmethod
+    def encoder_args(config) -> dict:
+        """The constructor's keyword arguments (all but `item_size`) from a method config."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_config(cls, config) -> None:  # noqa: B027 - optional by design
+        """Raise ValueError for a config value this encoder cannot be built with (checked with the config)."""
+
+    @classmethod
+    def holds(cls, state_dict: dict[str, torch.Tensor]) -> bool:
+        """Whether `state_dict` is in this encoder's layout (it has a key only this layout has)."""
+        return any(key.startswith(cls.layout_prefixes) for key in state_dict)
+
+    @classmethod
+    def config_from_state(cls, state_dict: dict[str, torch.Tensor]) -> dict:
+        """Config values that a checkpoint of this layout fixes by its tensor shapes."""
+        raise NotImplementedError
+
+    def encode_last(self, ids: torch.Tensor) -> torch.Tensor:
+        """The output at the last position only, [B, H]: what evaluation ranks with."""
+        return self(ids)[:, -1]
+
+    def cuts_leading_padding(self) -> bool:
+        """Whether leading columns that are padding in every row may be cut off an input without changing
+        its last output (evaluation cuts them: most users fill few of the L slots)."""
+        return False
+
+
+class SASRecEncoder(Encoder):
     """Item sequence [B, L] (left-padded with 0) -> hidden states [B, L, H]."""
+
+    name = "sasrec"
+    layout_prefixes = ("position_embeddings.", "item_encoder.")
+    required_keys = ("item_embeddings.weight", "position_embeddings.weight")
 
     def __init__(
         self,
@@ -201,6 +252,26 @@ class SASRecEncoder(nn.Module):
         x = self.item_embeddings(ids) + self.position_embeddings(positions)[None]  # [B, L, H]
         x = self.dropout(self.LayerNorm(x))
         return self.item_encoder(x, self.attention_bias(ids), last_only)
+
+    @staticmethod
+    def encoder_args(config) -> dict:
+        return {
+            "hidden": config.hidden_size, "num_layers": config.num_layers, "heads": config.num_heads,
+            "max_len": config.max_len, "hidden_dropout": config.hidden_dropout, "attn_dropout": config.attn_dropout,
+        }
+
+    @classmethod
+    def config_from_state(cls, state_dict: dict[str, torch.Tensor]) -> dict:
+        return {
+            "num_layers": cls.num_layers_in(state_dict),
+            "hidden_size": int(state_dict["item_embeddings.weight"].shape[1]),
+            "max_len": int(state_dict["position_embeddings.weight"].shape[0]),
+        }
+
+    def cuts_leading_padding(self) -> bool:
+        # Padded keys get a -10000 attention bias (a softmax weight of exactly 0 in fp32) and positions are
+        # right-aligned (`_encode`), so a cut input gives the numbers of the full width.
+        return True
 
     @staticmethod
     def num_layers_in(state_dict: dict[str, torch.Tensor]) -> int:

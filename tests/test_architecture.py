@@ -80,7 +80,7 @@ def test_no_import_cycle():
 
 
 PUBLIC_METHOD_NAMES = ("REGISTRY", "Method", "MethodConfig", "DatasetInfo", "Batch", "TrainingSet", "kmeans", "KMEANS_BACKENDS",
-                       "TRAINING_EXAMPLES", "REC_LOSSES")
+                       "TRAINING_EXAMPLES", "REC_LOSSES", "ENCODERS", "Encoder", "encoder_class", "encoder_of_state")
 
 
 def test_the_harness_uses_methods_only_through_the_package():

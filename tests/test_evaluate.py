@@ -33,6 +33,9 @@ class FixedScores(torch.nn.Module):
     def item_table(self) -> None:  # the contract: a method with its own scoring has no item table
         return None
 
+    def cuts_leading_padding(self) -> bool:  # it reads the last column only
+        return True
+
 
 def _from_checkpoint(method: str, beauty: SequenceData):
     """`method` with its Beauty paper config and the published ICLRec checkpoint's weights (an ELCRec keeps
@@ -125,6 +128,9 @@ class DotScores(torch.nn.Module):
 
     def item_table(self) -> None:
         return None
+
+    def cuts_leading_padding(self) -> bool:
+        return self.method.cuts_leading_padding()
 
 
 @pytest.mark.parametrize("protocol, first_chunk", [("reference", 32), ("strict", 32), ("reference", 10**9)])

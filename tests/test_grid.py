@@ -201,12 +201,22 @@ def test_unknown_names_stop_the_grid_before_any_work(tmp_path, capsys, option, m
 # ------------------------------------------------------------------------------ in-process, no training
 def test_profile_label_is_custom_only_when_the_budget_differs():
     smoke = grid.grid_specs(datasets=["Beauty"], profile="smoke", epochs=3)
-    assert {s.profile for s in smoke} == {"smoke"} and len(smoke) == 6  # six methods x one dataset x seed 1
-    assert [s.method for s in smoke] == ["sasrec", "cl4srec", "iclrec", "elcrec", "icsrec", "duorec"]
+    # six methods x one dataset x seed 1, and the GRU4Rec column: ICLRec and ICSRec on gru4rec
+    assert {s.profile for s in smoke} == {"smoke"} and len(smoke) == 8
+    assert [s.method for s in smoke] == ["sasrec", "cl4srec", "iclrec", "iclrec", "elcrec", "icsrec", "icsrec", "duorec"]
+    assert [s.config.encoder for s in smoke if s.method in ("iclrec", "icsrec")] == ["sasrec", "gru4rec"] * 2
     custom = grid.grid_specs(datasets=["Beauty"], profile="smoke", epochs=2)
     assert {s.profile for s in custom} == {"custom"} and {s.epochs for s in custom} == {2}
     paper = grid.grid_specs(["sasrec"])
     assert {s.profile for s in paper} == {"paper"} and len(paper) == 4 * 3  # every dataset, seeds 1-3
+    assert len(grid.grid_specs(["iclrec"], ["Beauty"], profile="paper")) == 3  # no extra column there
+
+
+def test_the_smoke_gru4rec_column_keeps_other_settings_and_is_never_run_twice():
+    specs = grid.grid_specs(["icsrec"], ["Beauty"], profile="smoke", set_pairs=["lr=0.002"])
+    assert [(s.config.encoder, s.config.lr) for s in specs] == [("sasrec", 0.002), ("gru4rec", 0.002)]
+    same = grid.grid_specs(["icsrec"], ["Beauty"], profile="smoke", set_pairs=["encoder=gru4rec"])
+    assert [s.config.encoder for s in same] == ["gru4rec"]  # the extra column is that run already
 
 
 def test_overrides_reach_the_methods_that_have_the_key():

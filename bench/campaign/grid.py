@@ -132,6 +132,8 @@ def grid_specs(
     """The grid's specs: methods x datasets x seeds (defaults: all methods, all datasets, the profile's
     seeds), each built by `make_spec` with `options` (its keyword arguments), so every name and value is
     checked before any work starts. `set_pairs` are `--set` pairs, split per method by `split_overrides`.
+    The profile's extra columns (the smoke grid's GRU4Rec column) follow their method's own runs, with
+    their values over the `--set` ones; one that is the same run as another spec is not added twice.
     """
     from bench.core.data import dataset_names
 
@@ -140,14 +142,22 @@ def grid_specs(
             raise BenchError(f"grid_specs takes no {key!r}: it names one run, not a grid")
     methods = _unique(methods or list(configs.REGISTRY))
     datasets = _unique(datasets or dataset_names())
-    seeds = _unique(seeds or list(get_profile(profile or "paper").seeds))
+    chosen = get_profile(profile or "paper")
+    seeds = _unique(seeds or list(chosen.seeds))
     overrides = split_overrides(set_pairs, methods)
-    return [
-        make_spec(method, dataset, profile=profile, seed=seed, overrides=dict(overrides[method]), **options)
-        for method in methods
+    columns = [(method, dict(overrides[method])) for method in methods]
+    for method, values in chosen.extra_columns:
+        if method in methods:
+            at = max(i for i, (m, _) in enumerate(columns) if m == method) + 1
+            columns.insert(at, (method, {**overrides[method], **dict(values)}))
+    specs = [
+        make_spec(method, dataset, profile=profile, seed=seed, overrides=dict(values), **options)
+        for method, values in columns
         for dataset in datasets
         for seed in seeds
     ]
+    seen: set[str] = set()
+    return [spec for spec in specs if not (spec.run_id in seen or seen.add(spec.run_id))]  # first of equal runs
 
 
 # --------------------------------------------------------------------------------------------- running

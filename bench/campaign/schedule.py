@@ -103,12 +103,12 @@ def check_packing(gpus_per_run: float | None, gpus_here: int, remote: bool) -> N
 # ----------------------------------------------------------------------------------------------- estimates
 def kind_of(spec: RunSpec) -> tuple:
     """Runs of one kind cost the same per epoch: method, dataset, device, data size and steps per epoch,
-    execution options (compile mode, precision, view encoding), and the recommendation loss (ce scores every
-    item)."""
+    execution options (compile mode, precision, view encoding), the recommendation loss (ce scores every
+    item) and the encoder."""
     view_encoding = getattr(spec.config, "view_encoding", records.FAITHFUL["view_encoding"])
     rec_loss = spec.config.rec_loss
     return (spec.method, spec.dataset, device_kind(spec.device), spec.max_users, spec.compile, spec.precision,
-            view_encoding, rec_loss, spec.max_steps)
+            view_encoding, rec_loss, spec.max_steps, spec.config.encoder)
 
 
 def _record_kind(record: dict) -> tuple:
@@ -116,7 +116,8 @@ def _record_kind(record: dict) -> tuple:
     spec, variant = record["spec"], record["variant"]
     device = record.get("device") or device_kind(spec["device"])  # a failed run has no device of its own
     return (record["method"], record["dataset"], device, spec["max_users"], variant["compile"], variant["precision"],
-            variant.get("view_encoding", records.FAITHFUL["view_encoding"]), variant["rec_loss"], spec.get("max_steps"))
+            variant.get("view_encoding", records.FAITHFUL["view_encoding"]), variant["rec_loss"], spec.get("max_steps"),
+            records.encoder_of(record.get("config")) or records.DEFAULT_ENCODER)
 
 
 MIN_OWN_EPOCHS = 3  # epochs after the first that this grid's own records need to replace an estimate

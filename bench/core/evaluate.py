@@ -135,8 +135,9 @@ def evaluate(
     # Per-user ranks are kept only when asked for (the test split of a run), not at every epoch's validation.
     user_ranks = torch.full((data.num_users,), RANK_CLIP, dtype=torch.uint8, device=data.device) if return_ranks else None
     ranker = _Ranker(method, data, protocol)
+    cut = method.cuts_leading_padding()
     for rows, width in _blocks_by_history_length(inputs, history_len, batch_size):
-        block_inputs = inputs[rows, inputs.shape[1] - max(width, 1) :]
+        block_inputs = inputs[rows, inputs.shape[1] - max(width, 1) :] if cut else inputs[rows]
         ranks = ranker.ranks(rows, block_inputs, answers[rows], history_len[rows])
         totals += rank_metrics(ranks)
         if user_ranks is not None:
@@ -151,9 +152,10 @@ def _blocks_by_history_length(inputs: torch.Tensor, history_len: torch.Tensor, b
     """(rows [B], used width) per block of users, in order of history length.
 
     Each block's inputs then share their leading all-padding columns, which are cut off (most Beauty users
-    have under 10 of the 50 slots filled). Padded keys get a -10000 attention bias, i.e. a softmax weight of
-    exactly 0 in fp32, and positions are right-aligned (see SASRecEncoder._encode), so the scores are those
-    of the full-width input. The metrics are sums over users: the order does not change them.
+    have under 10 of the 50 slots filled), where the method's encoder allows it (`cuts_leading_padding`:
+    in SASRec padded keys get a -10000 attention bias, i.e. a softmax weight of exactly 0 in fp32, and
+    positions are right-aligned; in GRU4Rec a zero padding row keeps the state at exactly 0), so the scores
+    are those of the full-width input. The metrics are sums over users: the order does not change them.
     """
     order = torch.argsort(history_len)
     used_columns = (inputs > 0).sum(dim=1)[order]

@@ -64,7 +64,8 @@ def identity_of(spec: SpecFields, config, faithful: dict | None = None) -> str:
 
     `faithful` (default records.faithful_values(spec.method)): the config values left out of the id; the
     record migration passes an older schema's. A method's published rec_loss is left out like the
-    execution options, so that the ids of runs made before rec_loss existed stay what they were.
+    execution options, so that the ids of runs made before rec_loss existed stay what they were; so is the
+    default encoder (SASRec), for the runs made before the encoder was an option.
     """
     budget = {"epochs": spec.epochs, "patience": spec.patience, "max_users": spec.max_users}
     if getattr(spec, "max_steps", None) is not None:  # left out when unbounded: earlier runs keep their ids
@@ -79,4 +80,6 @@ def identity_of(spec: SpecFields, config, faithful: dict | None = None) -> str:
     faithful_config = {k: v for k, v in faithful.items() if k not in SPEC_OPTIONS}
     values = config if isinstance(config, dict) else config.to_dict()
     values = {k: v for k, v in values.items() if not (k in faithful_config and faithful_config[k] == v)}
+    if values.get("encoder") == records.DEFAULT_ENCODER:  # the id of a run on the default encoder is unchanged
+        del values["encoder"]
     return records.run_id(spec.method, spec.dataset, spec.seed, spec.profile, spec.protocol, values, budget)

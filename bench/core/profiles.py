@@ -3,8 +3,9 @@
 - smoke: a deterministic sample of at most 2,000 users per dataset, 3 epochs of at most 3 training steps
   each (768 examples at batch 256, a fresh random sample every epoch): the step cap bounds every method
   alike, ICSRec and DuoRec included, whose one example per prefix would otherwise make about 6x more steps
-  than the others' one per user. The 24-run grid takes minutes on 2 CPU cores. For checking that
-  everything runs, not for conclusions.
+  than the others' one per user. Its grid adds one GRU4Rec column (ICLRec and ICSRec on
+  `encoder=gru4rec`), so that the second encoder stays tested end to end: 32 runs, minutes on 2 CPU cores.
+  For checking that everything runs, not for conclusions.
 - quick: full data, a small epoch budget; enough to compare per-epoch costs and early accuracy.
 - paper: the published protocol: up to 300 epochs, patience 40 on valid NDCG@20, seeds 1, 2, 3.
 """
@@ -24,10 +25,20 @@ class Profile:
     patience: int
     seeds: tuple[int, ...]
     max_steps: int | None = None  # training steps per epoch at most (None: every example once)
+    # Columns a grid of this profile adds beside each method's own: (method, config values), run where the
+    # grid has that method. One GRU4Rec column in the smoke grid: ICLRec (one example per user, two views)
+    # and ICSRec (prefix examples, the published GRU pairing); num_layers 2 is one GRU layer.
+    extra_columns: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
+
+GRU4REC_COLUMN = (
+    ("iclrec", (("encoder", "gru4rec"), ("num_layers", "2"))),
+    ("icsrec", (("encoder", "gru4rec"),)),
+)
 
 PROFILES = {
-    "smoke": Profile("smoke", max_users=2000, epochs=3, patience=3, seeds=(1,), max_steps=3),
+    "smoke": Profile("smoke", max_users=2000, epochs=3, patience=3, seeds=(1,), max_steps=3,
+                     extra_columns=GRU4REC_COLUMN),
     "quick": Profile("quick", max_users=None, epochs=10, patience=5, seeds=(1,)),
     "paper": Profile("paper", max_users=None, epochs=300, patience=40, seeds=(1, 2, 3)),
 }

@@ -20,7 +20,7 @@ import pandas as pd
 from bench.core import context as run_context
 from bench.core.evaluate import METRICS
 from bench.core.files import TMP_SUFFIX, write_text_atomic
-from methods import REGISTRY
+from methods import REGISTRY, MethodConfig
 
 # 2: ICLRec records say kmeans_init; 3: every field present; 4: context segments (bench/core/migrate.py upgrades)
 RECORD_SCHEMA = 4
@@ -51,6 +51,8 @@ COLUMNS += ["epoch_training_s", "valid_curve", "epoch_keys"]
 # Every execution option's value (FAITHFUL's keys, defaults filled in) and the config's recommendation loss
 # (None where the record's config does not name one): the tables keep runs that differ in them apart.
 COLUMNS += ["variant_options", "rec_loss"]
+# The config's encoder: the tables keep runs on different encoders apart, like recommendation losses.
+COLUMNS += ["encoder"]
 COLUMNS += ["peak_memory_bytes", "started_at", "finished_at", "path"]
 RANK_ENCODING = "uint8-zlib-base64"
 
@@ -176,6 +178,15 @@ def find_corrupt(results_dir: Path) -> list[Path]:
 # per method (`faithful_values`).
 FAITHFUL = {"precision": "fp32", "compile": "off", "view_encoding": "separate", "kmeans_init": "warm"}
 PUBLISHED_REC_LOSS = "bce"  # of SASRec, CL4SRec, ICLRec and ELCRec
+# The encoder of every published number and of every record made before the option existed: run ids
+# leave it out at this value (bench/core/identity.py), so those records keep their ids.
+DEFAULT_ENCODER = MethodConfig.encoder
+
+
+def encoder_of(config: dict | None) -> str | None:
+    """The encoder a record's config names: the default where it has none (a record from before the
+    option); None for a failed run whose config never resolved."""
+    return config.get("encoder", DEFAULT_ENCODER) if config else None
 
 
 def faithful_values(method: str | None) -> dict:
@@ -224,6 +235,7 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     # Options a method does not have stand at their faithful value, so every row names all of them.
     row["variant_options"] = {k: record["variant"].get(k, v) for k, v in FAITHFUL.items()}
     row["rec_loss"] = record["config"].get("rec_loss")  # None only for a failed run whose config never resolved
+    row["encoder"] = encoder_of(record["config"])
     row.update({f"test_{m}": test.get(m) for m in METRICS})
     row.update({f"best_valid_{m}": valid.get(m) for m in METRICS})
     row["epochs_run"] = totals.get("epochs_run", len(epochs))

@@ -1,8 +1,8 @@
 """Published-layout weights: write a run's best parameters, read a published checkpoint into our encoder.
 
-The published code saves `model.state_dict()` of its SASRec encoder; a run can save its best parameters in
-the same layout (`--save-checkpoint`), and `bench evaluate` builds a method from such a file, with the
-config values its tensor shapes fix.
+The published code saves `model.state_dict()` of its encoder (SASRec, or ICSRec's GRU4Rec); a run can save
+its best parameters in the same layout (`--save-checkpoint`), and `bench evaluate` builds a method from
+such a file, on the encoder whose layout its keys have, with the config values its tensor shapes fix.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from bench.core.configs import build_config, method_class, paper_values
+from bench.core.configs import build_config, check_values, method_class, paper_values
 from bench.core.data import SequenceData
 from bench.core.devices import resolve_device
 from bench.core.errors import BenchError
 from bench.core.files import write_torch_atomic
 from bench.core.spec import make_spec
 from bench.core.step import build_method
-from methods import Method
+from methods import Method, encoder_class, encoder_of_state
 
 
 def save_checkpoint(state: dict, path: str) -> None:
@@ -45,9 +45,13 @@ def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
     # A model saved while wrapped in nn.DataParallel / DistributedDataParallel has every key under "module.".
     if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
-    for key in ("item_embeddings.weight", "position_embeddings.weight"):
+    try:
+        encoder = encoder_of_state(state)
+    except ValueError as exc:
+        raise BenchError(f"checkpoint {path} is not in a published layout: {exc}") from None
+    for key in encoder.required_keys:
         if key not in state:
-            raise BenchError(f"checkpoint {path} is not in the published layout: it has no {key}")
+            raise BenchError(f"checkpoint {path} is not in the published layout of {encoder.name}: it has no {key}")
     return state
 
 
@@ -63,13 +67,23 @@ def _load_failure(exc: Exception) -> str:
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
-def method_from_checkpoint(method: str, dataset: str, path: str, device: str = "auto") -> tuple[Method, SequenceData]:
+def method_from_checkpoint(
+    method: str, dataset: str, path: str, device: str = "auto", overrides: dict[str, str] | None = None
+) -> tuple[Method, SequenceData]:
     """A method built as a run builds it (`build_method`), with a published-layout checkpoint loaded.
 
-    Its config is the paper config with the values the checkpoint's shapes fix (layers, K, ...); the data
-    is the whole dataset, loaded once the checkpoint is known to be readable.
+    Its config is the paper config with `overrides` (`--set` pairs) and the values the checkpoint's keys
+    and shapes fix (its encoder, layers, K, ...): an override that contradicts one of those (a SASRec file
+    with encoder=gru4rec) is an error, not silently replaced. The data is the whole dataset, loaded once
+    the checkpoint is known to be readable.
     """
     cls = method_class(method)
+    given = check_values(cls.Config, overrides, "--set") if overrides else {}
+    if "encoder" in given:
+        try:
+            encoder_class(given["encoder"])
+        except ValueError as exc:
+            raise BenchError(f"--set: {exc}") from None
     state = load_checkpoint(path)
     spec = make_spec(method, dataset, device=device)
     torch_device = resolve_device(spec.device)
@@ -77,7 +91,11 @@ def method_from_checkpoint(method: str, dataset: str, path: str, device: str = "
         from_shapes = cls.config_from_checkpoint(state)
     except (KeyError, IndexError, ValueError) as exc:
         raise BenchError(f"checkpoint {path} does not fit {method}: cannot read its shapes ({exc})") from None
-    values = {**paper_values(method, dataset), **from_shapes}
+    for key, value in given.items():
+        if key in from_shapes and from_shapes[key] != value:
+            what = "is in the layout of encoder" if key == "encoder" else f"has {key} ="
+            raise BenchError(f"checkpoint {path} {what} {from_shapes[key]}, not the {key}={value} given")
+    values = {**paper_values(method, dataset), **given, **from_shapes}
     config = build_config(cls.Config, values, f"checkpoint {path}")
     data = SequenceData.load(dataset, device=str(torch_device))
     rows = state["item_embeddings.weight"].shape[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bench.core.records import DEFAULT_ENCODER
 from bench.core.stats import interval_text
 from bench.reporting.published import (
     CHECKPOINT_SOURCE,
@@ -52,6 +53,7 @@ def _faithful_runs(ev: Evidence, dataset: str) -> tuple[tuple | None, pd.DataFra
     keep &= r["method"].isin(PAIR) & (r["config_source"] == "paper") & (r["method_options"] == "")
     keep &= r["variant"] == "faithful"
     keep &= r["rec_loss"] == r["method"].map(PUBLISHED_LOSS)
+    keep &= r["encoder"] == DEFAULT_ENCODER  # the published numbers are SASRec's
     r = r[keep]
     keys = list(dict.fromkeys(map(tuple, r[GROUP].to_numpy())))
     if not keys:

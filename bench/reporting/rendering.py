@@ -112,12 +112,12 @@ def versus_cell(r: pd.Series) -> str:
 
 
 def _columns_note(g: pd.DataFrame) -> str:
-    pairs = g[["column", "config_source", "rec_loss"]].drop_duplicates("column")
-    if pairs["config_source"].nunique() == 1 and pairs["rec_loss"].nunique() == 1:
-        return (f"Config source `{pairs['config_source'].iloc[0]}`, recommendation loss `{pairs['rec_loss'].iloc[0]}`"
-                " (every column).")
-    return "Config source and recommendation loss: " + "; ".join(
-        f"{c}: `{s}`, `{loss}`" for c, s, loss in pairs.to_numpy()) + "."
+    pairs = g[["column", "config_source", "rec_loss", "encoder"]].drop_duplicates("column")
+    if pairs[["config_source", "rec_loss", "encoder"]].nunique().max() == 1:
+        return (f"Config source `{pairs['config_source'].iloc[0]}`, recommendation loss `{pairs['rec_loss'].iloc[0]}`,"
+                f" encoder `{pairs['encoder'].iloc[0]}` (every column).")
+    return "Config source, recommendation loss and encoder: " + "; ".join(
+        f"{c}: `{s}`, `{loss}`, `{encoder}`" for c, s, loss, encoder in pairs.to_numpy()) + "."
 
 
 def _wide(g: pd.DataFrame, values: list[str]) -> pd.DataFrame:

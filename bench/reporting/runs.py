@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bench.core.identity import SPEC_OPTIONS
-from bench.core.records import FAITHFUL, METRICS, variant_mode
+from bench.core.records import DEFAULT_ENCODER, FAITHFUL, METRICS, variant_mode
 from methods import REGISTRY
 
 GROUP = ["profile", "protocol", "device", "variant"]
@@ -49,6 +49,7 @@ _ORDERS = {
     "protocol": PROTOCOL_AUTHORITY,
     "device": DEVICE_AUTHORITY,
     "config_source": ("paper", "tuned"),  # the published configuration first
+    "encoder": (DEFAULT_ENCODER,),  # the published encoder first
 }
 
 
@@ -137,11 +138,13 @@ def _column_names(runs: pd.DataFrame) -> pd.Series:
     """Method name, with what tells its runs apart in the group in brackets: "ICLRec (kmeans_init=fresh)"."""
     several_sources = runs.groupby([*GROUP, "method"])["config_source"].transform("nunique") > 1
     several_losses = runs.groupby(GROUP)["rec_loss"].transform("nunique") > 1
+    several_encoders = runs.groupby(GROUP)["encoder"].transform("nunique") > 1
     names = []
     for i, r in runs.iterrows():
         parts = [r["config_source"]] if several_sources[i] else []
         parts += [r["method_options"]] if r["method_options"] else []
         parts += [r["rec_loss"]] if several_losses[i] else []
+        parts += [f"on {r['encoder']}"] if several_encoders[i] else []
         name = METHOD_NAMES.get(r["method"], r["method"])
         names.append(f"{name} ({', '.join(parts)})" if parts else name)
     return pd.Series(names, index=runs.index, dtype=object)
@@ -157,17 +160,18 @@ def completed_runs(records: pd.DataFrame) -> pd.DataFrame:
     runs["method_options"] = options.map(lambda o: _options_label(o, METHOD_OPTIONS))
     for key in [*GROUP, "config_source", "device_name"]:
         runs[key] = runs[key].fillna("unknown")  # NaN keys would silently vanish from groupby
+    runs["encoder"] = runs["encoder"].fillna(DEFAULT_ENCODER)  # an ok run's config always resolved
     # A rerun of the same seed (new config or code) supersedes the older record instead of counting twice.
     runs = runs.sort_values(["finished_at", "path"], na_position="first")
-    identity = [*GROUP, "config_source", "method_options", "rec_loss", "method", "dataset", "seed"]
+    identity = [*GROUP, "config_source", "method_options", "rec_loss", "encoder", "method", "dataset", "seed"]
     runs = runs.drop_duplicates(identity, keep="last")
     runs["column"] = _column_names(runs)
-    return ordered(runs, [*GROUP, "method", "config_source", "method_options", "rec_loss", "dataset", "seed"])
+    return ordered(runs, [*GROUP, "method", "config_source", "method_options", "rec_loss", "encoder", "dataset", "seed"])
 
 
 def columns_of(frame: pd.DataFrame) -> list[str]:
     """The columns of a group in table order: methods in registry order, then their variants."""
-    return list(dict.fromkeys(ordered(frame, ["method", "config_source", "method_options", "rec_loss"])["column"]))
+    return list(dict.fromkeys(ordered(frame, ["method", "config_source", "method_options", "rec_loss", "encoder"])["column"]))
 
 
 def budget_banner(g: pd.DataFrame) -> str | None:

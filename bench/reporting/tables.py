@@ -11,20 +11,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench.core.records import METRICS
+from bench.core.records import DEFAULT_ENCODER, METRICS
 from bench.reporting.comparisons import PairedTests, compare_accuracy, with_training_seconds
 from bench.reporting.published import PUBLISHED_ACCURACY, PUBLISHED_LOSS, PUBLISHED_SOURCE
 from bench.reporting.runs import GROUP, PAPER_PROFILE, ordered
 
-COLUMN_KEYS = ["config_source", "method_options", "rec_loss"]  # what tells two columns of a method apart
+COLUMN_KEYS = ["config_source", "method_options", "rec_loss", "encoder"]  # what tells two columns of a method apart
 
 
 def _published(acc: pd.DataFrame) -> tuple[list[float], list[str]]:
-    """Published values and sources: only beside the paper's budget and runs trained with the published loss."""
+    """Published values and sources: only beside the paper's budget and runs trained with the published loss
+    on the published encoder (SASRec)."""
     values, sources = [], []
-    for profile, dataset, method, metric, loss in acc[["profile", "dataset", "method", "metric", "rec_loss"]].to_numpy():
+    keys = ["profile", "dataset", "method", "metric", "rec_loss", "encoder"]
+    for profile, dataset, method, metric, loss, encoder in acc[keys].to_numpy():
         value = PUBLISHED_ACCURACY.get(dataset, {}).get(method, {}).get(metric, np.nan)
-        shown = profile == PAPER_PROFILE and loss == PUBLISHED_LOSS.get(method) and not np.isnan(value)
+        shown = profile == PAPER_PROFILE and loss == PUBLISHED_LOSS.get(method) and encoder == DEFAULT_ENCODER
+        shown = shown and not np.isnan(value)
         values.append(value if shown else np.nan)
         sources.append(PUBLISHED_SOURCE.get(method, "") if shown else "")
     return values, sources

@@ -392,6 +392,22 @@ class ReferenceSASRec(torch.nn.Module):
         return x
 
 
+class ReferenceGRU4Rec(torch.nn.Module):
+    """ICSRec's published GRU4Rec encoder, module for module: embedding, nn.Dropout, fused nn.GRU without
+    biases (hidden 2H, layers - 1 layers), linear back to H at every position."""
+
+    def __init__(self, item_size: int, hidden: int, layers: int, hidden_dropout: float):
+        super().__init__()
+        self.item_embeddings = torch.nn.Embedding(item_size, hidden, padding_idx=0)
+        self.emb_dropout = torch.nn.Dropout(hidden_dropout)
+        self.gru_layers = torch.nn.GRU(hidden, 2 * hidden, num_layers=layers - 1, bias=False, batch_first=True)
+        self.dense = torch.nn.Linear(2 * hidden, hidden)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        output, _ = self.gru_layers(self.emb_dropout(self.item_embeddings(input_ids)))
+        return self.dense(output)
+
+
 def reference_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     sim11 = torch.matmul(a, a.T) / temperature
     sim22 = torch.matmul(b, b.T) / temperature
@@ -407,7 +423,7 @@ def reference_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch
 class ReferenceICLRecStep:
     """One published-style ICLRec M-step (forward, backward, Adam) on a batch of our tensors."""
 
-    def __init__(self, model: ReferenceSASRec, centroids: torch.Tensor, lr: float, cl_weight: float, intent_weight: float, temperature: float):
+    def __init__(self, model: torch.nn.Module, centroids: torch.Tensor, lr: float, cl_weight: float, intent_weight: float, temperature: float):
         import faiss
 
         self.model = model

@@ -6,6 +6,8 @@ Run: `pytest tests/benchmarks -m benchmark_suite --benchmark-json=results/benchm
 - train step: forward + backward + Adam step of SASRec and CL4SRec at batch 256 (paper configs for Beauty);
 - iclrec step, elcrec step: the same for ICLRec / ELCRec, beside a published-style step on the same batch,
   weights and loss terms;
+- iclrec step on gru4rec: ICLRec on the GRU4Rec encoder (ICSRec's, one GRU layer), ours beside the
+  published-style step on the same batch and weights (the published GRU4Rec modules, fused nn.GRU);
 - icsrec vs iclrec step: ICSRec's step (three passes on prefix examples, 2 layers) over ICLRec's (five
   passes on users, 1 layer), both ours at batch 256; the ratio is ICSRec's step in ICLRec steps, and
   `extra_info` has each one's steps per epoch (ICSRec: one per prefix example, about 6x more);
@@ -37,6 +39,7 @@ from methods.losses import elcrec_cluster_loss
 from .reference_impl import (
     ReferenceELCRecStep,
     ReferenceEvaluator,
+    ReferenceGRU4Rec,
     ReferenceICLRecStep,
     ReferenceSASRec,
     train_loader,
@@ -54,9 +57,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build(name: str, data, device: torch.device) -> Method:
-    """A method with the paper config for Beauty, seeded as a run with seed 1 is, and its E-step done."""
-    config, _ = resolve_config(name, DATASET, "paper", {})
+GRU = {"encoder": "gru4rec", "num_layers": "2"}  # one GRU layer (the published count is num_layers - 1)
+
+
+def build(name: str, data, device: torch.device, overrides: dict | None = None) -> Method:
+    """A method with the paper config for Beauty (and `overrides`), seeded as a run with seed 1 is, and its
+    E-step done."""
+    config, _ = resolve_config(name, DATASET, "paper", dict(overrides or {}))
     torch.manual_seed(1)
     method = REGISTRY[name](config, DatasetInfo(data.name, data.item_size, data.num_users), seed=1).to(device)
     if name in ("iclrec", "elcrec", "icsrec"):
@@ -105,6 +112,33 @@ def test_train_step(benchmark, beauty_data, device, name):
     assert math.isfinite(loss)
 
 
+@pytest.mark.benchmark(group="iclrec step on gru4rec")
+def test_train_step_on_gru4rec(benchmark, beauty_data, device):
+    """Our ICLRec step on the GRU4Rec encoder, beside `test_train_step_published_way_on_gru4rec`."""
+    benchmark.extra_info["ratio"] = "denominator"
+    method = build("iclrec", beauty_data, device, GRU)
+    method.train()
+    optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr)
+    batch = first_batch(method, beauty_data, device)
+
+    def step() -> float:
+        terms = method.training_step(batch)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        sync(device)
+        return terms["loss"].item()
+
+    loss = benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    assert math.isfinite(loss)
+
+
+@pytest.mark.benchmark(group="iclrec step on gru4rec")
+def test_train_step_published_way_on_gru4rec(benchmark, beauty_data, device):
+    benchmark.extra_info["ratio"] = "numerator"
+    reference_step_benchmark(benchmark, beauty_data, device, "iclrec", GRU)
+
+
 @pytest.mark.benchmark(group="icsrec vs iclrec step")
 @pytest.mark.parametrize("name", ("icsrec", "iclrec"))
 def test_icsrec_step_against_iclrec_step(benchmark, beauty_data, device, name):
@@ -138,11 +172,14 @@ def test_train_step_published_way(benchmark, beauty_data, device, name):
     reference_step_benchmark(benchmark, beauty_data, device, name)
 
 
-def reference_step_benchmark(benchmark, data, device: torch.device, name: str) -> None:
-    method = build(name, data, device)
+def reference_step_benchmark(benchmark, data, device: torch.device, name: str, overrides: dict | None = None) -> None:
+    method = build(name, data, device, overrides)
     c = method.config
-    model = ReferenceSASRec(data.item_size, c.hidden_size, c.num_layers, c.num_heads, c.max_len,
-                            c.hidden_dropout, c.attn_dropout).to(device)
+    if c.encoder == "gru4rec":
+        model = ReferenceGRU4Rec(data.item_size, c.hidden_size, c.num_layers, c.hidden_dropout).to(device)
+    else:
+        model = ReferenceSASRec(data.item_size, c.hidden_size, c.num_layers, c.num_heads, c.max_len,
+                                c.hidden_dropout, c.attn_dropout).to(device)
     model.load_state_dict({k: v for k, v in method.state_dict().items() if k != "cluster_centers"})
     if name == "iclrec":
         step = ReferenceICLRecStep(model, method.centroids, c.lr, c.cl_weight, c.intent_weight, c.temperature)
