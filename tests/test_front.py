@@ -169,3 +169,18 @@ def test_the_forest_plot_keeps_every_row_and_its_legend_inside_the_figure() -> N
         extent = text.get_window_extent(renderer)
         assert inside.x0 <= extent.x0 and extent.x1 <= inside.x1
     assert "Toys_and_Games, ELCRec vs ICLRec, training s per epoch: not run yet: ICLRec" in forest.describe(claims)
+
+
+def test_the_group_with_three_seeds_answers_before_a_more_authoritative_one_with_one(tmp_path: Path) -> None:
+    recs = []
+    for seed in (1, 2, 3):
+        base = _ranks(0.10, seed=seed)
+        recs += [_paper("iclrec", seed, base), _paper("elcrec", seed, _better(base))]
+    # One seed each on a GPU: a group of its own, first by authority, but without the spread between seeds.
+    gpu = [{**_paper(m, 1, _ranks(0.10, seed=9)), "device": "cuda", "run_id": f"{m[:4]}gpu1".ljust(12, "0")}
+           for m in ("iclrec", "elcrec")]
+    ev = _evidence(tmp_path, recs + gpu)
+    assert set(ev.runs["device"]) == {"cpu", "cuda"}
+    blocks = headline.headline_blocks(ev)
+    assert blocks[0][1].startswith("From paper, cpu, faithful (all users, 4 epochs, 3 seed(s))")
+    assert "interval over 3 seeds" in headline.headline_answer(ev)

@@ -69,6 +69,8 @@ def loss_runs(ev: Evidence, dataset: str) -> tuple[tuple | None, pd.DataFrame]:
         return bool(r[in_group(r, key)]["role"].isin(roles).any())
 
     both = [k for k in keys if has(k, [CE]) and has(k, INTENT)]
+    # The group with the most seeds of its fewest-seeded role answers first (as the first headline question).
+    both.sort(key=lambda k: -int(r[in_group(r, k)].groupby("role")["seed"].nunique().min()))
     either = [k for k in keys if has(k, [CE, *INTENT])]
     key = (both or either or keys)[0]
     return key, r[in_group(r, key)]
