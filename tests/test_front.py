@@ -136,6 +136,11 @@ def test_the_first_screen_states_only_converged_answers_and_opens_with_the_figur
     assert "significantly better" not in first and "most accurate" not in first and "DuoRec" not in first
     # The answers per dataset follow, below both headline sections; Yelp's pipeline check answers no accuracy.
     assert page.index('id="headline"') < page.index('id="loss"') < page.index('id="every-answer"')
+    # Yelp's group is listed as what it is, and its table marks nothing.
+    assert re.search(r"<h2>profile <code>smoke</code>[^<]*(<code>[^<]*</code>[^<]*)*: pipeline check at a few epochs,"
+                     r" not converged</h2>", page)
+    smoke = page.split("<summary><h2>profile <code>smoke</code>", 1)[1].split("</details>", 1)[0]
+    assert "0.0" in smoke and "<b>0." not in smoke and "<u>0." not in smoke
     answers = (tmp_path / "out" / "answers.md").read_text()
     yelp = next(line for line in answers.splitlines() if line.startswith("| Yelp | most accurate"))
     assert "no converged run on Yelp" in yelp and "DuoRec" not in yelp

@@ -37,7 +37,15 @@ from bench.reporting.rendering import (
     cost_blocks,
     render_md,
 )
-from bench.reporting.runs import completed_runs, group_slug, group_title, groups_by_authority, in_group
+from bench.reporting.runs import (
+    budget_kind,
+    completed_runs,
+    converged_group,
+    group_slug,
+    group_title,
+    groups_by_authority,
+    in_group,
+)
 from bench.reporting.tables import accuracy_table, cost_table
 
 CSV_FLOATS = "%.10g"  # trims float noise (0.042499999999999996), keeps far more digits than the tables show
@@ -138,7 +146,9 @@ def _group_parts(board: Board, files: dict[str, str | bytes]) -> list[report.Gro
             name = f"plot_{kind}_{group_slug(key)}.png"
             files[name] = png
             images.append(Image(name, png, alt))
-        parts.append(report.GroupPart(group_title(key), f"g{i}", accuracy_blocks(ev.acc, ev.runs, key),
+        # A group of pipeline checks says so where the page lists it, before anyone opens it.
+        label = "" if converged_group(ev.runs, key) else f": {budget_kind(key[0]).split(' (')[0]}"
+        parts.append(report.GroupPart(group_title(key) + label, f"g{i}", accuracy_blocks(ev.acc, ev.runs, key),
                                       cost_blocks(board.cost, ev.comp, ev.targets, ev.runs, key), images))
     return parts
 
