@@ -224,8 +224,9 @@ def _add_leaderboard_command(sub) -> None:
     lb = sub.add_parser("leaderboard", help="write leaderboard and cost tables and plots from run records")
     lb.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
     lb.add_argument("--out", type=Path, help="output folder (default: the results folder)")
-    lb.add_argument("--readme", type=Path, help="README.md whose marked answers block to rewrite (default: the README.md"
-                    " beside the results folder, when writing into it; a README without the markers is left alone)")
+    lb.add_argument("--readme", type=Path, help="README.md whose marked blocks (first screen, headline questions) to"
+                    " rewrite (default: the README.md beside the results folder, when writing into it; a README"
+                    " without the markers is left alone)")
 
 
 def _add_profile_command(sub) -> None:

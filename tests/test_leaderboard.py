@@ -78,7 +78,8 @@ def test_accuracy_markdown_without_tests_marks_nothing(board: tuple[Path, list[P
     # Not the paper's budget: no published or diff column, and the section opens with its budget.
     assert "ELCRec published" not in row and "ELCRec diff" not in row
     body = md.split(f"## {QUICK}\n", 1)[1]
-    assert body.lstrip().startswith("> **Budget: quick profile: all users")
+    assert body.lstrip().startswith("> **Budget: quick profile, pipeline check at a few epochs, not converged"
+                                    " (no verdict on which method is more accurate): all users")
 
 
 def test_single_seed_and_failed_run_excluded(board: tuple[Path, list[Path]]) -> None:

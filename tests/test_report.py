@@ -61,14 +61,20 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_index_html_leads_with_the_answers_and_is_self_contained(page: Path) -> None:
     text = page.read_text()
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
-    # The answers, the headline question, the scaling study's answer with its plots, then the details.
+    # The answers from converged runs, each headline question's evidence, every answer per dataset, the
+    # scaling study's answer with its plots, then the details.
     headings = re.findall(r"<h2>(.*?)</h2>", text)
-    expected = ["Answers", "Does ELCRec beat ICLRec on Beauty?", "Scaling: does ELCRec save time as users grow?", "Details"]
-    assert headings[:4] == expected, headings[:5]
+    expected = ["Answers, from converged runs", "Does ELCRec beat ICLRec on Beauty?",
+                "Is an intent module worth more than the loss?", "Every answer, per dataset",
+                "Scaling: does ELCRec save time as users grow?", "Details"]
+    assert headings[:6] == expected, headings[:7]
     headline = text.split('id="headline"', 1)[1].split("</section>", 1)[0]
     assert "published seed-1 checkpoint" in headline and "0.0483" in headline
     answers = text.split('id="answers"', 1)[1].split("</section>", 1)[0]
-    assert "most accurate (test NDCG@20)" in answers and "ELCRec vs ICLRec: peak memory" in answers
+    assert answers.count("<img ") == 1 and "Forest plot of the headline claims" in answers
+    assert "most accurate" not in answers  # the long table is evidence, below
+    every = text.split('id="every-answer"', 1)[1].split("</section>", 1)[0]
+    assert "most accurate (test NDCG@20)" in every and "ELCRec vs ICLRec: peak memory" in every
     scaling = text.split('id="scaling"', 1)[1].split("</section>", 1)[0]
     assert "Crossover (measured): none" in scaling and scaling.count("<img") == 2
     assert "took 1.08x ICLRec's (interquartile range 1.01-1.15x" in scaling  # the rerun's step ratio
@@ -78,7 +84,7 @@ def test_index_html_leads_with_the_answers_and_is_self_contained(page: Path) -> 
     assert "Packing elcrec on Beauty" in text and "test_train_step[iclrec]" in text and "attn_dropout" in text
     # Plots inline with alt text, no external resource, no script, no path of the machine that made it.
     images = re.findall(r'<img src="([^"]{0,40})[^"]*" alt="([^"]*)"', text)
-    assert len(images) == 4 * 4 + 2 + 1  # 4 groups x 4 plots, the two scaling plots, the study's history
+    assert len(images) == 1 + 4 * 4 + 2 + 1  # the forest plot, 4 groups x 4 plots, the two scaling plots, the study's history
     assert all(src.startswith("data:image/png;base64,") and len(alt) > 20 for src, alt in images)
     assert "methods: SASRec, CL4SRec, ICLRec, ELCRec" in text  # an alt text says what a plot shows
     assert not re.search(r'(src|href)="(http|file:|/)', text) and "<script" not in text
@@ -103,7 +109,7 @@ def test_index_html_renders_answers_first_in_headless_chromium(page: Path, tmp_p
     # Rows of the screenshot where the answers' background fills a fifth of the width: the summary, on top.
     answers_rows = np.flatnonzero((np.abs(pixels - ANSWERS_BACKGROUND).max(axis=2) < 0.01).mean(axis=1) > 0.2)
     assert answers_rows.size and answers_rows[0] < 150, "the answers are not at the top of the page"
-    # The plots' colours (matplotlib's lines and markers) come below the answers: the scaling study's plots.
+    # The first colours (matplotlib's markers) are the forest plot's, inside the answers: the one figure there.
     colourful = np.flatnonzero(((pixels.max(axis=2) - pixels.min(axis=2)) > 0.3).mean(axis=1) > 0.002)
-    assert colourful.size and colourful[0] > answers_rows[-1], "no plot below the answers"
+    assert colourful.size and answers_rows[0] < colourful[0] < answers_rows[-1], "no figure among the answers"
 

@@ -196,13 +196,20 @@ def test_accuracy_difference_outside_the_noise_is_marked_with_its_p_value(tmp_pa
     base = _ranks(0.10, seed=1)
     better = base.copy()
     better[:600] = np.minimum(better[:600], 2)  # ELCRec puts 600 users' answers in the top 3
-    _, md = _write(tmp_path, [make_record("sasrec", ranks=_ranks(0.02, seed=2)), make_record("iclrec", ranks=base),
-                              make_record("elcrec", ranks=better)])
+    recs = [("sasrec", _ranks(0.02, seed=2)), ("iclrec", base), ("elcrec", better)]
+    _, md = _write(tmp_path, [make_record(m, ranks=r, profile="paper") for m, r in recs])
     row = _leader_row(md, "Beauty", "NDCG@20")
     assert row["ELCRec"].startswith("**") and row["ICLRec"].startswith("<u>")
     assert row["ELCRec p (paired test)"].startswith("p=<1e-4 (Wilcoxon, 2,000 users)")
     # The difference with its 95% interval over users, entirely above zero here.
     assert re.fullmatch(r"\+0\.\d{4} \[\+0\.\d{4}, \+0\.\d{4}\] vs ICLRec \(\+\d+\.\d%\)", row["ELCRec vs best baseline"])
+    # The same runs as a pipeline check (smoke: a few epochs) keep their numbers and tests, but no mark: a few
+    # epochs rank the methods by how fast they start, and the banner says so.
+    _, md = _write(tmp_path / "smoke", [make_record(m, ranks=r) for m, r in recs])
+    row = _leader_row(md, "Beauty", "NDCG@20")
+    assert not any(v.startswith(("**", "<u>")) for v in row.values())
+    assert row["ELCRec p (paired test)"].startswith("p=<1e-4 (Wilcoxon, 2,000 users)")
+    assert "smoke profile, pipeline check at a few epochs, not converged" in md
 
 
 def test_accuracy_difference_inside_the_noise_gets_no_mark(tmp_path) -> None:
@@ -242,7 +249,9 @@ def test_paper_budget_shows_published_numbers_and_no_banner(tmp_path) -> None:
     smoke_cost, smoke_md = _write(tmp_path / "smoke", [make_record("iclrec"), make_record("elcrec")])
     for text in (smoke_cost, smoke_md):
         section = text.split("## profile `smoke`", 1)[1]
-        assert section.split("\n", 2)[2].startswith("> **Budget: smoke profile: 1,000 users sampled, 4 epochs")
+        assert section.split("\n", 2)[2].startswith("> **Budget: smoke profile, pipeline check at a few epochs, not"
+                                                     " converged (no verdict on which method is more accurate):"
+                                                     " 1,000 users sampled, 4 epochs")
         assert "| ELCRec published" not in section and "paper change" not in section
 
 

@@ -47,6 +47,10 @@ class PairedTest:
     # values exist, else over seeds (t) with 3 or more.
     ci_low: float | None = None
     ci_high: float | None = None
+    # 95% t-interval of the mean paired difference over seeds (3 or more in common), whether or not per-user
+    # values exist: with several seeds it is the one that shows how far the result moves from seed to seed.
+    seeds_ci_low: float | None = None
+    seeds_ci_high: float | None = None
 
     @property
     def available(self) -> bool:
@@ -106,12 +110,13 @@ def paired_test(
         d = np.asarray(users_a, dtype=np.float64) - np.asarray(users_b, dtype=np.float64)
         half = float(stats.norm.ppf(0.5 + CONFIDENCE / 2)) * d.std(ddof=1) / math.sqrt(len(d))
         ci = (d.mean() - half, d.mean() + half)
-    p_seeds = paired_t_seeds(seeds_a, seeds_b)
-    if p_seeds is not None and ci[0] is None:
+    p_seeds, seeds_ci = paired_t_seeds(seeds_a, seeds_b), (None, None)
+    if p_seeds is not None:
         d = np.asarray(seeds_a, dtype=np.float64) - np.asarray(seeds_b, dtype=np.float64)
         half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(d) - 1)) * d.std(ddof=1) / math.sqrt(len(d))
-        ci = (d.mean() - half, d.mean() + half)
-    return PairedTest(p_users, n_users, p_seeds, len(seeds_a), *ci)
+        seeds_ci = (float(d.mean() - half), float(d.mean() + half))
+        ci = ci if ci[0] is not None else seeds_ci
+    return PairedTest(p_users, n_users, p_seeds, len(seeds_a), *ci, *seeds_ci)
 
 
 # ------------------------------------------------------------------------------------------------- cost

@@ -76,8 +76,10 @@ VERSUS_COLUMNS = ("elcrec_minus_best_baseline", "elcrec_vs_best_baseline_pct", "
                   "p_seeds")
 
 
-def compare_accuracy(acc: pd.DataFrame, tests: PairedTests) -> pd.DataFrame:
-    """`acc` (one row per group, dataset, metric, column) with the marks and ELCRec vs its best baseline."""
+def compare_accuracy(acc: pd.DataFrame, tests: PairedTests, marked: set[tuple]) -> pd.DataFrame:
+    """`acc` (one row per group, dataset, metric, column) with the marks and ELCRec vs its best baseline.
+    Marks (best, second: "significantly better") are given in the `marked` groups only, those of converged
+    runs: a pipeline check's few epochs rank the methods by how fast they start, not by what they reach."""
     acc = acc.assign(mark="", best_baseline=pd.Series(np.nan, index=acc.index, dtype=object), test="")
     for col in VERSUS_COLUMNS:
         acc[col] = np.nan
@@ -86,7 +88,7 @@ def compare_accuracy(acc: pd.DataFrame, tests: PairedTests) -> pd.DataFrame:
         where = (tuple(rkey[: len(GROUP)]), rkey[-2], rkey[-1])
         ranked = r.sort_values("mean", ascending=False, kind="stable")
         cols, means = list(ranked["column"]), list(ranked["mean"])
-        if len(cols) >= 2 and _beats_all(tests, where, cols, means, 0):
+        if where[0] in marked and len(cols) >= 2 and _beats_all(tests, where, cols, means, 0):
             acc.loc[ranked.index[0], "mark"] = "best"
             if len(cols) >= 3 and _beats_all(tests, where, cols, means, 1):
                 acc.loc[ranked.index[1], "mark"] = "second"
@@ -232,6 +234,14 @@ def _cost_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict:
         row[f"{name}_verdict"] = f"not compared: {blocked}" if blocked else verdicts.cost_verdict(iv)
         row[f"_{name}"] = iv
     return row
+
+
+def per_epoch_change(a: pd.DataFrame, b: pd.DataFrame) -> tuple[verdicts.Interval, str | None]:
+    """Runs `a` against runs `b` (two columns of a group, with training seconds), per epoch after the first:
+    (the change with its interval, why they are not compared or None), as the ELCRec vs ICLRec comparison
+    computes it, for any pair of columns."""
+    row = _cost_pair(a, b)
+    return row["_per_epoch"], row["per_epoch_not_compared"]
 
 
 def _published_cost(dataset: str, shown: bool) -> dict:

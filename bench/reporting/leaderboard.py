@@ -1,20 +1,24 @@
 """`python -m bench leaderboard`: every table, plot and the page, from the run records alone.
 
 Writes leaderboard.{csv,md} (laid out like the ELCRec paper's Table 1), cost.{csv,md}, cost_comparison.csv
-and cost_time_to_target.csv (beside its Table 2), four PNG plots per group, and index.html, which leads with
-the answers and gathers the other studies under the results folder. The answers also replace the marked
-block of a README.md when one is given. The files can be regenerated at any time, byte for byte, and are
+and cost_time_to_target.csv (beside its Table 2), four PNG plots per group, answers.md (every answer per
+dataset), forest.png and forest.csv (the headline claims), and index.html, which leads with the two headline
+questions and the forest plot from converged runs and gathers the other studies under the results folder.
+The first screen and the two headline sections also replace the marked blocks of a README.md when one is
+given. The files can be regenerated at any time, byte for byte, and are
 never edited by hand: no timestamp, no machine path.
 
 The parts: runs.py (which records count, groups, column names, order of authority), tables.py (the long
 tables), comparisons.py (paired tests, cost intervals, time to a target quality), rendering.py (blocks and
 markdown), plots.py, summary.py (the answers), headline.py (ELCRec vs ICLRec at the paper's budget),
-measurements.py (other studies), report.py (the page).
+loss_question.py (the intent methods against loss-matched SASRec), forest.py (the figure), front.py (the first
+screen), measurements.py (other studies), report.py (the page).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +26,7 @@ import pandas as pd
 from bench.core.errors import BenchError
 from bench.core.files import write_bytes_atomic
 from bench.core.records import check_schemas, find_corrupt, load_records, load_test_ranks
-from bench.reporting import headline, measurements, plots, report, summary
+from bench.reporting import forest, front, headline, loss_question, measurements, plots, report, summary
 from bench.reporting.comparisons import PairedTests, cost_comparison, time_to_target_table
 from bench.reporting.rendering import (
     ACCURACY_INTRO,
@@ -33,7 +37,15 @@ from bench.reporting.rendering import (
     cost_blocks,
     render_md,
 )
-from bench.reporting.runs import completed_runs, group_slug, group_title, groups_by_authority, in_group
+from bench.reporting.runs import (
+    budget_kind,
+    completed_runs,
+    converged_group,
+    group_slug,
+    group_title,
+    groups_by_authority,
+    in_group,
+)
 from bench.reporting.tables import accuracy_table, cost_table
 
 CSV_FLOATS = "%.10g"  # trims float noise (0.042499999999999996), keeps far more digits than the tables show
@@ -55,11 +67,19 @@ class Board:
     def headline(self) -> list[Block]:
         return headline.headline_blocks(self.evidence)
 
+    def loss(self) -> list[Block]:
+        return loss_question.loss_blocks(self.evidence)
+
+    @cached_property
+    def front(self) -> front.Front:
+        return front.build_front(self.evidence)
+
     def readme_blocks(self) -> dict[str, str]:
         """README.md's generated blocks, by marker name."""
         regenerate = "\n`python -m bench leaderboard` regenerates this block from the records.\n"
-        return {"answers": summary.readme_markdown(self.answers(), self.scaling),
-                "headline": render_md(self.headline()) + regenerate}
+        return {"front": front.readme_markdown(self.front) + regenerate,
+                "headline": render_md(self.headline()) + regenerate,
+                "loss": render_md(self.loss()) + regenerate}
 
 
 def _header(records: pd.DataFrame, runs: pd.DataFrame, results_dir: Path) -> str:
@@ -103,6 +123,8 @@ def _documents(board: Board) -> dict[str, str]:
     comp = ev.comp.drop(columns=[c for c in ev.comp.columns if c.startswith("_")])
     drop = [c for c in ("column", "context", "path") if c in board.cost.columns]
     return {
+        "answers.md": summary.answers_markdown(board.answers(), board.scaling),
+        "forest.csv": forest.claims_frame(board.front.claims).to_csv(index=False, float_format=CSV_FLOATS),
         "leaderboard.csv": ev.acc.drop(columns="column").to_csv(index=False, float_format=CSV_FLOATS),
         "leaderboard.md": render_md(acc_doc),
         "cost.csv": board.cost.drop(columns=drop).to_csv(index=False, float_format=CSV_FLOATS),
@@ -124,22 +146,27 @@ def _group_parts(board: Board, files: dict[str, str | bytes]) -> list[report.Gro
             name = f"plot_{kind}_{group_slug(key)}.png"
             files[name] = png
             images.append(Image(name, png, alt))
-        parts.append(report.GroupPart(group_title(key), f"g{i}", accuracy_blocks(ev.acc, ev.runs, key),
+        # A group of pipeline checks says so where the page lists it, before anyone opens it.
+        label = "" if converged_group(ev.runs, key) else f": {budget_kind(key[0]).split(' (')[0]}"
+        parts.append(report.GroupPart(group_title(key) + label, f"g{i}", accuracy_blocks(ev.acc, ev.runs, key),
                                       cost_blocks(board.cost, ev.comp, ev.targets, ev.runs, key), images))
     return parts
 
 
 def write_leaderboard(results_dir: Path, out_dir: Path | None = None, readme: Path | None = None) -> list[Path]:
     """Write the tables, plots and index.html of `results_dir`'s records into `out_dir` (default: the results
-    folder), and the answers into `readme`'s marked block when given; returns the files written."""
+    folder), and the first screen and headline sections into `readme`'s marked blocks when given; returns the
+    files written."""
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir
     board = build(results_dir)
     files: dict[str, str | bytes] = _documents(board)
     parts = _group_parts(board, files)
     intros = {"Accuracy tables": ACCURACY_INTRO, "Cost tables": COST_INTRO, "Answers": summary.SUMMARY_INTRO}
-    files["index.html"] = report.index_html(board.answers(), board.headline(), board.scaling, parts,
-                                            measurements.measurement_sections(results_dir), intros)
+    files[front.FOREST_NAME] = board.front.image.png
+    files["index.html"] = report.index_html(board.front, board.answers(), board.headline(), board.loss(),
+                                            board.scaling, parts, measurements.measurement_sections(results_dir),
+                                            intros)
     # Plots of groups that no longer exist (records removed, grouping changed) would be stale: remove them.
     for old in out_dir.glob("plot_*.png"):
         if old.name not in files:

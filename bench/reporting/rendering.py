@@ -75,9 +75,11 @@ def table_with_notes(table: pd.DataFrame, repeated: list[str]) -> list[Block]:
 # --------------------------------------------------------------------------------------------- accuracy
 ACCURACY_INTRO = (
     "Cells: mean ± sample std (ddof=1) over seeds; a single seed shows the mean and (n=1). **Bold**: the best"
-    " method of the row, given only when it is significantly better than every other method of the row"
+    " method of the row, given only in groups of converged runs (paper profile) and only when it is"
+    " significantly better than every other method of the row"
     f" (paired tests, p < {verdicts.ALPHA}); <u>underlined</u>: the second, only when it is significantly"
-    " better than every method below it. Ties and differences the tests cannot resolve get no mark."
+    " better than every method below it. Ties, differences the tests cannot resolve and pipeline checks (smoke,"
+    " quick: a few epochs, not converged) get no mark."
     " `ELCRec vs best baseline` = ELCRec's mean - the best of the other methods of the row [95% interval of the"
     " mean paired difference, over users, or over seeds without per-user ranks], with the relative"
     f" change only where that baseline is at least {verdicts.MIN_BASELINE}. `p (paired test)`: two-sided Wilcoxon"

@@ -1,8 +1,9 @@
 """`results/index.html`: one self-contained page that leads with the answers, then the evidence.
 
-Order: the answers per dataset (bench/reporting/summary.py), the headline question on Beauty
-(bench/reporting/headline.py), the scaling study's answer with its plots, a table of contents, then the
-details: one collapsible part per group of runs in order of authority (budget banner, accuracy, cost, ELCRec
+Order: the first screen (bench/reporting/front.py: the two headline questions answered from converged runs,
+the forest plot, the converged runs' table), the evidence of each headline question (headline.py,
+loss_question.py), every answer per dataset (summary.py), the scaling study's answer with its plots, a table
+of contents, then the details: one collapsible part per group of runs in order of authority (budget banner, accuracy, cost, ELCRec
 vs ICLRec, time to a target quality, plots), then every other study under the results folder
 (bench/reporting/measurements.py) and how to read the tables.
 
@@ -18,7 +19,9 @@ import html
 import re
 from dataclasses import dataclass
 
+from bench.reporting.front import Front, front_blocks
 from bench.reporting.headline import HEADLINE_TITLE
+from bench.reporting.loss_question import LOSS_TITLE
 from bench.reporting.measurements import Section
 from bench.reporting.rendering import Block, Image
 
@@ -35,7 +38,9 @@ tr:nth-child(even) td { background: #fafafa; }
 #answers { background: #eef4fb; padding: 2px 12px 10px; }
 #answers td { background: #fff; } #answers th { background: #dce8f5; }
 #answers td:first-child { font-weight: bold; white-space: nowrap; }
-#answers td:nth-child(3) { min-width: 420px; }
+#every-answer td { background: #fff; } #every-answer th { background: #f0f0f0; }
+#every-answer td:first-child { font-weight: bold; white-space: nowrap; }
+#every-answer td:nth-child(3) { min-width: 420px; }
 .banner { background: #fff4d6; border-left: 5px solid #e0a800; padding: 8px 12px; font-weight: bold; }
 .note { color: #555; font-size: 12.5px; margin: 2px 0 14px; }
 .intro { color: #444; max-width: 1200px; }
@@ -136,14 +141,20 @@ def _contents(groups: list[GroupPart], sections: list[Section]) -> str:
     )
 
 
-def index_html(answers: list[Block], headline: list[Block], scaling: list[Block], groups: list[GroupPart],
-               sections: list[Section], intros: dict[str, str]) -> str:
+def index_html(front: Front, answers: list[Block], headline: list[Block], loss: list[Block], scaling: list[Block],
+               groups: list[GroupPart], sections: list[Section], intros: dict[str, str]) -> str:
     """The page; `intros`: title -> how to read a kind of table."""
     images = [b for b in scaling if b[0] == "image"]
     body = [
         "<h1>intent-bench: what the benchmark found</h1>",
-        '<section class="top" id="answers"><h2>Answers</h2>', render_blocks(answers), "</section>",
+        '<section class="top" id="answers"><h2>Answers, from converged runs</h2>',
+        render_blocks(front_blocks(front, ("image", front.image))),
+        '<p class="note">The evidence follows: each headline question in full, every answer per dataset (pipeline'
+        " checks labelled as such), the scaling study, then every group of runs.</p></section>",
         f'<section class="top" id="headline"><h2>{HEADLINE_TITLE}</h2>', render_blocks(headline), "</section>",
+        f'<section class="top" id="loss"><h2>{LOSS_TITLE}</h2>', render_blocks(loss), "</section>",
+        '<section class="top" id="every-answer"><h2>Every answer, per dataset</h2>', render_blocks(answers),
+        "</section>",
     ]
     if scaling:
         body += [

@@ -26,6 +26,10 @@ GROUP = ["profile", "protocol", "device", "variant"]
 PAPER_PROFILE = "paper"
 PAPER_BUDGET = "all users, up to 300 epochs (patience 40), seeds 1, 2, 3"
 PROFILE_AUTHORITY = ("paper", "quick", "smoke", "custom")
+# Profiles whose budget is meant to let a run converge (the published protocol). Smoke and quick runs stop
+# after a few epochs by design: pipeline checks, whose accuracy says nothing about the methods; custom
+# budgets are whatever someone asked for. Only converged runs answer a question on the front page.
+CONVERGING_PROFILES = ("paper",)
 PROTOCOL_AUTHORITY = ("reference", "strict")
 DEVICE_AUTHORITY = ("cuda", "cpu")
 MODE_AUTHORITY = ("faithful", "modified", "fast")
@@ -166,12 +170,57 @@ def completed_runs(records: pd.DataFrame) -> pd.DataFrame:
     identity = [*GROUP, "config_source", "method_options", "rec_loss", "encoder", "method", "dataset", "seed"]
     runs = runs.drop_duplicates(identity, keep="last")
     runs["column"] = _column_names(runs)
+    runs["converged"] = converged(runs)
     return ordered(runs, [*GROUP, "method", "config_source", "method_options", "rec_loss", "encoder", "dataset", "seed"])
+
+
+def converged(runs: pd.DataFrame) -> pd.Series:
+    """Whether each run converged: a profile meant to converge, and the run stopped by patience (no better
+    valid NDCG@20 for `patience` epochs after its best) or at its full epoch budget. An ok record of the
+    paper profile always does; the check keeps a record that ended otherwise (a budget cut short by hand,
+    a record written by an older harness) off the front page."""
+    epochs, best = runs["epochs_run"], runs["best_epoch"]
+    by_patience = (epochs - 1 - best) >= runs["spec_patience"]
+    by_budget = epochs >= runs["spec_epochs"]
+    return (runs["profile"].isin(CONVERGING_PROFILES) & (by_patience | by_budget)).fillna(False).astype(bool)
+
+
+def converged_group(runs: pd.DataFrame, key: tuple) -> bool:
+    """Whether a group's runs all converged (a paper-profile group does; a smoke or quick one never)."""
+    g = runs[in_group(runs, key)]
+    return bool(len(g)) and bool(g["converged"].all())
+
+
+def stop_reason(run: pd.Series) -> str:
+    """Why a converged run stopped: `patience` or `budget` (its full epoch budget)."""
+    if run["epochs_run"] - 1 - run["best_epoch"] >= run["spec_patience"]:
+        return "patience"
+    return "budget"
 
 
 def columns_of(frame: pd.DataFrame) -> list[str]:
     """The columns of a group in table order: methods in registry order, then their variants."""
     return list(dict.fromkeys(ordered(frame, ["method", "config_source", "method_options", "rec_loss", "encoder"])["column"]))
+
+
+def paper_command(datasets: list[str] | tuple[str, ...], methods: tuple[str, ...] = (),
+                  seeds: tuple[int, ...] = (1, 2, 3), overrides: tuple[str, ...] = ()) -> str:
+    """The grid command that produces converged runs (the paper profile) of `methods` (all when empty) on
+    `datasets`: resumable and checkpointed, as a campaign runs it (docs/campaigns.md)."""
+    parts = ["python -m bench run --all --profile paper"]
+    parts += [f"--methods {' '.join(methods)}"] if methods else []
+    parts += [f"--datasets {' '.join(datasets)}", f"--seeds {' '.join(map(str, seeds))}"]
+    parts += [f"--set {o}" for o in overrides]
+    return " ".join([*parts, "--checkpoint-every 1"])
+
+
+def budget_kind(profile: str) -> str:
+    """What a profile's runs are, in words, for a profile not meant to converge."""
+    if profile in CONVERGING_PROFILES:
+        return "converged runs"
+    if profile in ("smoke", "quick"):
+        return "pipeline check at a few epochs, not converged (no verdict on which method is more accurate)"
+    return "a custom budget, not one meant to converge (no verdict on which method is more accurate)"
 
 
 def budget_banner(g: pd.DataFrame) -> str | None:
@@ -182,9 +231,10 @@ def budget_banner(g: pd.DataFrame) -> str | None:
     for (users, epochs, patience), b in g.groupby(["max_users", "spec_epochs", "spec_patience"], dropna=False):
         pat = "" if pd.isna(patience) else f" (patience {int(patience)})"
         parts.append(f"{_users(users)}, {_epochs(epochs)}{pat} on {', '.join(datasets_of(b))}")
+    profile = g["profile"].iloc[0]
     return (
-        f"Budget: {g['profile'].iloc[0]} profile: {'; '.join(parts)}; {seeds_text(g)} seed(s) per cell. Not"
-        f" comparable with the published numbers (paper: {PAPER_BUDGET}), which are therefore not shown."
+        f"Budget: {profile} profile, {budget_kind(profile)}: {'; '.join(parts)}; {seeds_text(g)} seed(s) per"
+        f" cell. Not comparable with the published numbers (paper: {PAPER_BUDGET}), which are therefore not shown."
     )
 
 

@@ -1,4 +1,4 @@
-"""The answers: what the records say, per dataset, first on the page and in README.md's marked block.
+"""The answers: what the records say, per dataset (answers.md, and below the first screen of index.html).
 
 Per dataset: the most accurate method (test NDCG@20) and whether it is significantly better than every
 other; ELCRec against its best baseline with its interval; ELCRec against ICLRec per epoch, in time to
@@ -23,11 +23,14 @@ from bench.reporting.runs import (
     GROUP,
     METHOD_NAMES,
     PROPOSED,
+    budget_kind,
     columns_of,
+    converged_group,
     datasets_of,
     group_brief,
     groups_by_authority,
     in_group,
+    paper_command,
 )
 
 METRIC = "NDCG@20"
@@ -69,12 +72,16 @@ def _short(key: tuple) -> str:
     return ", ".join(str(v) for i, v in enumerate(key) if not (GROUP[i] == "protocol" and v == "reference"))
 
 
-def _choose(ev: Evidence, dataset: str, candidates: list[Candidate]) -> tuple[str, str]:
+def _choose(ev: Evidence, dataset: str, candidates: list[Candidate], converged_only: bool) -> tuple[str, str]:
     """(answer, from): the first candidate (groups in authority order) with a verdict, else the first."""
     if not candidates:
+        if converged_only:
+            return f"no converged run on {dataset}: `{paper_command([dataset])}`", ""
         return "not measured: no group has it on this dataset", ""
     chosen = next((c for c in candidates if c.stated), candidates[0])
     source = group_brief(chosen.key, ev.where(ev.runs, chosen.key, dataset))
+    if not converged_group(ev.runs, chosen.key):
+        source += f"; {budget_kind(chosen.key[0]).split(' (')[0]}"
     skipped = [c for c in candidates[: candidates.index(chosen)]]
     if skipped:
         source += f". No verdict in: {'; '.join(_short(c.key) for c in skipped)}."
@@ -146,23 +153,33 @@ def _time_to_target(ev: Evidence, key: tuple, dataset: str) -> Candidate | None:
     return Candidate(key, text, stated)
 
 
+# question -> (how one group answers it, whether only groups of converged runs may answer it). Which method
+# is more accurate, and how long each takes to reach a quality, are properties of converged models: a few
+# epochs of a pipeline check rank the methods by how fast they start. Seconds per epoch and peak memory do
+# not depend on how long a run goes on, so any group measures them, and says which budget it ran.
 QUESTIONS = {
-    f"most accurate (test {METRIC})": _most_accurate,
-    f"{ELCREC} vs best baseline (test {METRIC})": _versus_baseline,
-    f"{ELCREC} vs {ICLREC}: training s per epoch after the first": lambda ev, k, d: _cost(ev, k, d, "per_epoch"),
-    f"{ELCREC} vs {ICLREC}: training s to a target quality": _time_to_target,
-    f"{ELCREC} vs {ICLREC}: peak memory": lambda ev, k, d: _cost(ev, k, d, "memory"),
+    f"most accurate (test {METRIC})": (_most_accurate, True),
+    f"{ELCREC} vs best baseline (test {METRIC})": (_versus_baseline, True),
+    f"{ELCREC} vs {ICLREC}: training s per epoch after the first": (lambda ev, k, d: _cost(ev, k, d, "per_epoch"), False),
+    f"{ELCREC} vs {ICLREC}: training s to a target quality": (_time_to_target, True),
+    f"{ELCREC} vs {ICLREC}: peak memory": (lambda ev, k, d: _cost(ev, k, d, "memory"), False),
 }
 
 
 def answers_table(ev: Evidence) -> pd.DataFrame:
     """One row per (dataset, question): the answer and the group it comes from."""
     groups = groups_by_authority(ev.runs)
+    converged = [key for key in groups if converged_group(ev.runs, key)]
     rows = []
     for dataset in datasets_of(ev.runs):
-        for i, (question, ask) in enumerate(QUESTIONS.items()):
-            candidates = [c for c in (ask(ev, key, dataset) for key in groups) if c is not None]
-            answer, source = _choose(ev, dataset, candidates)
+        said = False  # the command that runs the missing converged runs, once per dataset
+        for i, (question, (ask, converged_only)) in enumerate(QUESTIONS.items()):
+            keys = converged if converged_only else groups
+            candidates = [c for c in (ask(ev, key, dataset) for key in keys) if c is not None]
+            answer, source = _choose(ev, dataset, candidates, converged_only)
+            if not candidates and converged_only:
+                answer = "no converged run on this dataset (command above)" if said else answer
+                said = True
             rows.append({"dataset": dataset if i == 0 else "", "question": question, "answer": answer, "from": source})
     return pd.DataFrame(rows)
 
@@ -171,8 +188,11 @@ SUMMARY_INTRO = (
     "Per dataset, each answer from the most authoritative group of runs that states a verdict on it (`paper`"
     " profile first, then `quick`, `smoke`, `custom`; within one, the reference protocol, the faithful variant"
     " and the GPU first); `from` names that group and its budget, and the more authoritative groups that have"
-    " the numbers without a verdict. A verdict needs its evidence: a paired test for accuracy, a 95% interval"
-    " for cost (bench/core/stats.py)."
+    " the numbers without a verdict. Accuracy and time to a target quality come from converged runs only"
+    " (paper profile: stopped by patience or at the full epoch budget); where a dataset has none, the answer"
+    " gives the command that runs them. Seconds per epoch and peak memory come from any group, a pipeline"
+    " check's included, labelled as such. A verdict needs its evidence: a paired test for accuracy, a 95%"
+    " interval for cost (bench/core/stats.py)."
 )
 
 
@@ -180,11 +200,12 @@ def answer_blocks(ev: Evidence, header: str) -> list[Block]:
     return [("p", header), ("p", SUMMARY_INTRO), ("table", answers_table(ev))]
 
 
-def readme_markdown(blocks: list[Block], scaling: list[Block]) -> str:
-    """The text between README.md's markers: the answers and the scaling study's answer, without images."""
+def answers_markdown(blocks: list[Block], scaling: list[Block]) -> str:
+    """answers.md: every answer per dataset and the scaling study's answer, without images."""
     lines = [b for b in scaling if b[0] != "image"]
-    text = render_md([*blocks, *([("p", "Scaling study:"), *lines[1:]] if lines else [])])
-    return text + "\nEvery table and plot: `results/index.html` (`python -m bench leaderboard` regenerates this block).\n"
+    title: Block = ("h1", "Every answer, per dataset")
+    text = render_md([title, *blocks, *([("p", "Scaling study:"), *lines[1:]] if lines else [])])
+    return text + "\nEvery table and plot: `index.html` (`python -m bench leaderboard` regenerates this file).\n"
 
 
 def _span(text: str, name: str) -> tuple[int, int] | None:

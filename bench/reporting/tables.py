@@ -14,7 +14,7 @@ import pandas as pd
 from bench.core.records import DEFAULT_ENCODER, METRICS
 from bench.reporting.comparisons import PairedTests, compare_accuracy, with_training_seconds
 from bench.reporting.published import PUBLISHED_ACCURACY, PUBLISHED_LOSS, PUBLISHED_SOURCE
-from bench.reporting.runs import GROUP, PAPER_PROFILE, ordered
+from bench.reporting.runs import GROUP, PAPER_PROFILE, converged_group, groups_by_authority, ordered
 
 COLUMN_KEYS = ["config_source", "method_options", "rec_loss", "encoder"]  # what tells two columns of a method apart
 
@@ -43,7 +43,8 @@ def accuracy_table(runs: pd.DataFrame, tests: PairedTests) -> pd.DataFrame:
     acc = long.groupby(keys, sort=False)["value"].agg(mean="mean", std="std", n_seeds="count").reset_index()
     acc["published"], acc["published_source"] = _published(acc)
     acc["diff"] = acc["mean"] - acc["published"]
-    acc = compare_accuracy(acc, tests)
+    marked = {key for key in groups_by_authority(runs) if converged_group(runs, key)}
+    acc = compare_accuracy(acc, tests, marked)
     return ordered(acc, [*GROUP, "dataset", "metric", "method", *COLUMN_KEYS])
 
 
