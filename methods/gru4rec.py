@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from methods.encoder import Dropout, Encoder
@@ -26,8 +27,11 @@ class GRU4RecEncoder(Encoder):
     layout_prefixes = ("gru_layers.",)
     required_keys = ("item_embeddings.weight", "gru_layers.weight_ih_l0", "gru_layers.weight_hh_l0", "dense.weight")
 
-    def __init__(self, item_size: int, hidden: int = 64, num_layers: int = 2, hidden_dropout: float = 0.5):
+    def __init__(
+        self, item_size: int, hidden: int = 64, num_layers: int = 2, hidden_dropout: float = 0.5, max_len: int = 50
+    ):
         super().__init__()
+        self.max_len = max_len
         if num_layers < 2:  # the published code builds num_layers - 1 GRU layers
             raise ValueError(f"encoder gru4rec needs num_layers >= 2 (it has num_layers - 1 GRU layers), got {num_layers}")
         self.item_embeddings = nn.Embedding(item_size, hidden, padding_idx=0)
@@ -38,7 +42,8 @@ class GRU4RecEncoder(Encoder):
 
     @staticmethod
     def encoder_args(config) -> dict:
-        return {"hidden": config.hidden_size, "num_layers": config.num_layers, "hidden_dropout": config.hidden_dropout}
+        return {"hidden": config.hidden_size, "num_layers": config.num_layers, "hidden_dropout": config.hidden_dropout,
+                "max_len": config.max_len}
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -61,11 +66,23 @@ class GRU4RecEncoder(Encoder):
         return self.dense(self._gru(ids)[:, -1])  # [B, H]: the linear layer on the last position only
 
     def _gru(self, ids: torch.Tensor) -> torch.Tensor:
-        output, _ = self.gru_layers(self.emb_dropout(self.item_embeddings(ids)))  # [B, L, 2H]
-        return output
+        """GRU outputs [B, L, 2H] of `ids` [B, L] as the columns of its full-width (max_len) left-padded form.
+
+        The padding row is an embedding like any other (the full-softmax losses train it; the published Beauty
+        file's is not zero), so leading padding moves the state. An input with leading columns cut off
+        (evaluation cuts those that are padding in every row) starts from the state those padding steps
+        reach: in eval mode one state for every row (same input, no dropout), from a GRU pass over the
+        padding alone; in training (dropout per row and position) the padding is put back.
+        """
+        width, cut = ids.shape[1], self.max_len - ids.shape[1]
+        if cut > 0 and self.training:
+            ids, cut = F.pad(ids, (cut, 0)), 0  # padding id 0
+        state = None
+        if cut > 0:
+            padding = self.item_embeddings(ids.new_zeros(1, cut))  # [1, cut, H]
+            state = self.gru_layers(padding)[1].expand(-1, ids.shape[0], -1).contiguous()  # [layers, B, 2H]
+        output, _ = self.gru_layers(self.emb_dropout(self.item_embeddings(ids)), state)  # [B, max_len or L, 2H]
+        return output[:, -width:]
 
     def cuts_leading_padding(self) -> bool:
-        # Without biases, a zero input keeps a zero state exactly (both gates 0.5, candidate tanh(0) = 0), so
-        # leading padding changes nothing while the padding row is zero: nn.Embedding's padding_idx keeps it
-        # zero in training, but a loaded checkpoint may hold anything there (one check per evaluation).
-        return not bool(self.item_embeddings.weight[0].any())
+        return True  # `_gru` starts a cut input from the state its leading padding reaches

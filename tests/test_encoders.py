@@ -72,15 +72,19 @@ def test_gru4rec_is_the_published_encoder(layers):
     assert torch.allclose(method.encode_last(ids), expected[:, -1], atol=1e-5)
 
 
-def test_gru_leading_padding_is_cut_only_while_the_padding_row_is_zero():
-    method = build("sasrec", "gru4rec", hidden_size=16).eval()
-    ids = torch.tensor([[0, 0, 0, 3, 7], [0, 0, 2, 9, 4]])
-    assert method.cuts_leading_padding()
-    assert torch.equal(method.encode_last(ids[:, 2:]), method.encode_last(ids))  # a zero input keeps a zero state
+@pytest.mark.parametrize("training", [False, True])
+def test_a_cut_gru_input_gives_the_outputs_of_its_full_width(training):
+    method = build("sasrec", "gru4rec", hidden_size=16, max_len=5, hidden_dropout=0.0).train(training)
     with torch.no_grad():
-        method.item_embeddings.weight[0] = 1.0  # as in a published file, whose padding row was trained
-    assert not method.cuts_leading_padding()
-    assert not torch.allclose(method.encode_last(ids[:, 2:]), method.encode_last(ids))
+        method.item_embeddings.weight[0] = 1.0  # as in the published file, whose padding row was trained
+    ids = torch.tensor([[0, 0, 0, 3, 7], [0, 0, 2, 9, 4]])
+    full = method(ids)
+    assert method.cuts_leading_padding()
+    assert torch.allclose(method(ids[:, 2:]), full[:, 2:], atol=1e-6)
+    assert torch.allclose(method.encode_last(ids[:, 2:]), full[:, -1], atol=1e-6)
+    # The padding does move the state: a GRU started from zero on the cut input gives other numbers.
+    from_zero = method.dense(method.gru_layers(method.item_embeddings(ids[:, 2:]))[0][:, -1])
+    assert not torch.allclose(from_zero, full[:, -1], atol=1e-3)
 
 
 @pytest.mark.parametrize("encoder, layers, hidden", [("gru4rec", 3, 24), ("gru4rec", 2, 16), ("sasrec", 2, 16)])
