@@ -390,3 +390,19 @@ def test_an_unreadable_manifest_is_refused_then_replaced_with_force(tmp_path, ad
     _one_line_error(run_cli(["data", "add", "mini", path], capsys), "cannot read the manifest")
     assert run_cli(["data", "add", "mini", path, "--force"], capsys).code == 0
     assert data.load_manifest("mini").expected["users"] == 150
+
+
+def test_the_python_api_adds_as_the_command_line_does(tmp_path, capsys):
+    import bench
+
+    path = write(tmp_path / "log.csv", CRAFTED, "csv")
+    lines: list[str] = []
+    added = bench.add_dataset("mine", path, k_core=3, log=lines.append)
+    assert not added.unchanged and any("3-core round 2: removed 1 users" in line for line in lines)
+    cli = run_cli(["data", "add", "theirs", path, "--k-core", "3"], capsys)
+    assert cli.code == 0 and data.read_added_manifest("theirs")["sha256"] == added.manifest["sha256"]
+    assert bench.add_dataset("mine", path, k_core=3).unchanged
+    with pytest.raises(bench.BenchError) as raised:
+        bench.add_dataset("mine", path, k_core=2)
+    refused = run_cli(["data", "add", "mine", path, "--k-core", "2"], capsys)
+    assert refused.err.strip() == f"error: {raised.value}"
