@@ -70,7 +70,7 @@ def test_faithful_run_is_recorded_as_faithful_and_keeps_the_id_it_had_before_the
     # Faithful values of the execution options (and the method's published rec_loss) stay out of the hash
     # (and precision/compile out of the budget): the id of the faithful run is exactly the hash of the config
     # without them ...
-    config_without = {k: v for k, v in record["config"].items() if k not in ("view_encoding", "kmeans_init", "rec_loss")}
+    config_without = {k: v for k, v in record["config"].items() if k not in ("view_encoding", "kmeans_init", "rec_loss", "encoder")}
     assert record["run_id"] == records.run_id("iclrec", "synthetic", 1, "custom", "reference", config_without, budget_of(s))
     # ... and not the hash of the config as it is now (else the check above could not tell the two apart).
     assert record["run_id"] != records.run_id("iclrec", "synthetic", 1, "custom", "reference", record["config"], budget_of(s))
@@ -142,7 +142,7 @@ def test_shared_view_encoding_saves_one_encoder_pass_and_is_a_fast_run_with_its_
     assert record["variant"] == {**expected, "rec_loss": "bce"}
     assert record["config"]["view_encoding"] == "shared" and record["config_source"] == "custom"
     # A non-default value stays in the hash, so the fast run never shares an id with the faithful one.
-    hashed = {k: v for k, v in record["config"].items() if k not in ("kmeans_init", "rec_loss")}  # faithful: left out
+    hashed = {k: v for k, v in record["config"].items() if k not in ("kmeans_init", "rec_loss", "encoder")}  # faithful: left out
     assert record["run_id"] == records.run_id(method_name, "synthetic", 1, "custom", "reference", hashed, budget_of(s))
     assert record["run_id"] != spec(method_name).run_id
 
@@ -164,7 +164,7 @@ def test_bf16_runs_on_cpu_end_to_end_as_a_fast_run_with_its_own_id(method_name, 
     assert all(math.isfinite(v) for v in record["test"].values())
     assert record["run_id"] == records.run_id(
         method_name, "synthetic", 1, "custom", "reference",
-        {k: v for k, v in record["config"].items() if k not in ("view_encoding", "kmeans_init", "rec_loss")},
+        {k: v for k, v in record["config"].items() if k not in ("view_encoding", "kmeans_init", "rec_loss", "encoder")},
         budget_of(s, precision="bf16"),
     )
     assert record["run_id"] != spec(method_name).run_id

@@ -176,8 +176,8 @@ def test_icsrec_is_faithful_with_ce_last_and_modified_with_bce(tiny_data):
     assert record["variant"] == {"mode": "faithful", "precision": "fp32", "compile": "off", "kmeans_init": "warm",
                                  "rec_loss": "ce_last"}
     assert record["epochs"][0]["losses"].keys() == {"rec", "coarse", "fine", "loss"}
-    # its published loss stays out of the id, as bce does for the first four methods
-    hashed = {k: v for k, v in record["config"].items() if k not in ("kmeans_init", "rec_loss")}
+    # its published loss stays out of the id, as bce does for the first four methods (and the default encoder)
+    hashed = {k: v for k, v in record["config"].items() if k not in ("kmeans_init", "rec_loss", "encoder")}
     budget = {"epochs": 1, "patience": 1, "max_users": None}
     assert record["run_id"] == records.run_id("icsrec", "synthetic", 1, "custom", "reference", hashed, budget)
     bce = train.run(spec(rec_loss="bce"), progress=False, data=tiny_data)
