@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from methods.augment import augment
-from methods.encoder import Encoder
+from methods.encoder import Encoder, SASRecEncoder
 from methods.encoders import ENCODERS
 from methods.losses import full_softmax_ce, rec_bce_loss, rec_ce_loss
 
@@ -192,7 +192,7 @@ class DatasetInfo:
     num_users: int
 
 
-CPU_CHUNK_ROWS = 128  # rows per encoder call on CPU (see Method.encode_separately)
+CPU_CHUNK_ROWS = SASRecEncoder.cpu_chunk_rows  # rows per SASRec call on CPU (see Method.encode_separately)
 
 
 class Method(nn.Module, metaclass=ABCMeta):
@@ -314,7 +314,7 @@ class Method(nn.Module, metaclass=ABCMeta):
         """
         encode = self.encode_last if last_only else self
         rows = torch.cat(inputs)  # [sum B_i, L]
-        chunk = len(rows) if rows.is_cuda else CPU_CHUNK_ROWS
+        chunk = len(rows) if rows.is_cuda or self.cpu_chunk_rows is None else self.cpu_chunk_rows
         out = torch.cat([encode(part) for part in rows.split(chunk)]) if len(rows) > chunk else encode(rows)
         return out.split([len(x) for x in inputs])
 

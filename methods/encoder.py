@@ -152,6 +152,9 @@ class Encoder(nn.Module):
     name: ClassVar[str]  # registry name: `--set encoder=<name>`, run ids, tables
     layout_prefixes: ClassVar[tuple[str, ...]]  # state_dict key prefixes that only this encoder's layout has
     required_keys: ClassVar[tuple[str, ...]]  # keys a checkpoint of this layout cannot lack
+    # Rows per encoder call on CPU when a method encodes several inputs (Method.encode_separately); None: one
+    # call. Only speed depends on it.
+    cpu_chunk_rows: ClassVar[int | None] = None
     item_embeddings: nn.Embedding
 
     @staticmethod
@@ -187,6 +190,7 @@ class SASRecEncoder(Encoder):
     """Item sequence [B, L] (left-padded with 0) -> hidden states [B, L, H]."""
 
     name = "sasrec"
+    cpu_chunk_rows = 128  # activations stay in cache (Method.encode_separately)
     layout_prefixes = ("position_embeddings.", "item_encoder.")
     required_keys = ("item_embeddings.weight", "position_embeddings.weight")
 

@@ -24,6 +24,8 @@ class GRU4RecEncoder(Encoder):
     """Item sequence [B, L] (left-padded with 0) -> outputs [B, L, H], one per position."""
 
     name = "gru4rec"
+    # One call per input group: the GRU steps through the positions, and each call pays that per step.
+    cpu_chunk_rows = None
     layout_prefixes = ("gru_layers.",)
     required_keys = ("item_embeddings.weight", "gru_layers.weight_ih_l0", "gru_layers.weight_hh_l0", "dense.weight")
 
