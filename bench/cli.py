@@ -39,7 +39,7 @@ RESULTS_HELP = "results folder: records go to <results>/runs/ (default $BENCH_RE
 def _add_budget_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--profile",
-        help="budget: smoke (1,000 users, 2 epochs of at most 2 steps) | quick (all users, 10 epochs) | paper (300 epochs, "
+        help="budget: smoke (1,200 users, 2 epochs of one step) | quick (all users, 10 epochs) | paper (300 epochs, "
         "patience 40, seeds 1-3; the default)",
     )
     p.add_argument("--epochs", type=int, help="maximum epochs (default: the profile's)")

@@ -47,7 +47,7 @@ def test_a_budget_has_one_label_whatever_the_command():
     paper = grid.grid_specs(["sasrec"], ["Beauty"], [1])[0]
     assert bare.profile == "paper" and bare.run_id == paper.run_id
     # The smoke budget spelled out without --profile is the smoke run.
-    spelled = make_spec("sasrec", "Beauty", epochs=2, patience=2, max_users=1000, max_steps=2)
+    spelled = make_spec("sasrec", "Beauty", epochs=2, patience=2, max_users=1200, max_steps=1)
     assert spelled.profile == "smoke"
 
 
