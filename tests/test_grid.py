@@ -200,13 +200,13 @@ def test_unknown_names_stop_the_grid_before_any_work(tmp_path, capsys, option, m
 
 # ------------------------------------------------------------------------------ in-process, no training
 def test_profile_label_is_custom_only_when_the_budget_differs():
-    smoke = grid.grid_specs(datasets=["Beauty"], profile="smoke", epochs=3)
+    smoke = grid.grid_specs(datasets=["Beauty"], profile="smoke", epochs=2)
     # six methods x one dataset x seed 1, and the GRU4Rec column: ICSRec on gru4rec
     assert {s.profile for s in smoke} == {"smoke"} and len(smoke) == 7
     assert [s.method for s in smoke] == ["sasrec", "cl4srec", "iclrec", "elcrec", "icsrec", "icsrec", "duorec"]
     assert [s.config.encoder for s in smoke if s.method == "icsrec"] == ["sasrec", "gru4rec"]
-    custom = grid.grid_specs(datasets=["Beauty"], profile="smoke", epochs=2)
-    assert {s.profile for s in custom} == {"custom"} and {s.epochs for s in custom} == {2}
+    custom = grid.grid_specs(datasets=["Beauty"], profile="smoke", epochs=3)
+    assert {s.profile for s in custom} == {"custom"} and {s.epochs for s in custom} == {3}
     paper = grid.grid_specs(["sasrec"])
     assert {s.profile for s in paper} == {"paper"} and len(paper) == 4 * 3  # every dataset, seeds 1-3
     assert len(grid.grid_specs(["iclrec"], ["Beauty"], profile="paper")) == 3  # no extra column there
