@@ -167,6 +167,7 @@ def test_sigterm_to_a_grid_on_a_cluster_records_its_runs_interrupted_and_a_rerun
     assert not list(ckpts.glob("*/last.pt"))
 
 
+@pytest.mark.slow  # about a minute: a cluster of three nodes started, one killed mid-grid
 def test_a_grid_on_a_cluster_that_loses_a_node_keeps_every_record(cluster, tmp_path):
     results, ckpts = tmp_path / "results", tmp_path / "checkpoints"
     args = _grid_args(results, "--seeds", "1", "2", "3", "--epochs", "12", "--patience", "12",
