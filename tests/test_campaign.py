@@ -340,6 +340,7 @@ def test_bad_campaign_options_get_one_line(tmp_path, capsys, args, message):
 
 
 # ------------------------------------------------------------------------------- Ray, logical GPUs
+@pytest.mark.slow  # a Ray cluster with two logical GPUs and four runs on it: half a minute
 def test_fractional_gpus_pack_four_runs_on_two_logical_gpus(monkeypatch):
     import ray
 

@@ -57,6 +57,7 @@ def local_grid(tmp_path_factory, one_torch_thread) -> Path:
     return results
 
 
+@pytest.mark.slow  # the same grid again through Ray: half a minute; a Ray grid stays in the default suite (the failing-run test)
 def test_local_and_ray_records_share_a_schema(local_grid, tmp_path):
     proc = bench_grid(tmp_path, "--executor", "ray", "--methods", "sasrec", "cl4srec", "--seeds", "1", *TINY)
     assert proc.returncode == 0, proc.stderr
