@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bench.reporting import forest
-from bench.reporting.headline import HEADLINE_TITLE, headline_answer, headline_claims
+from bench.reporting.headline import HEADLINE_DATASET, HEADLINE_TITLE, headline_answer, headline_claims
 from bench.reporting.loss_question import LOSS_TITLE, loss_answer, loss_claims
 from bench.reporting.rendering import Block, Image, num, render_md
 from bench.reporting.runs import (
@@ -84,7 +84,10 @@ def missing_lines(runs: pd.DataFrame) -> list[str]:
 
 
 def build_front(ev: Evidence) -> Front:
-    datasets = datasets_of(ev.runs[ev.runs["converged"]]) if ev.runs["converged"].any() else []
+    converged = datasets_of(ev.runs[ev.runs["converged"]]) if ev.runs["converged"].any() else []
+    # The dataset of the published claims always has its rows: before any run converges, the figure shows
+    # the claims themselves, each marked "not run yet".
+    datasets = list(dict.fromkeys([HEADLINE_DATASET, *converged]))
     claims = [c for d in datasets for c in (*headline_claims(ev, d), *loss_claims(ev, d))]
     png, alt = forest.forest_png(claims, FOREST_TITLE)
     questions = [(HEADLINE_TITLE, headline_answer(ev)), (LOSS_TITLE, loss_answer(ev))]
