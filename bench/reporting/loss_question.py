@@ -3,7 +3,7 @@
 ICLRec and ELCRec are SASRec plus an intent module, trained with SASRec's published loss: BCE against one
 sampled negative. SASRec trained with full-softmax cross-entropy instead (`--set rec_loss=ce`, the
 loss-matched baseline) gains more on Beauty, in the literature, than any intent module claims (eSASRec
-benchmark; RecBole issue 1290, as Klenitskiy & Vasilev train SASRec; bench/reporting/published.LOSS_FRAMES).
+benchmark; RecBole GitHub thread 1290, as Klenitskiy & Vasilev train SASRec; bench/reporting/published.LOSS_FRAMES).
 This section compares, at the paper's budget (profile `paper`, reference protocol, faithful variant, converged
 runs only), ICLRec and ELCRec with their published loss against SASRec-CE, on test NDCG@10 (the literature's
 metric) with paired tests and intervals, the loss's own effect (SASRec-CE against SASRec-BCE) beside the

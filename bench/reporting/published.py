@@ -146,7 +146,7 @@ LOSS_FRAMES: tuple[dict, ...] = (
                     " selection; their replication rule accepts a rerun within 5% of a reported value",
     },
     {
-        "source": "RecBole issue 1290 (SASRec trained with full-softmax cross-entropy, as Klenitskiy & Vasilev,"
+        "source": "RecBole GitHub thread 1290 (SASRec trained with full-softmax cross-entropy, as Klenitskiy & Vasilev,"
                   " RecSys 2023, train it)",
         "short": "RecBole #1290",
         "metric": "NDCG@10",

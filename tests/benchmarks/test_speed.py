@@ -89,48 +89,38 @@ def first_batch(method: Method, data, device: torch.device):
 
 
 # ------------------------------------------------------------------------------------------- train step
+
+def our_step_benchmark(benchmark, method, data, device) -> None:
+    """Time our training step (forward, backward, Adam) of `method` on its first batch."""
+    method.train()
+    optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr)
+    batch = first_batch(method, data, device)
+
+    def step() -> float:
+        terms = method.training_step(batch)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        sync(device)
+        return terms["loss"].item()
+
+    loss = benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    assert math.isfinite(loss)
+
 @pytest.mark.benchmark(group="train step")
 @pytest.mark.parametrize("name", METHODS)
 def test_train_step(benchmark, beauty_data, device, name):
     if name in ("iclrec", "elcrec"):  # their own groups, beside the published-style step
         benchmark.group = f"{name} step"
         benchmark.extra_info["ratio"] = "denominator"
-    method = build(name, beauty_data, device)
-    method.train()
-    optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr)
-    batch = first_batch(method, beauty_data, device)
-
-    def step() -> float:
-        terms = method.training_step(batch)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
-        sync(device)
-        return terms["loss"].item()
-
-    loss = benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
-    assert math.isfinite(loss)
+    our_step_benchmark(benchmark, build(name, beauty_data, device), beauty_data, device)
 
 
 @pytest.mark.benchmark(group="iclrec step on gru4rec")
 def test_train_step_on_gru4rec(benchmark, beauty_data, device):
     """Our ICLRec step on the GRU4Rec encoder, beside `test_train_step_published_way_on_gru4rec`."""
     benchmark.extra_info["ratio"] = "denominator"
-    method = build("iclrec", beauty_data, device, GRU)
-    method.train()
-    optimizer = torch.optim.Adam(method.parameters(), lr=method.config.lr)
-    batch = first_batch(method, beauty_data, device)
-
-    def step() -> float:
-        terms = method.training_step(batch)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
-        sync(device)
-        return terms["loss"].item()
-
-    loss = benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
-    assert math.isfinite(loss)
+    our_step_benchmark(benchmark, build("iclrec", beauty_data, device, GRU), beauty_data, device)
 
 
 @pytest.mark.benchmark(group="iclrec step on gru4rec")
