@@ -288,6 +288,32 @@ def test_heartbeat_decides_for_workers_of_other_machines(tmp_path):
     assert storage._get_stale_trial_ids(study._study_id) == [ids["silent elsewhere"]]
 
 
+def test_a_worker_killed_before_its_first_heartbeat_still_names_its_trials(tmp_path):
+    # A worker can die between taking a trial and its first heartbeat (a kill while its objective holds the
+    # journal lock). Its trials, new or queued, must already name it, so that reopening the study fails them
+    # at once instead of after the grace period.
+    from bench.tuning import studies
+
+    journal = tmp_path / "early.journal"
+    storage = studies.open_storage(str(journal))
+    study = optuna.create_study(study_name="early", storage=storage, direction="maximize")
+    study.enqueue_trial({"lr": 0.001})
+    worker = (
+        "import os, sys, warnings, optuna\n"
+        "from bench.tuning import studies\n"
+        "warnings.simplefilter('ignore')\n"
+        "study = optuna.load_study(study_name='early', storage=studies.open_storage(sys.argv[1]))\n"
+        "study.ask(); study.ask()\n"  # the queued trial, then a new one
+        "os._exit(0)\n"  # no heartbeat ever sent, nothing finished
+    )
+    subprocess.run([sys.executable, "-c", worker, str(journal)], check=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    reopened = studies.open_storage(str(journal))
+    study_id = reopened.get_study_id_from_name("early")
+    running = [t._trial_id for t in reopened.get_all_trials(study_id, states=(TrialState.RUNNING,))]
+    assert len(running) == 2
+    assert reopened._get_stale_trial_ids(study_id) == sorted(running)
+
+
 # ------------------------------------------------------------------------------------------ PostgreSQL
 def _postgres_bin() -> Path | None:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))

@@ -87,18 +87,40 @@ def owner_is_dead(owner: Any) -> bool:
 class _DeadOwnerCheck:
     """Mixin for a heartbeat storage: trials whose owner died on this machine are stale at once.
 
-    The first heartbeat of a trial (sent by Optuna right after the trial starts) also records its owner.
+    A new trial is written with its owner in the same storage operation, and a queued trial gets its
+    owner just before it turns RUNNING. Optuna's heartbeat thread starts alongside the objective, so a
+    worker killed while its objective holds the journal lock would otherwise leave a RUNNING trial that
+    names nobody, and it would be found only after the grace period. The first heartbeat records the
+    owner again, which settles a queued trial that two workers raced for.
     """
 
     _owner: dict | None = None
 
+    def _me(self) -> dict:
+        if self._owner is None or self._owner.get("pid") != os.getpid():  # a forked worker is a new owner
+            self._owner = current_owner()
+            self._tagged: set[int] = set()
+        return self._owner
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        if template_trial is not None:  # a trial added whole (a queued rerun, a copied result): no owner
+            return super().create_new_trial(study_id, template_trial)
+        owner = self._me()
+        running = optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs={OWNER_KEY: owner})
+        trial_id = super().create_new_trial(study_id, running)
+        self._tagged.add(trial_id)
+        return trial_id
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        if state == TrialState.RUNNING:
+            self.set_trial_system_attr(trial_id, OWNER_KEY, self._me())
+        return super().set_trial_state_values(trial_id, state, values)
+
     def record_heartbeat(self, trial_id: int) -> None:
         try:
-            if self._owner is None or self._owner.get("pid") != os.getpid():
-                self._owner = current_owner()
-                self._tagged: set[int] = set()
+            owner = self._me()
             if trial_id not in self._tagged:
-                self.set_trial_system_attr(trial_id, OWNER_KEY, self._owner)
+                self.set_trial_system_attr(trial_id, OWNER_KEY, owner)
                 self._tagged.add(trial_id)
             super().record_heartbeat(trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
