@@ -27,9 +27,9 @@ from pathlib import Path
 from bench.core import configs, termination
 from bench.core.errors import BenchError
 from bench.core.spec import DEFAULT_RESULTS
-from methods import KMEANS_BACKENDS
+from methods import KMEANS_BACKENDS, REGISTRY
 
-METHOD_HELP = "method name: sasrec, cl4srec, iclrec, elcrec (or any method registered in methods/__init__.py)"
+METHOD_HELP = f"method name: {', '.join(REGISTRY)} (any method registered in methods/__init__.py)"
 DATASET_HELP = "dataset name: Beauty, Sports_and_Outdoors, Toys_and_Games, Yelp, or one added with `data add`"
 DEVICE_HELP = "auto (CUDA when torch sees it) | cpu | cuda"
 RESULTS_HELP = "results folder: records go to <results>/runs/ (default $BENCH_RESULTS, else results/ in the repository)"

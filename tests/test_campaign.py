@@ -59,6 +59,19 @@ def test_two_epochs_resume_two_epochs_gives_the_uninterrupted_curve(method, tiny
     assert not path.exists()  # a finished run keeps its record, not its checkpoint
 
 
+def test_a_run_logged_to_a_file_writes_one_line_per_epoch(tiny_data, capsys):
+    # A campaign lane's log is a file: redrawn bars there are a wall of carriage returns; one line per epoch
+    # (its valid score, the best so far, its phase times) is what `tail` of the log should show.
+    record = train.run(tiny_spec("iclrec", epochs=2), data=tiny_data, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("iclrec/synthetic seed 1: epoch ")]
+    assert [line.split(",")[0] for line in lines] == ["iclrec/synthetic seed 1: epoch 0 of 2",
+                                                      "iclrec/synthetic seed 1: epoch 1 of 2"]
+    for line, row in zip(lines, record["epochs"]):
+        assert f"valid NDCG@20 {row['valid']['NDCG@20']:.4f}" in line and "estep " in line and "train " in line
+
+
 def test_each_invocation_of_a_resumed_run_is_a_segment_of_its_context(tiny_data, tmp_path, monkeypatch):
     from bench.core import context
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -267,12 +268,16 @@ def fit_epochs(
     loop = _Epochs(spec, method, data, memory, wall_start, resume, run_context)
     fit = loop.fit
     boundary: dict | None = None  # the last epoch boundary's checkpoint, in host memory (written on SIGTERM)
-    bar = tqdm(range(loop.first_epoch, spec.epochs), desc=f"{spec.method}/{spec.dataset}", disable=not progress, leave=False)
+    # A terminal gets redrawn bars; a log file (a campaign lane, nohup) one line per epoch, which `tail` reads.
+    bars = progress and sys.stderr.isatty()
+    bar = tqdm(range(loop.first_epoch, spec.epochs), desc=f"{spec.method}/{spec.dataset}", disable=not bars, leave=False)
     try:
         for epoch in bar:
             _stop_if_terminated()
-            row = loop.run_epoch(epoch, progress)
+            row = loop.run_epoch(epoch, bars)
             bar.set_postfix({"valid NDCG@20": f"{row['valid'][SELECTION_METRIC]:.4f}", "best": fit.best_epoch})
+            if progress and not bars:
+                print(epoch_line(spec, row, fit), file=sys.stderr, flush=True)
             if epoch_callback is not None:
                 epoch_callback(epoch, row)
             if epoch - fit.best_epoch >= spec.patience:
@@ -299,6 +304,14 @@ def fit_epochs(
         fit.interrupted = termination.reason()
     bar.close()
     return fit
+
+
+def epoch_line(spec: RunSpec, row: dict, fit: Fit) -> str:
+    """One epoch of a run as a log line: where it is, its valid score and the best so far, its phase times."""
+    phases = ", ".join(f"{p} {row[f'{p}_s']:.1f} s" for p in PHASES if row.get(f"{p}_s"))
+    return (f"{spec.method}/{spec.dataset} seed {spec.seed}: epoch {row['epoch']} of {spec.epochs}, "
+            f"valid {SELECTION_METRIC} {row['valid'][SELECTION_METRIC]:.4f} "
+            f"(best {fit.best_score:.4f} at epoch {fit.best_epoch}), {phases}, loss {row['losses']['loss']:.4f}")
 
 
 class Terminated(Exception):
