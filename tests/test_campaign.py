@@ -537,6 +537,30 @@ def test_overhead_is_the_time_outside_the_epochs_not_their_spread():
     assert estimate.epoch_s == 10.0 and estimate.overhead_s == pytest.approx(5.0)  # not 195 - 10 x 10 = 95
 
 
+def test_estimates_pool_every_folder_and_count_a_collected_copy_once(tmp_path):
+    from bench.campaign.grid import grid_specs
+    from bench.campaign.schedule import kind_of, load_estimates
+    from bench.core import records
+
+    first, second = grid_specs(["sasrec"], ["Beauty"], [1, 2], profile="smoke", device="cpu")
+
+    def epochs(n: int, seconds: float) -> list[dict]:
+        return [{"epoch": i, "valid": {"NDCG@20": 0.01}, "estep_s": 0.0, "train_s": seconds, "eval_s": 0.0}
+                for i in range(n)]
+
+    # A campaign folder: a run interrupted after 4 epochs of 50 s (a busy machine). The repository: a finished
+    # run of 21 epochs of 10 s, and the interrupted one's collected copy, which must not count twice.
+    campaign, committed = tmp_path / "campaign", tmp_path / "committed"
+    slow = record_of(second, "interrupted", epochs(4, 50.0), wall_s=200.0)
+    records.save(campaign, slow)
+    records.save(committed, slow)
+    records.save(committed, record_of(first, "ok", epochs(21, 10.0), wall_s=210.0))
+    estimate = load_estimates(campaign, committed)[kind_of(first)]
+    assert estimate.runs == 2  # not 3: the copy is the same run
+    assert estimate.epoch_s == 10.0  # the median of 20 + 3 epochs after each run's first, not the busy run's 50
+    assert estimate.source == f"{campaign}, {committed}"
+
+
 def test_status_reads_this_machines_device_and_names_an_unreadable_record(tmp_path, capsys, monkeypatch):
     import torch
 

@@ -162,20 +162,32 @@ def estimate_from(recs: list[dict], source: str) -> Estimate | None:
 
 
 def load_estimates(*folders: Path | str) -> dict[tuple, Estimate]:
-    """Estimates per kind of run from the ok and interrupted records of `folders`; the first folder that has
-    records of a kind wins (the campaign's own results before the repository's committed ones)."""
-    estimates: dict[tuple, Estimate] = {}
+    """Estimates per kind of run from the ok and interrupted records of `folders`, pooled.
+
+    Every epoch of a kind counts, whichever folder holds it: the median over hundreds of epochs of a finished
+    run is not swayed by the few dozen of a run interrupted while the machine was busy with something else.
+    A run found in several folders (a campaign's record and its collected copy) counts once, as the copy
+    with the most epochs.
+    """
+    best: dict[str, tuple[dict, str]] = {}  # run id -> (record, folder)
     for folder in folders:
-        by_kind: dict[tuple, list[dict]] = {}
         for path in sorted((Path(folder) / "runs").glob("*.json")):
             record = records.read_record(path)
-            if record is not None and record.get("status") in ("ok", "interrupted"):
-                by_kind.setdefault(_record_kind(record), []).append(record)
-        for kind, recs in by_kind.items():
-            if kind not in estimates:
-                estimate = estimate_from(recs, str(folder))
-                if estimate is not None:
-                    estimates[kind] = estimate
+            if record is None or record.get("status") not in ("ok", "interrupted"):
+                continue
+            key = record.get("run_id") or str(path)
+            held = best.get(key)
+            if held is None or len(record.get("epochs") or []) > len(held[0].get("epochs") or []):
+                best[key] = (record, str(folder))
+    by_kind: dict[tuple, list[tuple[dict, str]]] = {}
+    for record, folder in best.values():
+        by_kind.setdefault(_record_kind(record), []).append((record, folder))
+    estimates: dict[tuple, Estimate] = {}
+    for kind, found in by_kind.items():
+        sources = ", ".join(dict.fromkeys(folder for _, folder in found))
+        estimate = estimate_from([record for record, _ in found], sources)
+        if estimate is not None:
+            estimates[kind] = estimate
     return estimates
 
 
