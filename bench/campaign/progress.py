@@ -10,15 +10,18 @@ from bench.core.train import SELECTION_METRIC
 
 
 class GridProgress:
-    """A bar on stderr (done/running/failed/skipped) and one line on stdout per finished run."""
+    """A bar on stderr (done/running/failed/skipped) when it is a terminal, and one line on stdout per finished run."""
 
     def __init__(self, total: int, skipped: int, enabled: bool) -> None:
         self.enabled = enabled
         self.counts = {"done": 0, "running": 0, "failed": 0, "interrupted": 0, "skipped": skipped}
         self.remaining = total
         self.slots = 0  # nothing runs until the executor is up
+        # Only a terminal gets the redrawn bar: in a log file it would be one endless line that the runs'
+        # epoch lines are appended to. The line per finished run is written either way.
         self.bar = tqdm(
-            total=total, desc="grid", unit="run", file=sys.stderr, disable=not enabled, dynamic_ncols=True
+            total=total, desc="grid", unit="run", file=sys.stderr, disable=not (enabled and sys.stderr.isatty()),
+            dynamic_ncols=True,
         )
         self._refresh()
 

@@ -308,7 +308,8 @@ def fit_epochs(
 
 def epoch_line(spec: RunSpec, row: dict, fit: Fit) -> str:
     """One epoch of a run as a log line: where it is, its valid score and the best so far, its phase times."""
-    phases = ", ".join(f"{p} {row[f'{p}_s']:.1f} s" for p in PHASES if row.get(f"{p}_s"))
+    shown = [p for p in PHASES if p != "estep" or row["estep_s"] >= 0.05]  # no E-step line for methods without one
+    phases = ", ".join(f"{p} {row[f'{p}_s']:.1f} s" for p in shown)
     return (f"{spec.method}/{spec.dataset} seed {spec.seed}: epoch {row['epoch']} of {spec.epochs}, "
             f"valid {SELECTION_METRIC} {row['valid'][SELECTION_METRIC]:.4f} "
             f"(best {fit.best_score:.4f} at epoch {fit.best_epoch}), {phases}, loss {row['losses']['loss']:.4f}")
