@@ -29,6 +29,7 @@ from bench.core.spec import RunSpec, check_choice, check_positive
 from bench.core.step import build_method, epoch_batches, make_optimizer, optimise, step_function
 from bench.core.step import steps_per_epoch as epoch_steps
 from bench.core.weights import save_checkpoint
+from methods import Method
 
 SELECTION_METRIC = "NDCG@20"  # model selection on valid, as the published code
 
@@ -270,6 +271,7 @@ def fit_epochs(
     boundary: dict | None = None  # the last epoch boundary's checkpoint, in host memory (written on SIGTERM)
     # A terminal gets redrawn bars; a log file (a campaign lane, nohup) one line per epoch, which `tail` reads.
     bars = progress and sys.stderr.isatty()
+    has_estep = type(method).on_epoch_start is not Method.on_epoch_start
     bar = tqdm(range(loop.first_epoch, spec.epochs), desc=f"{spec.method}/{spec.dataset}", disable=not bars, leave=False)
     try:
         for epoch in bar:
@@ -277,7 +279,7 @@ def fit_epochs(
             row = loop.run_epoch(epoch, bars)
             bar.set_postfix({"valid NDCG@20": f"{row['valid'][SELECTION_METRIC]:.4f}", "best": fit.best_epoch})
             if progress and not bars:
-                print(epoch_line(spec, row, fit), file=sys.stderr, flush=True)
+                print(epoch_line(spec, row, fit, has_estep), file=sys.stderr, flush=True)
             if epoch_callback is not None:
                 epoch_callback(epoch, row)
             if epoch - fit.best_epoch >= spec.patience:
@@ -306,9 +308,9 @@ def fit_epochs(
     return fit
 
 
-def epoch_line(spec: RunSpec, row: dict, fit: Fit) -> str:
+def epoch_line(spec: RunSpec, row: dict, fit: Fit, has_estep: bool) -> str:
     """One epoch of a run as a log line: where it is, its valid score and the best so far, its phase times."""
-    shown = [p for p in PHASES if p != "estep" or row["estep_s"] >= 0.05]  # no E-step line for methods without one
+    shown = [p for p in PHASES if p != "estep" or has_estep]
     phases = ", ".join(f"{p} {row[f'{p}_s']:.1f} s" for p in shown)
     return (f"{spec.method}/{spec.dataset} seed {spec.seed}: epoch {row['epoch']} of {spec.epochs}, "
             f"valid {SELECTION_METRIC} {row['valid'][SELECTION_METRIC]:.4f} "
