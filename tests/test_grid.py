@@ -118,6 +118,8 @@ def test_a_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, capsys, execut
     assert "failed: iclrec Beauty seed 1: iclrec on Beauty: num_intents 100000 exceeds" in done.err
     by_method = {r["method"]: r for r in record_files(tmp_path).values()}
     assert by_method["sasrec"]["status"] == "ok" and by_method["sasrec"]["config_source"] == "paper"
+    # The run had this process's priority, through Ray too (Ray's own default would be nice 15)
+    assert by_method["sasrec"]["context"]["niceness"] == os.getpriority(os.PRIO_PROCESS, 0)
     failed = by_method["iclrec"]
     assert failed["status"] == "failed"
     assert (

@@ -113,6 +113,7 @@ def _fit_runs(resources: dict, cpus_per_run: float | None, gpus_per_run: float |
 
 
 # ------------------------------------------------------------------------------------------ the cluster
+NICENESS_VAR = "RAY_worker_niceness"  # Ray's setting of its workers' nice value (default 15)
 PROBE_S = 5.0  # how long a probe of the head waits for its answer
 PROBE_EVERY_S = 2.0  # while runs are in flight, how often the head is probed
 LOST_AFTER_S = 10.0  # how long the head may not answer (or the cluster not fit a run) before the driver gives up
@@ -193,6 +194,12 @@ class _Ray:
         token = reaper.new_token()
         self.watchdog = reaper.start_watchdog(token)
         os.environ[reaper.TOKEN_VAR] = token  # inherited by every process of this Ray, and by nothing else
+        # Ray runs its workers at nice 15 unless told otherwise: the runs, which are the work, would yield to
+        # anything else on the machine and their timings would depend on it. They run at the driver's own
+        # priority instead, as with --executor local (`nice python -m bench ...` still lowers them all).
+        own_niceness = NICENESS_VAR not in os.environ
+        if own_niceness:
+            os.environ[NICENESS_VAR] = "0"
         try:
             # address="local": a new Ray, never one a `ray start` left running on this machine. Nobody looks at
             # a dashboard of a one-off local Ray; worker output would interleave with the bar.
@@ -202,6 +209,8 @@ class _Ray:
             raise
         finally:
             del os.environ[reaper.TOKEN_VAR]
+            if own_niceness:
+                del os.environ[NICENESS_VAR]
         self.started_here = True
 
     def close(self) -> None:

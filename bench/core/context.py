@@ -102,9 +102,20 @@ def start(spec, device: torch.device) -> dict:
         "concurrency": int(getattr(spec, "concurrency", 1) or 1),
         "loadavg_start": load_average(),
         "loadavg_end": None,
+        "niceness": niceness(),
         "torch": torch.__version__,
         "faiss": _faiss_version(),
     }
+
+
+def niceness() -> int | None:
+    """The nice value of this process (0 normal, 19 lowest priority), or None where the platform has none.
+
+    On a machine shared with other work it decides how much of the CPU a run gets."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    except (OSError, AttributeError):
+        return None
 
 
 def finish(context: dict, segments: list[dict]) -> dict:
