@@ -25,8 +25,8 @@ def _better(base: np.ndarray, users: int = 600) -> np.ndarray:
 
 def _paper(method: str, seed: int, ranks: np.ndarray, train_s=(12.0, 10.0, 10.0, 10.0), loss: str = "bce") -> dict:
     record = make_record(method, seed=seed, ranks=ranks, profile="paper", train_s=train_s, hour=seed)
-    if loss != "bce":  # another loss than the published one: its own run id, mode "modified" (docs/methods.md)
-        record = {**record, "config": {**record["config"], "rec_loss": loss},
+    if loss != "bce":  # `--set rec_loss=...`: its own run id, a "custom" config, mode "modified" (docs/methods.md)
+        record = {**record, "config": {**record["config"], "rec_loss": loss}, "config_source": "custom",
                   "variant": {**record["variant"], "rec_loss": loss, "mode": "modified"},
                   "run_id": f"{method[:4]}{loss}{seed}".ljust(12, "0")}
     return record
@@ -85,7 +85,7 @@ def test_without_loss_matched_runs_the_question_says_what_is_missing_and_the_com
 def test_three_seeds_of_a_stronger_loss_matched_baseline_answer_no_with_seed_intervals(tmp_path: Path) -> None:
     ev = _evidence(tmp_path, _loss_records())
     answer = loss_question.loss_answer(ev)
-    assert answer.startswith("No: SASRec-CE is more accurate than every intent method, against SASRec-CE on test NDCG@10:")
+    assert answer.startswith("No: SASRec-CE is more accurate than every intent method (test NDCG@10, each against SASRec-CE):")
     assert answer.count("(paired t, 3 seeds)") == 2 and "seed to seed" not in answer
     icl, elc, loss = loss_question.loss_claims(ev, "Beauty")
     for claim in (icl, elc):

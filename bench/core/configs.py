@@ -164,3 +164,25 @@ def resolve_config(
     except ValueError as exc:
         raise BenchError(f"{where}: {exc}") from None
     return config, label
+
+
+# Config keys the tables show as columns of their own (docs/records.md): setting one of them with `--set`
+# leaves a run's hyperparameters those of its source, so they do not make a run's config "custom" there.
+OWN_COLUMN_KEYS = ("rec_loss", "encoder")
+
+
+def hyperparameter_source(method: str, dataset: str, source: str, config: dict | None) -> str:
+    """Where a record's hyperparameters come from, for the tables: its `config_source`, except that a
+    "custom" config equal to the paper config in every key but `OWN_COLUMN_KEYS` counts as "paper" (SASRec
+    with `--set rec_loss=ce` is the paper's SASRec trained with another loss, a column the tables name).
+    A method this harness does not know, or a config it cannot resolve, keeps its recorded source."""
+    if source != "custom" or not config or method not in REGISTRY:
+        return source
+    try:
+        paper, _ = resolve_config(method, dataset, "paper")
+    except BenchError:
+        return source
+    paper_values_all = paper.to_dict()
+    differs = [k for k in set(paper_values_all) | set(config)
+               if k not in OWN_COLUMN_KEYS and config.get(k, paper_values_all.get(k)) != paper_values_all.get(k)]
+    return source if differs else "paper"

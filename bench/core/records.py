@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from bench.core import context as run_context
+from bench.core.configs import hyperparameter_source
 from bench.core.evaluate import METRICS
 from bench.core.files import TMP_SUFFIX, write_text_atomic
 from methods import REGISTRY, MethodConfig
@@ -236,6 +237,10 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     row["variant_options"] = {k: record["variant"].get(k, v) for k, v in FAITHFUL.items()}
     row["rec_loss"] = record["config"].get("rec_loss")  # None only for a failed run whose config never resolved
     row["encoder"] = encoder_of(record["config"])
+    # The tables name the loss and the encoder in columns of their own, so a config that is the paper's but
+    # for them counts as the paper's (bench/core/configs.hyperparameter_source).
+    row["config_source"] = hyperparameter_source(record["method"], record["dataset"], record.get("config_source"),
+                                                 record.get("config"))
     row.update({f"test_{m}": test.get(m) for m in METRICS})
     row.update({f"best_valid_{m}": valid.get(m) for m in METRICS})
     row["epochs_run"] = totals.get("epochs_run", len(epochs))

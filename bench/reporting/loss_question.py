@@ -164,7 +164,7 @@ def loss_answer(ev: Evidence, dataset: str = LOSS_DATASET) -> str:
     few = "" if seeds.min() >= 3 else (f"; {int(seeds.min())} seed(s) per method: the spread from seed to seed is"
                                       " not measured until each has 3")
     missing = "".join(f"; {ROLE_NAMES[m]} not run yet" for m in INTENT if m not in have)
-    return f"{head}, against SASRec-CE on test {LOSS_METRIC}: {'; '.join(parts)}{few}{missing}."
+    return f"{head} (test {LOSS_METRIC}, each against SASRec-CE): {'; '.join(parts)}{few}{missing}."
 
 
 # ----------------------------------------------------------------------------------------------- section

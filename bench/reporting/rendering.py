@@ -85,9 +85,10 @@ ACCURACY_INTRO = (
     f" change only where that baseline is at least {verdicts.MIN_BASELINE}. `p (paired test)`: two-sided Wilcoxon"
     " signed-rank test over users of the per-user metric (from each run's stored per-user ranks, averaged"
     " over seeds), and a paired t-test over seeds where both have 3 or more; `test unavailable` where the"
-    " records carry no per-user ranks and there are fewer than 3 seeds. A column's name says in brackets what"
-    " tells its runs apart from the method's others: config source, a method's own execution option (such as"
-    " `kmeans_init=fresh`, not as published), recommendation loss. Published numbers (each with its source)"
+    " records carry no per-user ranks and there are fewer than 3 seeds. A column's name says in brackets how"
+    " its runs differ from the method as published: its config source where the method has several, an"
+    " execution option of its own (such as `kmeans_init=fresh`), a recommendation loss other than its"
+    " published one (`SASRec (ce)`), an encoder other than SASRec's (`on gru4rec`). Published numbers (each with its source)"
     " appear only for the `paper` profile and runs trained with the published loss."
 )
 

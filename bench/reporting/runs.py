@@ -5,9 +5,9 @@ A group is (profile, protocol, device, variant): numbers from a smoke run, from 
 GPU or from a run whose precision or compilation differs are not comparable with each other, so they never
 share a table. The variant of a group is made of the options every method has (precision, compile). Within
 a group, one column per method, further split wherever runs of a method differ in what was trained: the
-config source (`paper` or `tuned`), a method's own execution options (`view_encoding`, `kmeans_init`) and
-the recommendation loss (`bce`, `ce`, `ce_last`). The column's name says which, so no table averages over
-any of them.
+config source (`paper`, `tuned` or `custom`), a method's own execution options (`view_encoding`,
+`kmeans_init`), the recommendation loss (`bce`, `ce`, `ce_last`) and the encoder. The column's name says how
+it differs from the method as published ("SASRec (ce)"), so no table averages over any of them.
 
 Groups are ordered by authority: the paper's budget first, then quick, smoke and custom; within a profile
 the reference protocol, the faithful variant and the GPU (where the papers measured) come first.
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bench.core.identity import SPEC_OPTIONS
-from bench.core.records import DEFAULT_ENCODER, FAITHFUL, METRICS, variant_mode
+from bench.core.records import DEFAULT_ENCODER, FAITHFUL, METRICS, faithful_values, variant_mode
 from methods import REGISTRY
 
 GROUP = ["profile", "protocol", "device", "variant"]
@@ -139,16 +139,17 @@ def _group_variant(options: dict) -> str:
 
 
 def _column_names(runs: pd.DataFrame) -> pd.Series:
-    """Method name, with what tells its runs apart in the group in brackets: "ICLRec (kmeans_init=fresh)"."""
+    """Method name, with what sets its runs apart in brackets: "ICLRec (kmeans_init=fresh)", "SASRec (ce)",
+    "ICSRec (on gru4rec)". A loss is named where it is not the method's published one, an encoder where it is
+    not the default, a config source where the method has several in the group: each is one key of a run's
+    identity (completed_runs), so two columns of one method never share a name."""
     several_sources = runs.groupby([*GROUP, "method"])["config_source"].transform("nunique") > 1
-    several_losses = runs.groupby(GROUP)["rec_loss"].transform("nunique") > 1
-    several_encoders = runs.groupby(GROUP)["encoder"].transform("nunique") > 1
     names = []
     for i, r in runs.iterrows():
         parts = [r["config_source"]] if several_sources[i] else []
         parts += [r["method_options"]] if r["method_options"] else []
-        parts += [r["rec_loss"]] if several_losses[i] else []
-        parts += [f"on {r['encoder']}"] if several_encoders[i] else []
+        parts += [r["rec_loss"]] if r["rec_loss"] != faithful_values(r["method"])["rec_loss"] else []
+        parts += [f"on {r['encoder']}"] if r["encoder"] != DEFAULT_ENCODER else []
         name = METHOD_NAMES.get(r["method"], r["method"])
         names.append(f"{name} ({', '.join(parts)})" if parts else name)
     return pd.Series(names, index=runs.index, dtype=object)
