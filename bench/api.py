@@ -297,8 +297,11 @@ def records(results: Path | str | Run | Iterable[Run] | None = None):
     columns.update({"best_epoch": "best_epoch", "epochs_run": "epochs"})
     columns.update({k: k for k in ("estep_s", "train_s", "eval_s", "test_eval_s", "wall_s", "time_to_best_s",
                                    "peak_memory_bytes", "error", "path")})
-    out = table[list(columns)].rename(columns=columns)
-    return pd.DataFrame(out).reset_index(drop=True)
+    out = pd.DataFrame(table[list(columns)].rename(columns=columns)).reset_index(drop=True)
+    # Counts stay integers where a run has none (a failed run's best epoch, memory): pandas' nullable int.
+    for count in ("seed", "best_epoch", "epochs", "peak_memory_bytes"):
+        out[count] = pd.to_numeric(out[count], errors="coerce").round().astype("Int64")
+    return out
 
 
 def leaderboard(results: Path | str | Results | None = None, *, out: Path | str | None = None,

@@ -66,6 +66,9 @@ def test_the_api_and_the_command_line_give_the_same_run(tmp_path, capsys):
     table = bench.records(tmp_path / "api")
     assert sorted(table["run_id"]) == sorted([run.run_id, custom.run_id])
     assert table.loc[table["run_id"] == run.run_id, "test_NDCG@20"].item() == run.test["NDCG@20"]
+    # counts read as integers in a notebook, not 7.1e+08
+    assert table.loc[table["run_id"] == run.run_id, "peak_memory_bytes"].item() == run.costs["peak_memory_bytes"]
+    assert all(str(table[c].dtype) == "Int64" for c in ("seed", "best_epoch", "epochs", "peak_memory_bytes"))
 
 
 @pytest.mark.parametrize(
