@@ -284,7 +284,7 @@ def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path, capsys, monkeypat
     report = run_cli(status_args, capsys)
     assert report.code == 0, report.err
     assert "interrupted: epoch 1 of 300" in report.out
-    assert "0 done, 1 interrupted, 0 failed, 0 pending" in report.out
+    assert "0 done, 0 running, 1 interrupted, 0 failed, 0 pending" in report.out
     # the next invocation resumes it from its checkpoint (its record now gives the estimate) and finishes it
     second = run_cli(["run", "--all", *SMOKE, "--time-budget", "10m", "--results", results], capsys)
     assert second.code == 0, second.err
@@ -297,10 +297,10 @@ def test_a_time_boxed_grid_stops_reports_and_resumes(tmp_path, capsys, monkeypat
     report = run_cli(status_args, capsys)
     assert report.code == 0, report.err
     assert f"done: best epoch {record['best_epoch']}, test NDCG@20 {record['test']['NDCG@20']:.4f}" in report.out
-    assert "1 done, 0 interrupted, 0 failed, 0 pending" in report.out
+    assert "1 done, 0 running, 0 interrupted, 0 failed, 0 pending" in report.out
 
 
-def test_sigterm_stops_a_grid_at_its_last_epoch_boundary_and_a_new_process_resumes(tmp_path):
+def test_sigterm_stops_a_grid_at_its_last_epoch_boundary_and_a_new_process_resumes(tmp_path, capsys, monkeypatch):
     import os
     import signal
     import subprocess
@@ -318,7 +318,19 @@ def test_sigterm_stops_a_grid_at_its_last_epoch_boundary_and_a_new_process_resum
     # wait for the first checkpoint (epoch 2), then a little into the next epochs
     while not list(cache.glob("*/last.pt")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    time.sleep(1.0)
+    # While it trains, its run is "running", and a grid of another results folder (the checkpoint folder is
+    # shared) is refused that run instead of resuming from the same file.
+    monkeypatch.setenv("BENCH_CHECKPOINTS", str(cache))
+    status = run_cli(["status", "--results", results, "--device", "cpu", "--methods", "sasrec", "--datasets", "Beauty",
+                      "--seeds", "1", "--max-users", "150", "--epochs", "60", "--patience", "60"], capsys)
+    assert status.code == 0 and f"running (pid {proc.pid} on " in status.out and "1 running," in status.out
+    other = tmp_path / "other"
+    refused = run_cli(["run", "--all", *grid, "--results", other, "--checkpoint-every", "2"], capsys)
+    assert proc.poll() is None, "the grid finished before the checks: give it more epochs"
+    [copy] = [json.loads(p.read_text()) for p in (other / "runs").glob("*.json")]
+    assert refused.code == 1 and copy["status"] == "failed"
+    assert copy["error"].startswith(f"run {copy['run_id']} is already training in another process (pid {proc.pid} on ")
+    time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
@@ -429,14 +441,14 @@ def test_status_shows_every_state_and_the_time_left(tmp_path, capsys):
     status = protocol_status(tmp_path, profile="smoke", methods=["sasrec"], datasets=["Beauty"], seeds=[1, 2, 3, 4],
                              device="cpu")
     assert [r["status"] for r in status["rows"]] == ["ok", "failed", "interrupted", "pending"]
-    assert status["counts"] == {"ok": 1, "interrupted": 1, "failed": 1, "pending": 1}
+    assert status["counts"] == {"ok": 1, "running": 0, "interrupted": 1, "failed": 1, "pending": 1}
     # 3 s per epoch and 1 s of overhead, from the ok record and the interrupted one: 3 runs x the profile's
     # epochs left (the interrupted run's checkpoint is not in this folder, so it starts over)
     assert status["expected_left_s"] == pytest.approx(3 * (1.0 + specs[0].epochs * 3.0))
     print_status(status)
     out = capsys.readouterr().out
     for line in ("done: best epoch 2, test NDCG@20 0.0123", "failed: RuntimeError: boom", f"interrupted: epoch 1 of {specs[0].epochs} (no checkpoint: starts over)",
-                 "pending", "1 done, 1 interrupted, 1 failed, 1 pending",
+                 "pending", "1 done, 0 running, 1 interrupted, 1 failed, 1 pending",
                  f"expected cpu time left: {status['expected_left_s']:.0f} s"):
         assert line in out
 

@@ -4,6 +4,8 @@ Every run of the protocol (method x dataset x seed of the profile, on the device
 default the paper profile on this machine's device: CUDA when torch sees one, else the CPU) is one of
 
 - done: a record with status ok (best epoch, test NDCG@20),
+- running: in training now, by a live process on this machine (it holds the run's checkpoint lock; epoch e
+  of max at its last checkpoint),
 - interrupted: an interrupted record or a mid-run checkpoint (epoch e of max; the next grid resumes it),
 - failed: a failed record (its one-line error; the next grid retries it),
 - pending: nothing yet.
@@ -82,7 +84,7 @@ def protocol_status(
     whole, whole_unknown = projected_seconds(specs, estimates)
     per_100 = sum(100 * estimates[kind_of(s)].epoch_s for s in specs if kind_of(s) in estimates)
     sources = sorted({estimates[kind_of(s)].source for s in specs if kind_of(s) in estimates})
-    counts = {k: sum(r["status"] == k for r in rows) for k in ("ok", "interrupted", "failed", "pending")}
+    counts = {k: sum(r["status"] == k for r in rows) for k in ("ok", "running", "interrupted", "failed", "pending")}
     packed = []
     for found in packed_speedups(device_kind(device), compile, [results_dir / "benchmarks", PACKING_DIR]):
         ratio = found["gain"][0]
@@ -124,8 +126,11 @@ def _row(spec, rid: str, latest: dict[str, dict], folder: Path, estimates: dict)
         row["error"] = record.get("error")
     if in_checkpoint is not None and status == "pending":
         row["status"] = "interrupted"  # the grid died with it in flight: its checkpoint remains
-    if row["status"] == "interrupted":
-        row["epochs_done"] = in_checkpoint if in_checkpoint is not None else len(record.get("epochs") or [])
+    holder = checkpoints.in_training(folder, rid) if status != "ok" else None
+    if holder is not None:
+        row["status"], row["holder"] = "running", holder
+    if row["status"] in ("interrupted", "running"):
+        row["epochs_done"] = in_checkpoint if in_checkpoint is not None else len((record or {}).get("epochs") or [])
         row["resumable"] = in_checkpoint is not None  # without a checkpoint it starts over
         if saved is not None:
             row["best_epoch"], row[f"best_valid_{SELECTION_METRIC}"] = saved["best_epoch"], saved["best_valid"]
@@ -143,14 +148,15 @@ def _cell(row: dict) -> str:
     if status == "ok":
         score = row[f"test_{SELECTION_METRIC}"]
         return f"done: best epoch {row['best_epoch']}, test {SELECTION_METRIC} {score:.4f}" if score is not None else "done"
-    if status == "interrupted":
+    if status in ("interrupted", "running"):
         done = row["epochs_done"]
-        again = "" if row.get("resumable") else " (no checkpoint: starts over)"
+        again = "" if row.get("resumable") or status == "running" else " (no checkpoint: starts over)"
         best = row.get(f"best_valid_{SELECTION_METRIC}")
         so_far = f", best valid {SELECTION_METRIC} {best:.4f} at epoch {row['best_epoch']}" if best is not None else ""
         if row.get("left_if_no_better_s") is not None:
             so_far += f" ({format_duration(row['left_if_no_better_s'])} left if no better epoch comes)"
-        return f"interrupted: epoch {done if done is not None else '?'} of {row['max_epochs']}{so_far}{again}"
+        where = f" ({row['holder']})" if status == "running" else ""
+        return f"{status}{where}: epoch {done if done is not None else '?'} of {row['max_epochs']}{so_far}{again}"
     if status == "failed":
         return f"failed: {(row['error'] or '')[:60]}"
     return "pending"
@@ -166,7 +172,8 @@ def print_status(status: dict) -> None:
         left = "" if r["status"] == "ok" else format_duration(r["expected_left_s"])
         print(f"{r['method']:<8} {r['dataset']:<20} {r['seed']:>4}  {_cell(r):<{width}}  {left:>13}")
     c = status["counts"]
-    print(f"{c['ok']} done, {c['interrupted']} interrupted, {c['failed']} failed, {c['pending']} pending")
+    print(f"{c['ok']} done, {c['running']} running, {c['interrupted']} interrupted, {c['failed']} failed,"
+          f" {c['pending']} pending")
     unknown = status["runs_without_estimate"]
     print(
         f"expected {status['device']} time left: {format_duration(status['expected_left_s'])} "

@@ -20,12 +20,23 @@ ICLRec's k-means (the E-step) is seeded by the run's seed at every epoch and war
 centroids buffer (methods/clustering.py); ELCRec's cluster centres are parameters. Running the same spec again with the same
 folder continues from the file; the valid curve is then bit-identical to an uninterrupted run's on the CPU
 (tests/test_campaign.py). A run that finishes removes its checkpoint: its record is what is kept.
+
+One process at a time trains a run from its checkpoint: the run holds `<folder>/<run_id>/lock` (an
+exclusive `flock`, which the kernel releases when the process ends however it ends) from before it reads
+the checkpoint until its record is made. A second process asked for the same run, from any results folder
+(the checkpoint folder is shared by them all), stops with one line naming the holder instead of both
+resuming from one file and overwriting each other's epochs; `bench status` shows such a run as running.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import random
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +48,7 @@ from bench.core.files import write_torch_atomic
 from bench.core.paths import cache_folder
 
 CHECKPOINT_NAME = "last.pt"
+LOCK_NAME = "lock"
 FORMAT = 1
 
 
@@ -202,3 +214,69 @@ def remove(path: Path) -> None:
         path.parent.rmdir()
     except OSError:
         pass
+
+
+def _lock_path(folder: str | Path, run_id: str) -> Path:
+    return checkpoint_path(folder, run_id).parent / LOCK_NAME
+
+
+@contextlib.contextmanager
+def held(folder: str | Path, run_id: str):
+    """Hold run `run_id`'s lock for the block (see the module doc); BenchError when another process holds it."""
+    path = _lock_path(folder, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _lock_within(fd, seconds=2.0):  # a status reader holds it shared for an instant; a run, for hours
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise BenchError(
+                f"run {run_id} is already training in another process ({holder or 'unknown'}), from checkpoint"
+                f" folder {path.parent.parent}: wait for it to finish, or stop it (it checkpoints on SIGTERM)"
+            ) from None
+        # The previous holder may have removed the file between our open and our lock: lock the live one.
+        try:
+            live = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            live = False
+        if live:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        if not checkpoint_path(folder, run_id).exists():  # finished (or never checkpointed): nothing to guard
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+        os.close(fd)  # releases the lock
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def in_training(folder: str | Path, run_id: str) -> str | None:
+    """The holder ("pid N on HOST") of a run being trained now by a live process, else None."""
+    path = _lock_path(folder, run_id)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)  # also releases the shared lock taken when nobody held it
+    return None

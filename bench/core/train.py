@@ -63,8 +63,11 @@ def run(
     device = resolve_device(spec.device)
     memory = PeakMemory(device)
     memory.start()
+    # One process at a time trains a checkpointed run (bench/core/checkpoints.py): from before it reads the
+    # checkpoint until its record is made.
+    one_at_a_time = checkpoints.held(spec.checkpoint_dir, spec.run_id) if spec.checkpoint_dir else contextlib.nullcontext()
     try:
-        with _process_settings(spec):
+        with one_at_a_time, _process_settings(spec):
             return _train_and_test(spec, device, memory, data, progress, epoch_callback, evaluate_test,
                                    stop_when, clock)
     finally:
