@@ -88,8 +88,8 @@ def _print_info(d: dict) -> None:
                  ("source rows", f"{src.get('rows', 0):,}"),
                  ("options", ", ".join(f"{k} {v}" for k, v in d["options"].items())),
                  ("duplicates dropped", f"{p.get('duplicates_dropped', 0):,}"),
-                 ("k-core rounds", "; ".join(f"{r['users_removed']:,} users, {r['items_removed']:,} items"
-                                             for r in rounds) or "none needed"),
+                 ("k-core rounds", "; ".join(f"{i}: removed {r['users_removed']:,} users, {r['items_removed']:,} items"
+                                             for i, r in enumerate(rounds, start=1)) or "none needed"),
                  ("added at", d.get("added_at") or "")]
     else:
         rows += [("source", d["source"].get("url", "")), ("description", d.get("description", ""))]

@@ -120,7 +120,9 @@ def test_added_datasets_run_and_tabulate_from_another_folder(installed, tmp_path
     assert (added / "beauty_again.txt").read_bytes() == (SHARED / "datasets" / "Beauty.txt").read_bytes()
     assert (added / "walks.txt").read_bytes() == (added / "walks_inter.txt").read_bytes()
     assert list((tmp_path / "results" / "runs").glob("sasrec-walks-s1-*.json"))
-    assert "Added with `bench data add`: walks" in (tmp_path / "results" / "leaderboard.md").read_text()
+    table = (tmp_path / "results" / "leaderboard.md").read_text()
+    assert "Added with `bench data add`: walks" in table
+    assert "all users, 1 epoch (patience 2) on walks" in table  # its 150 users, fewer than smoke's 1,200
 
 
 @pytest.mark.slow

@@ -229,9 +229,12 @@ def budget_banner(g: pd.DataFrame) -> str | None:
     if g["profile"].iloc[0] == PAPER_PROFILE:
         return None
     parts = []
-    for (users, epochs, patience), b in g.groupby(["max_users", "spec_epochs", "spec_patience"], dropna=False):
+    # A dataset with fewer users than the cap (a small dataset of one's own) was run on all of them.
+    capped = g["max_users"].notna() & ~(g["num_users"] < g["max_users"])
+    for (users, epochs, patience, cap), b in g.assign(capped=capped).groupby(
+            ["max_users", "spec_epochs", "spec_patience", "capped"], dropna=False):
         pat = "" if pd.isna(patience) else f" (patience {int(patience)})"
-        parts.append(f"{_users(users)}, {_epochs(epochs)}{pat} on {', '.join(datasets_of(b))}")
+        parts.append(f"{_users(users if cap else np.nan)}, {_epochs(epochs)}{pat} on {', '.join(datasets_of(b))}")
     profile = g["profile"].iloc[0]
     return (
         f"Budget: {profile} profile, {budget_kind(profile)}: {'; '.join(parts)}; {seeds_text(g)} seed(s) per"
