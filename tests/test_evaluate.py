@@ -14,7 +14,11 @@ import torch
 from bench.core.data import SequenceData, Sequences
 from bench.core.errors import BenchError
 from bench.core.evaluate import METRICS, evaluate, rank_metrics
-from bench.reporting.published import PUBLISHED_CHECKPOINTS
+from bench.reporting.published import (
+    PUBLISHED_CHECKPOINTS,
+    RELEASED_ENCODER_CHECKPOINTS,
+    RELEASED_ENCODER_TAGS,
+)
 from tests.conftest import REFERENCE_CHECKPOINT, run_cli
 
 PUBLISHED_ROW = {"HR@5": 0.0500, "NDCG@5": 0.0326, "HR@10": 0.0744, "NDCG@10": 0.0403, "HR@20": 0.1058, "NDCG@20": 0.0483}
@@ -189,32 +193,43 @@ def test_published_checkpoint_gives_published_scores(capsys):
         assert round(metrics[key], 4) == value, key
 
 
+def _released_row(stem: str) -> tuple[str, str, dict | None]:
+    """(method, dataset, recorded row) of a released file's name: `<Method>-<dataset>-<seed>` (ICLRec, ELCRec)
+    or `<Method>-<SAS|GRU>-<dataset>-<idx>` (ICSRec, one model per encoder)."""
+    method, *middle, _ = stem.split("-")
+    method = method.lower()
+    if middle and middle[0] in RELEASED_ENCODER_TAGS:
+        dataset = "-".join(middle[1:])
+        return method, dataset, RELEASED_ENCODER_CHECKPOINTS.get((method, RELEASED_ENCODER_TAGS[middle[0]], dataset))
+    dataset = "-".join(middle)
+    return method, dataset, PUBLISHED_CHECKPOINTS.get(dataset, {}).get(method)
+
+
 def _published_checkpoints() -> list:
-    """Released checkpoints named `<Method>-<dataset>-<seed>.pt` in the folder $BENCH_PUBLISHED_CHECKPOINTS
-    (e.g. the `src/output/` folder of the ELCRec repository), each with the row bench/reporting/published.py
-    records for it. Nothing when the variable is unset: these files are not part of ../shared."""
+    """Released checkpoints in the folder $BENCH_PUBLISHED_CHECKPOINTS (e.g. the `src/output/` folder of the
+    ELCRec or ICSRec repository) whose row bench/reporting/published.py records. Nothing when the variable
+    is unset: these files are not part of ../shared."""
     folder = os.environ.get("BENCH_PUBLISHED_CHECKPOINTS")
     if not folder:
-        return [pytest.param(None, None, None, marks=pytest.mark.skip(reason="BENCH_PUBLISHED_CHECKPOINTS unset"))]
+        return [pytest.param(None, None, None, None, marks=pytest.mark.skip(reason="BENCH_PUBLISHED_CHECKPOINTS unset"))]
     out = []
     for path in sorted(Path(folder).glob("*-*-*.pt")):
-        method, dataset = path.stem.split("-")[0].lower(), "-".join(path.stem.split("-")[1:-1])
-        row = PUBLISHED_CHECKPOINTS.get(dataset, {}).get(method)
+        method, dataset, row = _released_row(path.stem)
         if row is not None and path.stat().st_size > 0:
-            out.append(pytest.param(method, dataset, path, id=path.stem))
+            out.append(pytest.param(method, dataset, path, row, id=path.stem))
     assert out, f"no published checkpoint with a recorded row in {folder}"
     return out
 
 
-@pytest.mark.parametrize("method, dataset, path", _published_checkpoints())
-def test_released_checkpoints_give_their_published_rows(method, dataset, path, capsys):
-    # Every released checkpoint whose row published.py records, not only the one ../shared carries.
+@pytest.mark.parametrize("method, dataset, path, row", _published_checkpoints())
+def test_released_checkpoints_give_their_published_rows(method, dataset, path, row, capsys):
+    # Every released checkpoint whose row published.py records, not only the ones ../shared carries; the
+    # encoder is read from the file's keys, never from its name.
     code, out, err = run_cli(["evaluate", "--method", method, "--dataset", dataset, "--checkpoint", str(path),
                               "--json"], capsys)
     assert code == 0, err[-2000:]
     metrics = json.loads(out.strip().splitlines()[-1])
-    for key, value in PUBLISHED_CHECKPOINTS[dataset][method].items():
-        assert round(metrics[key], 4) == value, key
+    assert {key: round(metrics[key], 4) for key in row} == row
 
 
 @pytest.mark.parametrize("method", ["sasrec", "cl4srec", "elcrec"])
