@@ -8,6 +8,7 @@ the method's typed config dataclass: unknown keys and wrong types are user error
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import math
 import os
@@ -178,11 +179,17 @@ def hyperparameter_source(method: str, dataset: str, source: str, config: dict |
     A method this harness does not know, or a config it cannot resolve, keeps its recorded source."""
     if source != "custom" or not config or method not in REGISTRY:
         return source
-    try:
-        paper, _ = resolve_config(method, dataset, "paper")
-    except BenchError:
+    paper = _paper_config(method, dataset)
+    if paper is None:
         return source
-    paper_values_all = paper.to_dict()
-    differs = [k for k in set(paper_values_all) | set(config)
-               if k not in OWN_COLUMN_KEYS and config.get(k, paper_values_all.get(k)) != paper_values_all.get(k)]
+    differs = [k for k in set(paper) | set(config) if k not in OWN_COLUMN_KEYS and config.get(k, paper.get(k)) != paper.get(k)]
     return source if differs else "paper"
+
+
+@functools.cache
+def _paper_config(method: str, dataset: str) -> dict | None:
+    """The resolved paper config as a dict (package data: the same for every record of a leaderboard)."""
+    try:
+        return resolve_config(method, dataset, "paper")[0].to_dict()
+    except BenchError:
+        return None
