@@ -60,7 +60,7 @@ def test_one_seed_each_gives_the_table_and_every_verdict_with_its_evidence(tmp_p
     assert [v.split(" of ")[0] for v in targets] == ["To 50%", "To 90%", "To 100%"]
     claims = [v for v in verdicts if " claim " in v]
     assert claims[0].startswith("Accuracy claim (ELCRec beats ICLRec on test NDCG@5) holds: ELCRec is significantly")
-    assert claims[0].endswith("the paper +8.9%; p=<1e-4 (Wilcoxon, 2,000 users)). With 1 seed(s) per method the test"
+    assert claims[0].endswith("the paper +8.9%; p=<1e-4 (Wilcoxon, 2,000 users)). With 1 seed(s) run by both methods the test"
                               " is over users only: how far the result moves from seed to seed is not measured until"
                               " each has 3.")
     assert claims[1].startswith("Cost claim (ELCRec trains faster than ICLRec for the same epochs) holds here")

@@ -210,7 +210,7 @@ def _accuracy_claim(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str]
     else:
         verdict = "is not reproduced: no difference detectable"
     # The paper tests over 3 seeds; below that the test is over users of the seeds run, blind to seed spread.
-    caveat = "" if t.p_seeds is not None else (f" With {t.n_seeds} seed(s) per method the test is over users only:"
+    caveat = "" if t.p_seeds is not None else (f" With {t.n_seeds} seed(s) run by both methods the test is over users only:"
                                                " how far the result moves from seed to seed is not measured until"
                                                " each has 3.")
     return (f"Accuracy claim ({NAMES[PROPOSED]} beats {NAMES[COST_BASELINE]} on test {CLAIM_METRIC}) {verdict}"
@@ -334,7 +334,7 @@ def _seeds_note(t) -> str:
     """What the accuracy interval is over, and with fewer than 3 seeds what it cannot see."""
     if t.p_seeds is not None:
         return f"interval over {t.n_seeds} seeds"
-    seeds = f"{t.n_seeds} seed{'s' if t.n_seeds != 1 else ''} per method"
+    seeds = f"{t.n_seeds} seed{'s' if t.n_seeds != 1 else ''} run by both methods"
     return f"{seeds}: the spread from seed to seed is not measured until each has 3"
 
 
