@@ -228,7 +228,7 @@ def held(folder: str | Path, run_id: str):
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         if not _lock_within(fd, seconds=2.0):  # a status reader holds it shared for an instant; a run, for hours
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            holder = _holder(fd)
             os.close(fd)
             raise BenchError(
                 f"run {run_id} is already training in another process ({holder or 'unknown'}), from checkpoint"
@@ -254,6 +254,11 @@ def held(folder: str | Path, run_id: str):
         os.close(fd)  # releases the lock
 
 
+def _holder(fd: int) -> str:
+    """What the lock's holder wrote into it: "pid N on HOST" (empty while it is being written)."""
+    return os.pread(fd, 200, 0).decode(errors="replace").strip()
+
+
 def _lock_within(fd: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while True:
@@ -276,7 +281,7 @@ def in_training(folder: str | Path, run_id: str) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        return _holder(fd) or "another process"
     finally:
         os.close(fd)  # also releases the shared lock taken when nobody held it
     return None
