@@ -22,6 +22,8 @@ os.environ.setdefault("BENCH_DATA_DIR", str(REPO / ".cache" / "datasets"))
 os.environ["BENCH_RESULTS"] = tempfile.mkdtemp(prefix="bench-results-")
 # ... nor into the user's persistent checkpoint cache, where a real campaign's checkpoints live.
 os.environ["BENCH_CHECKPOINTS"] = tempfile.mkdtemp(prefix="bench-checkpoints-")
+# ... and each test process counts its own runs in flight, not the host's (bench/core/context.py).
+os.environ["BENCH_IN_FLIGHT"] = tempfile.mkdtemp(prefix="bench-in-flight-")
 REFERENCE_CHECKPOINT = SHARED / "reference" / "ICLRec-Beauty-1.pt"
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,7 +85,7 @@ def test_each_invocation_of_a_resumed_run_is_a_segment_of_its_context(tiny_data,
     second = train.run(spec, data=tiny_data, progress=False, stop_when=stop_after(2))
     assert [(s["first_epoch"], s["cpu_model"]) for s in second["context"]["segments"]] == [
         (0, first["context"]["cpu_model"]), (1, "Other CPU")]
-    keys = context.epoch_keys(second["context"], 2)
+    keys = context.epoch_keys(second["context"], second["epochs"])
     assert keys[0] == context.comparable_key(first["context"]) and keys[1][1] == "Other CPU"
     # A checkpoint written before segments were kept: its epochs ran in a context nobody recorded.
     path = checkpoints.checkpoint_path(tmp_path, spec.run_id)
@@ -94,7 +96,58 @@ def test_each_invocation_of_a_resumed_run_is_a_segment_of_its_context(tiny_data,
     assert third["status"] == "ok" and third["resumed_from_epoch"] == 2
     segments = third["context"]["segments"]
     assert [s["first_epoch"] for s in segments] == [0, 2] and not context.recorded(segments[0])
-    assert context.epoch_keys(third["context"], 4)[:2] == [None, None]
+    assert context.epoch_keys(third["context"], third["epochs"])[:2] == [None, None]
+
+
+def _hold_in_flight(ready: Path) -> None:
+    """A stand-in for a run of another process: counted in flight until killed."""
+    from bench.core import context
+
+    with context.in_flight_here():
+        ready.touch()
+        time.sleep(600)
+
+
+def test_runs_in_flight_are_counted_on_the_host_across_processes(tiny_data, tmp_path):
+    from bench.core import context
+
+    assert context.runs_in_flight() == 0
+    alone = train.run(tiny_spec("sasrec", epochs=2), data=tiny_data, progress=False)
+    assert alone["context"]["concurrency"] == 1 and alone["context"]["in_flight_counted"] == "host"
+    assert [e["in_flight"] for e in alone["epochs"]] == [1, 1] and all(e["cpu_s"] > 0 for e in alone["epochs"])
+    # Another process's run (another grid, another campaign lane) trains beside it: both are counted.
+    ready = tmp_path / "ready"
+    other = multiprocessing.get_context("fork").Process(target=_hold_in_flight, args=(ready,))
+    other.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert context.runs_in_flight() == 1
+        beside = train.run(tiny_spec("sasrec", epochs=2, seed=2), data=tiny_data, progress=False)
+        assert beside["context"]["concurrency"] == 2 and [e["in_flight"] for e in beside["epochs"]] == [2, 2]
+        # Its epochs are keyed by what they shared: not comparable with the epochs run alone.
+        alone_keys = context.epoch_keys(alone["context"], alone["epochs"])
+        beside_keys = context.epoch_keys(beside["context"], beside["epochs"])
+        assert alone_keys[1][3] == 1 and beside_keys[1][3] == 2 and alone_keys[1][:3] == beside_keys[1][:3]
+    finally:
+        other.kill()  # killed outright: its lock goes with it, and the next count removes its file
+        other.join()
+    assert context.runs_in_flight() == 0 and os.listdir(context.in_flight_folder()) == []
+
+
+def test_a_context_that_counted_only_its_grid_is_a_key_of_its_own():
+    from bench.core import context
+
+    host = {"recorded": True, "device": "cpu", "cpu_model": "Test CPU", "gpu_name": None, "threads": 1,
+            "concurrency": 1, "in_flight_counted": "host"}
+    grid = {k: v for k, v in host.items() if k != "in_flight_counted"}  # written before the host count
+    assert context.comparable_key(grid) != context.comparable_key(host)
+    assert context.comparable_key(grid)[4] == "grid"
+    # An epoch's own count applies only where its segment counted on the host.
+    ctx = {"segments": [{**grid, "first_epoch": 0}, {**host, "first_epoch": 2}]}
+    keys = context.epoch_keys(ctx, [{"in_flight": 2}, {}, {"in_flight": 1}, {"in_flight": 2}])
+    assert [k[3:] for k in keys] == [(1, "grid"), (1, "grid"), (1, "host"), (2, "host")]
 
 
 def test_a_checkpoint_of_another_spec_is_refused(tiny_data, tmp_path):

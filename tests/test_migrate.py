@@ -185,4 +185,4 @@ def test_schema_3_records_get_segments_and_a_resumed_one_an_unknown_start(tiny_d
     assert [s["first_epoch"] for s in segments] == [0, 2] and not run_context.recorded(segments[0])
     assert segments[1] == run_context.segment(made["context"], 2)
     key = run_context.comparable_key(made["context"])
-    assert run_context.epoch_keys(up[2]["context"], 3) == [None, None, key]
+    assert run_context.epoch_keys(up[2]["context"], up[2]["epochs"]) == [None, None, key]

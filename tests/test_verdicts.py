@@ -20,8 +20,8 @@ from bench.reporting.leaderboard import write_leaderboard
 from bench.reporting.runs import completed_runs
 
 CONTEXT = {
-    "schema": 3, "recorded": True, "device": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "gpu_name": None, "threads": 1,
-    "interop_threads": 1, "concurrency": 1, "loadavg_start": [0.5, 0.5, 0.5], "loadavg_end": [1.0, 0.8, 0.6],
+    "schema": 4, "recorded": True, "device": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "gpu_name": None, "threads": 1,
+    "interop_threads": 1, "concurrency": 1, "in_flight_counted": "host", "loadavg_start": [0.5, 0.5, 0.5], "loadavg_end": [1.0, 0.8, 0.6],
     "torch": "2.13.0", "faiss": "1.9.0",
 }
 

@@ -13,21 +13,92 @@ own `env` (`not_recorded`): device, GPU name, torch threads, CPU count and versi
 A run continued from checkpoints across invocations (a campaign) may have run its epochs on several machines:
 `segments` lists each invocation's first epoch and context, and the cost tables compare epochs by the segment
 they ran in (`epoch_keys`).
+
+Runs in flight are counted on the host: every training run holds a lock file in a folder of the user's cache
+for as long as it trains (`in_flight_here`), and `runs_in_flight` counts the live ones, so that two grids, two
+campaign lanes or a tuning study beside a grid see each other. The count is taken when a run starts and at
+every epoch's start and end (the epoch keeps the larger, `in_flight`). A context written before the host count
+existed counted only its own grid's runs (`in_flight_counted` "grid"): a lower bound, kept apart from host
+counts by `comparable_key`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import itertools
 import os
 import platform
+import socket
 import subprocess
 from pathlib import Path
 
 import torch
 
-CONTEXT_SCHEMA = 3  # 2: "recorded" says whether the run took it; 3: "segments" (bench/core/migrate.py upgrades)
+from bench.core.paths import cache_folder
+
+# 2: "recorded" says whether the run took it; 3: "segments" (bench/core/migrate.py upgrades); 4: runs in flight
+# counted on the host ("in_flight_counted"), not only in the run's grid (a schema-3 context reads as "grid")
+CONTEXT_SCHEMA = 4
 # What a segment keeps of the context its invocation started in: enough for `comparable_key` and `machine`.
 SEGMENT_KEYS = ("recorded", "device", "cpu_model", "cpu_count", "gpu_name", "threads", "interop_threads",
-                "concurrency", "loadavg_start")
+                "concurrency", "in_flight_counted", "loadavg_start")
+
+
+# ------------------------------------------------------------------------------------- runs in flight on the host
+def in_flight_folder() -> Path:
+    """Where training runs hold their lock files: `$BENCH_IN_FLIGHT`, else the user's cache."""
+    return cache_folder("BENCH_IN_FLIGHT", "in-flight")
+
+
+_registrations = itertools.count()
+
+
+@contextlib.contextmanager
+def in_flight_here():
+    """Count this run among the host's runs in flight for the block: a file named after the host and process,
+    locked (flock) while the run trains. The lock goes with the process, so a run killed outright stops
+    counting at once; its file is removed by the next count."""
+    folder = in_flight_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{socket.gethostname()}.{os.getpid()}.{next(_registrations)}"
+    # Locked under a name the counter skips, then renamed: the counter never sees an unlocked live file.
+    pending = folder / f".{name}"
+    fd = os.open(pending, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.replace(pending, folder / name)
+        try:
+            yield
+        finally:
+            (folder / name).unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def runs_in_flight() -> int:
+    """How many runs train on this host now (those in `in_flight_here` blocks), removing dead runs' files."""
+    folder = in_flight_folder()
+    prefix = socket.gethostname() + "."
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix)]
+    except FileNotFoundError:
+        return 0
+    live = 0
+    for name in names:
+        try:
+            fd = os.open(folder / name, os.O_RDONLY)
+        except FileNotFoundError:  # its run just ended
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            live += 1
+            continue
+        finally:
+            os.close(fd)
+        (folder / name).unlink(missing_ok=True)  # nobody holds it: its process died
+    return live
 
 
 def load_average() -> list[float] | None:
@@ -98,8 +169,10 @@ def start(spec, device: torch.device) -> dict:
         "gpu_name": gpu,
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
-        # Runs in flight on this machine during the run, this one included: the grid sets it on the spec.
-        "concurrency": int(getattr(spec, "concurrency", 1) or 1),
+        # Runs in flight on this machine during the run, this one included: the host's count (the run is in
+        # an `in_flight_here` block), or the grid's where that is larger (a grid's runs on other hosts).
+        "concurrency": max(int(getattr(spec, "concurrency", 1) or 1), runs_in_flight()),
+        "in_flight_counted": "host",
         "loadavg_start": load_average(),
         "loadavg_end": None,
         "niceness": niceness(),
@@ -118,9 +191,12 @@ def niceness() -> int | None:
         return None
 
 
-def finish(context: dict, segments: list[dict]) -> dict:
-    """The context with the load average at the end of the run and the run's `segments`."""
-    return {**context, "loadavg_end": load_average(), "segments": segments}
+def finish(context: dict, segments: list[dict], epochs: list[dict] = ()) -> dict:
+    """The context with the load average at the end of the run and the run's `segments`; its runs in flight
+    the most it saw, at its start or at any of this invocation's `epochs` (their `in_flight`)."""
+    seen = [e["in_flight"] for e in epochs if e.get("in_flight")]
+    return {**context, "concurrency": max([context["concurrency"], *seen]), "loadavg_end": load_average(),
+            "segments": segments}
 
 
 def segment(context: dict, first_epoch: int) -> dict:
@@ -135,14 +211,20 @@ def unknown_segment(device: str, first_epoch: int = 0) -> dict:
     return {"first_epoch": first_epoch, **{k: None for k in SEGMENT_KEYS}, "recorded": False, "device": device}
 
 
-def epoch_keys(context: dict, epochs: int) -> list[tuple | None]:
-    """The `comparable_key` of the segment each of a run's first `epochs` epochs ran in."""
+def epoch_keys(context: dict, epochs: list[dict]) -> list[tuple | None]:
+    """The `comparable_key` of each epoch: that of the segment it ran in, with the runs in flight the epoch
+    saw (its `in_flight`) where its segment counted them on the host."""
     starts = sorted(context["segments"], key=lambda s: s["first_epoch"])
-    keys, current = [], None
-    for epoch in range(epochs):
+    keys, segment_now = [], None
+    for epoch, row in enumerate(epochs):
         while starts and starts[0]["first_epoch"] <= epoch:
-            current = comparable_key(starts.pop(0))
-        keys.append(current)
+            segment_now = starts.pop(0)
+        if segment_now is None:  # epochs before the first segment: none are recorded so
+            keys.append(None)
+            continue
+        seen = row.get("in_flight") if segment_now.get("in_flight_counted") == "host" else None
+        keys.append(comparable_key({**segment_now, "concurrency": max(segment_now["concurrency"] or 0, seen)}
+                                   if seen else segment_now))
     return keys
 
 
@@ -180,10 +262,12 @@ def machine(context: dict) -> str:
 
 
 def comparable_key(context: dict) -> tuple | None:
-    """(device, machine, threads, concurrency): two runs' costs are compared only where these are equal.
+    """(device, machine, threads, runs in flight, how they were counted: "host" or "grid"): two runs' costs
+    are compared only where these are equal.
 
     None for a context the run did not record: its runs in flight are unknown, so it is comparable with nothing.
     """
     if not recorded(context):
         return None
-    return (context["device"], machine(context), context["threads"], context["concurrency"])
+    counted = context.get("in_flight_counted") or "grid"  # a schema-3 context counted its grid's runs only
+    return (context["device"], machine(context), context["threads"], context["concurrency"], counted)

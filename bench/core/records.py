@@ -268,7 +268,7 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     row["software"] = f"torch {known.get('torch') or '?'}, faiss {known.get('faiss') or '?'}"
     row["epoch_training_s"] = [(e.get("estep_s") or 0.0) + (e.get("train_s") or 0.0) for e in epochs]
     row["valid_curve"] = [(e.get("valid") or {}).get("NDCG@20", np.nan) for e in epochs]
-    row["epoch_keys"] = run_context.epoch_keys(ctx, len(epochs)) if ctx else [None] * len(epochs)
+    row["epoch_keys"] = run_context.epoch_keys(ctx, epochs) if ctx else [None] * len(epochs)
     row["path"] = None if path is None else str(path)
     return row
 

@@ -67,7 +67,7 @@ def run(
     # checkpoint until its record is made.
     one_at_a_time = checkpoints.held(spec.checkpoint_dir, spec.run_id) if spec.checkpoint_dir else contextlib.nullcontext()
     try:
-        with one_at_a_time, _process_settings(spec):
+        with one_at_a_time, context.in_flight_here(), _process_settings(spec):
             return _train_and_test(spec, device, memory, data, progress, epoch_callback, evaluate_test,
                                    stop_when, clock)
     finally:
@@ -127,7 +127,7 @@ def _train_and_test(spec, device, memory, data, progress, epoch_callback, evalua
         "ok" if fit.interrupted is None else "interrupted", device=device.type,
         env={**context.environment(device), **method.run_info()}, started_at=started, num_users=data.num_users,
         best_epoch=fit.best_epoch, best_valid=fit.best_valid, test=test, epochs=fit.epochs, totals=totals,
-        memory=peak, context=context.finish(run_context, fit.segments),
+        memory=peak, context=context.finish(run_context, fit.segments, fit.epochs[fit.segments[-1]["first_epoch"]:]),
         # per-user test ranks (clipped at 20), for the paired tests of the leaderboard
         ranks=records.encode_ranks({"test": test_ranks}) if test_ranks is not None else None,
         interrupted=None if fit.interrupted is None else {
@@ -211,6 +211,7 @@ class _Epochs:
         """One epoch: E-step, training steps and validation, each timed; returns the epoch's row."""
         method = self.method
         method.train()
+        in_flight_at_start, cpu_start = context.runs_in_flight(), time.process_time()
         with self.timer.phase("estep"):
             method.on_epoch_start(epoch, self.data)
         self.memory.sample()
@@ -222,7 +223,11 @@ class _Epochs:
         losses = {name: float(total) / self.steps_per_epoch for name, total in loss_sums.items()}
         # Memory held at the end of the epoch (CUDA: allocated by torch; CPU: RSS): flat across epochs unless
         # something leaks, which tests/test_execution.py checks.
-        row = {"epoch": epoch, "valid": valid, **self.timer.lap(), "losses": losses, "memory_bytes": self.memory.current()}
+        row = {"epoch": epoch, "valid": valid, **self.timer.lap(), "losses": losses, "memory_bytes": self.memory.current(),
+               # The process's CPU seconds (all its threads) and the runs training on the host, this one
+               # included, the larger of the counts at the epoch's start and end: what the seconds shared.
+               "cpu_s": round(time.process_time() - cpu_start, 6),
+               "in_flight": max(in_flight_at_start, context.runs_in_flight())}
         fit = self.fit
         fit.epochs.append(row)
         if valid[SELECTION_METRIC] > fit.best_score:
@@ -317,7 +322,8 @@ def epoch_line(spec: RunSpec, row: dict, fit: Fit, has_estep: bool) -> str:
     phases = ", ".join(f"{p} {row[f'{p}_s']:.1f} s" for p in shown)
     return (f"{spec.method}/{spec.dataset} seed {spec.seed}: epoch {row['epoch']} of {spec.epochs}, "
             f"valid {SELECTION_METRIC} {row['valid'][SELECTION_METRIC]:.4f} "
-            f"(best {fit.best_score:.4f} at epoch {fit.best_epoch}), {phases}, loss {row['losses']['loss']:.4f}")
+            f"(best {fit.best_score:.4f} at epoch {fit.best_epoch}), {phases}, loss {row['losses']['loss']:.4f}, "
+            f"{row['in_flight']} run(s) in flight")
 
 
 class Terminated(Exception):

@@ -121,20 +121,23 @@ def _epoch_ranges(epochs: list[int]) -> str:
 
 def key_text(key: tuple) -> str:
     """A comparable context (bench/core/context.comparable_key) in words."""
-    return f"{key[1]}, {key[2]} thread(s), {key[3]} in flight"
+    counted = "" if key[4] == "host" else " in its grid (other runs on the host not counted)"
+    return f"{key[1]}, {key[2]} thread(s), {key[3]} in flight{counted}"
 
 
 def shared_epoch_context(a: pd.DataFrame, b: pd.DataFrame) -> tuple | None:
     """The recorded context in which both sets of runs made the most epochs after their first: the one the
     per-epoch comparison uses. A campaign may continue a run on another machine (context.segments), so this
-    need not be either run's last; None where they share no recorded context."""
+    need not be either run's last; None where they share no recorded context. A context whose runs in flight
+    were counted on the host comes before one that counted only its grid's (a lower bound: other runs may
+    have shared the cores unseen)."""
 
     def counts(runs: pd.DataFrame) -> Counter:
         return Counter(k for keys in runs["epoch_keys"] for k in keys[1:] if k is not None)
 
     in_a, in_b = counts(a), counts(b)
     shared = [k for k in in_a if k in in_b]
-    return max(shared, key=lambda k: (min(in_a[k], in_b[k]), str(k))) if shared else None
+    return max(shared, key=lambda k: (k[4] == "host", min(in_a[k], in_b[k]), str(k))) if shared else None
 
 
 def epoch_seconds_in(run: pd.Series, key: tuple | None) -> list[float]:

@@ -52,8 +52,10 @@ def accuracy_table(runs: pd.DataFrame, tests: PairedTests) -> pd.DataFrame:
 def in_flight_text(s: pd.DataFrame) -> str:
     known = s["concurrency"].dropna()
     if len(known) == len(s):
-        values = sorted({int(v) for v in known})
-        return "/".join(map(str, values))
+        # A context written before runs were counted on the host counted its own grid's only (a lower bound).
+        counted = [(c or {}).get("in_flight_counted") or "grid" for c in s["context"]]
+        values = sorted({(int(v), how) for v, how in zip(s["concurrency"], counted)})
+        return "/".join(f"{v}" if how == "host" else f"{v} (its grid)" for v, how in values)
     seen = s["in_flight_seen"].max()
     if pd.isna(seen):
         return "unknown"
