@@ -168,6 +168,31 @@ def test_runs_that_ended_on_different_machines_compare_per_epoch_where_both_ran(
     assert "per epoch: the epochs run in Test CPU, 1 thread(s), 1 in flight (not ELCRec seed 1 epochs 4-5" in row["context"]
 
 
+def test_runs_in_flight_counted_in_a_grid_only_are_said_with_the_per_epoch_interval(tmp_path) -> None:
+    # Records written before runs were counted on the host: another grid's run may have shared the cores.
+    grid_only = {k: v for k, v in CONTEXT.items() if k != "in_flight_counted"}
+    icl = make_record("iclrec", train_s=(20.0, 10.0, 10.2, 9.8, 10.1), context=grid_only)
+    elc = make_record("elcrec", train_s=(20.0, 5.0, 5.1, 4.9, 5.0), context=grid_only)
+    row = cost_comparison(_saved_runs(tmp_path / "grid", [icl, elc])).iloc[0]
+    assert row["per_epoch_verdict"].startswith("ELCRec saves")
+    assert "runs in flight counted in each run's grid only" in row["per_epoch_basis"]
+    assert "1 in flight in its grid (other runs on the host not counted)" in row["context"]
+    counted = cost_comparison(_saved_runs(tmp_path / "host", [make_record("iclrec", train_s=(20.0, 10.0, 10.2, 9.8, 10.1)),
+                                                             make_record("elcrec", train_s=(20.0, 5.0, 5.1, 4.9, 5.0))]))
+    assert "grid" not in counted.iloc[0]["per_epoch_basis"] and "grid" not in counted.iloc[0]["context"]
+
+
+def test_epochs_are_compared_where_they_shared_the_host_alike(tmp_path) -> None:
+    # ICLRec's epochs 1-2 ran beside another run (2 in flight, 20 s), 3-4 alone (10 s); ELCRec's all alone.
+    icl = make_record("iclrec", train_s=(20.0, 20.0, 20.4, 10.0, 10.2), context=CONTEXT)
+    for e, n in zip(icl["epochs"], (1, 2, 2, 1, 1)):
+        e["in_flight"] = n
+    elc = make_record("elcrec", train_s=(20.0, 5.0, 5.1, 4.9, 5.0))
+    row = cost_comparison(_saved_runs(tmp_path, [icl, elc])).iloc[0]
+    assert -52 < row["per_epoch_change_pct"] < -48 and row["per_epoch_basis"].startswith("4+2 epochs")
+    assert "(not ICLRec seed 1 epochs 1-2" in row["context"]
+
+
 def test_different_or_unknown_context_is_not_compared(tmp_path) -> None:
     two = {**CONTEXT, "concurrency": 2}
     icl = make_record("iclrec", train_s=(20.0, 10.0, 10.1, 9.9))
