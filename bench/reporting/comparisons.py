@@ -119,6 +119,10 @@ def _epoch_ranges(epochs: list[int]) -> str:
     return ", ".join(ranges)
 
 
+# Beside a per-epoch interval over epochs whose runs in flight were counted in their own grid only.
+GRID_ONLY_NOTE = "runs in flight counted in each run's grid only, other runs on the host may have shared the cores"
+
+
 def key_text(key: tuple) -> str:
     """A comparable context (bench/core/context.comparable_key) in words."""
     counted = "" if key[4] == "host" else " in its grid (other runs on the host not counted)"
@@ -229,8 +233,7 @@ def _cost_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict:
                                             [epoch_seconds_in(r, key) for _, r in b.iterrows()])
     if key is not None and key[4] != "host" and per_epoch.basis:
         # Said wherever the interval is quoted (the front page too): the count may have missed a run beside it.
-        per_epoch = replace(per_epoch, basis=f"{per_epoch.basis}; runs in flight counted in each run's grid"
-                                             " only, other runs on the host may have shared the cores")
+        per_epoch = replace(per_epoch, basis=f"{per_epoch.basis}; {GRID_ONLY_NOTE}")
     total = verdicts.per_run_interval(list(a["training_s"]), list(b["training_s"]))
     memory = verdicts.per_run_interval(list(a["peak_memory_mb"]), list(b["peak_memory_mb"]))
     for name, iv in (("per_epoch", per_epoch), ("total", total), ("memory", memory)):

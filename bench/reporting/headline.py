@@ -19,6 +19,7 @@ import pandas as pd
 
 from bench.core.records import DEFAULT_ENCODER
 from bench.core.stats import interval_text
+from bench.reporting.comparisons import GRID_ONLY_NOTE
 from bench.reporting.forest import Claim, accuracy_claim, cost_claim, pct_text
 from bench.reporting.forest import interval_text as claim_text
 from bench.reporting.published import (
@@ -237,7 +238,12 @@ def _cost_claim(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str]) ->
     # The paper's Table 2 change, as the comparison already carries it (NaN where it has none).
     claimed = f"; the paper {pct(c['paper_train_s_change_pct'])}" if pd.notna(c["paper_train_s_change_pct"]) else ""
     return (f"Cost claim ({NAMES[PROPOSED]} trains faster than {NAMES[COST_BASELINE]} for the same epochs)"
-            f" {verdict} (ours per epoch {interval_text(iv) or 'not measured'}{claimed}).")
+            f" {verdict} (ours per epoch {interval_text(iv) or 'not measured'}{claimed}{_counted_note(iv)}).")
+
+
+def _counted_note(iv) -> str:
+    """The per-epoch interval's word on runs in flight counted in a grid only (comparisons._cost_pair), if any."""
+    return f"; {GRID_ONLY_NOTE}" if GRID_ONLY_NOTE in (iv.basis or "") else ""
 
 
 def _cost_verdicts(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str]) -> list[str]:
