@@ -167,12 +167,19 @@ def test_the_forest_plot_keeps_every_row_and_its_legend_inside_the_figure() -> N
     assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == [f"{c.dataset}: {c.label}" for c in claims]
-    texts = [t.get_text() for t in ax.texts]
+    notes = fig.axes[1]  # the written-out intervals, in an axes of their own beside the plot
+    texts = [t.get_text() for t in notes.texts]
     assert texts[0].startswith("ours +5.5% [+0.7%, +10.3%], 22,363 users") and texts[0].endswith("ELCRec paper +8.9%")
     assert texts[2] == "not run yet: ICLRec"
-    for text in ax.texts:  # the written-out intervals stay on the figure
-        extent = text.get_window_extent(renderer)
-        assert inside.x0 <= extent.x0 and extent.x1 <= inside.x1
+    # However long a row's words, the plot keeps its width (written beside it, they once squeezed it to a sliver).
+    long = [forest.Claim("Beauty", "ELCRec vs ICLRec, training s per epoch", -15.9, -19.9, -11.7, "167+408 epochs; " * 12)]
+    squeezed = forest.forest_figure(long, "claims")
+    forest.png(squeezed)
+    assert squeezed.axes[0].get_window_extent(squeezed.canvas.get_renderer()).width > 0.3 * squeezed.bbox.width
+    for figure in (fig, squeezed):  # ... and the words stay on the figure
+        for text in figure.axes[1].texts:
+            extent = text.get_window_extent(figure.canvas.get_renderer())
+            assert figure.bbox.x0 <= extent.x0 and extent.x1 <= figure.bbox.x1
     assert "Toys_and_Games, ELCRec vs ICLRec, training s per epoch: not run yet: ICLRec" in forest.describe(claims)
 
 

@@ -11,6 +11,7 @@ figure shows what is not known as plainly as what is.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +91,7 @@ def cost_claim(dataset: str, label: str, iv: Interval, not_compared: str | None,
 
 
 PUBLISHED_MARKERS = ("D", "s", "^", "v", "P", "X")
+NOTE_WIDTH = 88  # characters a line of a row's words, which fit the words' half of the figure
 
 
 def forest_figure(claims: list[Claim], title: str) -> Figure:
@@ -97,8 +99,10 @@ def forest_figure(claims: list[Claim], title: str) -> Figure:
     of its source, our interval and the published values written out at the right; a row without records
     says what is missing."""
     n = max(len(claims), 1)
-    fig = Figure(figsize=(12.0, 1.6 + 0.42 * n), layout="constrained")
-    ax = fig.subplots()
+    fig = Figure(figsize=(12.0, 1.6 + 0.5 * n), layout="constrained")
+    # The words get an axes of their own: written beside the plot, they would squeeze it to a sliver.
+    ax, notes = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1.0, 1.1], "wspace": 0.02})
+    notes.axis("off")
     ys = np.arange(n)[::-1]
     values = [v for c in claims for v in (c.low_pct, c.high_pct, c.change_pct, *(p for p, _ in c.published))
               if v is not None and np.isfinite(v)]
@@ -128,10 +132,11 @@ def forest_figure(claims: list[Claim], title: str) -> Figure:
             text = c.missing
         for value, who in c.published:
             ax.plot(value, y, marker[who], color=CLAIM_COLOR, ms=7, mfc="white", mew=1.6, label=once(who))
-        if c.published:  # a second line: what is published
-            text += "\n" + ", ".join(f"{who} {pct_text(v)}" for v, who in c.published)
-        ax.annotate(text, (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=7.5,
-                    color=OURS_COLOR if c.measured else "0.4", style="normal" if c.measured else "italic")
+        lines = textwrap.wrap(text, NOTE_WIDTH)
+        if c.published:  # a line of its own: what is published
+            lines += textwrap.wrap(", ".join(f"{who} {pct_text(v)}" for v, who in c.published), NOTE_WIDTH)
+        notes.annotate("\n".join(lines), (0.0, y), xycoords=("axes fraction", "data"), va="center", fontsize=7.5,
+                       color=OURS_COLOR if c.measured else "0.4", style="normal" if c.measured else "italic")
     for y, (above, below) in zip(ys[1:], zip(claims, claims[1:])):
         if above.dataset != below.dataset:  # a rule between datasets
             ax.axhline(y + 0.5, color="0.8", lw=0.8)
