@@ -13,7 +13,7 @@ import pandas as pd
 from bench.core import records
 from bench.reporting import plots
 from bench.reporting.leaderboard import build, readme_blocks, write_leaderboard
-from bench.reporting.runs import METHOD_NAMES, column_colors, completed_runs
+from bench.reporting.runs import METHOD_COLORS, METHOD_NAMES, column_colors, completed_runs
 from bench.reporting.summary import README_BEGIN, README_END, current_readme_block, markers, rewrite_readme
 from tests.conftest import run_cli
 from tests.test_verdicts import _ranks, make_record
@@ -150,6 +150,8 @@ def test_six_methods_two_losses_and_an_unregistered_one(tmp_path: Path) -> None:
     name = {m: METHOD_NAMES.get(m, m) for m in methods}
     # A column names a loss only where it is not the method's published one (ce_last is ICSRec's and DuoRec's).
     assert len(runs) == 8 and {"SASRec", "SASRec (ce)", name["icsrec"], name["duorec"], "toy"} <= set(runs["column"])
+    colors = column_colors(runs)  # two columns of one method are two lines in a plot: never one colour
+    assert colors["SASRec"] == METHOD_COLORS["sasrec"] and len(set(colors.values())) == len(colors) == 8
     write_leaderboard(tmp_path, tmp_path / "out")
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| dataset | metric | SASRec"))

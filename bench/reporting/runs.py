@@ -275,4 +275,19 @@ def column_colors(runs: pd.DataFrame) -> dict[str, str]:
     unknown = sorted({m for m in runs["method"] if m not in METHOD_COLORS})
     extra = {m: free[i % len(free)] for i, m in enumerate(unknown)}
     pairs = runs[["column", "method"]].drop_duplicates("column")
-    return {c: METHOD_COLORS.get(m) or extra[m] for c, m in zip(pairs["column"], pairs["method"])}
+    # A method's other columns (another loss, encoder, options) get shades of its colour: in one plot
+    # "SASRec" and "SASRec (ce)" must not be the same line.
+    nth = pairs.groupby("method").cumcount()
+    return {c: _shade(METHOD_COLORS.get(m) or extra[m], k) for c, m, k in zip(pairs["column"], pairs["method"], nth)}
+
+
+def _shade(color: str, k: int) -> str:
+    """The k-th shade of `color`: itself, then alternately lighter and darker, further each time."""
+    from matplotlib.colors import to_hex, to_rgb  # plotting only: the tables never need it
+
+    if k == 0:
+        return color
+    rgb = np.array(to_rgb(color))
+    amount = min(0.45 + 0.15 * ((k - 1) // 2), 0.75)
+    target = np.ones(3) if k % 2 else np.zeros(3)
+    return to_hex(rgb + (target - rgb) * amount)
