@@ -115,6 +115,9 @@ def test_runs_in_flight_are_counted_on_the_host_across_processes(tiny_data, tmp_
     alone = train.run(tiny_spec("sasrec", epochs=2), data=tiny_data, progress=False)
     assert alone["context"]["concurrency"] == 1 and alone["context"]["in_flight_counted"] == "host"
     assert [e["in_flight"] for e in alone["epochs"]] == [1, 1] and all(e["cpu_s"] > 0 for e in alone["epochs"])
+    from bench.core import records  # the cost table's CPU s/epoch: the median over the epochs after the first
+
+    assert records.records_table([(alone, None)]).iloc[0]["cpu_s_steady_median"] == alone["epochs"][1]["cpu_s"]
     # Another process's run (another grid, another campaign lane) trains beside it: both are counted.
     ready = tmp_path / "ready"
     other = multiprocessing.get_context("fork").Process(target=_hold_in_flight, args=(ready,))

@@ -43,9 +43,11 @@ _PER_EPOCH = tuple(f"{p}_per_epoch" for p in _PHASES)
 _FIRST = tuple(f"{p}_first" for p in _PHASES)
 _STEADY = tuple(f"{p}_steady_median" for p in _PHASES)
 _NUMERIC = (*_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH, *_FIRST, *_STEADY, "peak_memory_bytes")
-_NUMERIC += ("num_users", "max_users", "spec_epochs", "spec_patience", "threads", "concurrency")
+# The process's CPU seconds of an epoch (all phases), median over the later epochs that recorded it: beside
+# the wall seconds, what the run itself used, which other work on the cores does not stretch.
+_NUMERIC += ("num_users", "max_users", "spec_epochs", "spec_patience", "threads", "concurrency", "cpu_s_steady_median")
 COLUMNS = [*_FIELDS, "device", "variant", "device_name", "best_epoch", *_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH]
-COLUMNS += [*_FIRST, *_STEADY, "num_users", "max_users", "spec_epochs", "spec_patience"]
+COLUMNS += [*_FIRST, *_STEADY, "cpu_s_steady_median", "num_users", "max_users", "spec_epochs", "spec_patience"]
 COLUMNS += ["machine", "threads", "concurrency", "context", "has_ranks", "hostname", "software"]
 # Per-epoch lists: E-step + train seconds, valid NDCG@20, and the comparable context each epoch ran in.
 COLUMNS += ["epoch_training_s", "valid_curve", "epoch_keys"]
@@ -254,6 +256,8 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
         row[f"{phase}_first"] = epochs[0].get(phase) if epochs else None
         later = [e.get(phase) or 0.0 for e in epochs[1:]]
         row[f"{phase}_steady_median"] = float(np.median(later)) if later else None
+    cpu = [e["cpu_s"] for e in epochs[1:] if e.get("cpu_s") is not None]  # absent before it was recorded
+    row["cpu_s_steady_median"] = float(np.median(cpu)) if cpu else None
     spec = record.get("spec") or {}
     row["num_users"] = record.get("num_users")
     row["max_users"] = spec.get("max_users")

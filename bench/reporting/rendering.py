@@ -182,7 +182,11 @@ def accuracy_blocks(acc: pd.DataFrame, runs: pd.DataFrame, key: tuple) -> list[B
 COST_INTRO = (
     "Warm-up apart from steady state: `1st epoch s` is the first epoch's E-step + training seconds"
     " (compilation, caches, k-means initialisation land there); the per-phase `s/epoch` columns are the"
-    " median over the epochs after the first (empty for a one-epoch run), mean over seeds. `training s` (E-step +"
+    " median over the epochs after the first (empty for a one-epoch run), mean over seeds. `CPU s/epoch`: the"
+    " run process's CPU seconds of an epoch (all its threads), median likewise, mean over the seeds that recorded"
+    " it (empty for runs made before it was): with one thread, below the epoch's wall seconds (E-step + train +"
+    " eval) by the time the run waited for a core that other work held."
+    " `training s` (E-step +"
     " training, all epochs, no evaluation: what the paper's Table 2 counts) and `time to best s` count"
     " everything. Peak memory is the run's peak (GPU: reserved/NVML; CPU: RSS) in MB (MiB). Context:"
     " `machine` (CPU model or GPU), torch `threads`, `in flight` = the most runs training on the machine at"
@@ -212,7 +216,8 @@ def _cost_table(g: pd.DataFrame) -> pd.DataFrame:
         "machine": g["machine"], "threads": g["threads"], "in flight": g["in_flight"], "load": g["load"],
         "1st epoch s": fmt("training_s_first", ".2f"), "E-step s/epoch": fmt("estep_s_steady_median", ".2f"),
         "train s/epoch": fmt("train_s_steady_median", ".2f"), "eval s/epoch": fmt("eval_s_steady_median", ".2f"),
-        "training s/epoch": fmt("training_s_steady_median", ".2f"), "training s": fmt("training_s", ".1f"),
+        "training s/epoch": fmt("training_s_steady_median", ".2f"), "CPU s/epoch": fmt("cpu_s_steady_median", ".2f"),
+        "training s": fmt("training_s", ".1f"),
         "time to best s": fmt("time_to_best_s", ".1f"), "epochs": fmt("epochs_run", "g"),
         "peak MB": fmt("peak_memory_mb", ".1f"),
     })
