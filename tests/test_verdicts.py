@@ -193,6 +193,26 @@ def test_epochs_are_compared_where_they_shared_the_host_alike(tmp_path) -> None:
     assert "(not ICLRec seed 1 epochs 1-2" in row["context"]
 
 
+def test_cpu_seconds_per_epoch_are_compared_beside_the_wall_seconds(tmp_path) -> None:
+    # ICLRec waited for a core half of each epoch: 20 s of wall clock, 10 s of CPU; ELCRec used 10 s of each.
+    icl = make_record("iclrec", train_s=(30.0, 20.0, 20.4, 19.6, 20.2, 19.8))
+    elc = make_record("elcrec", train_s=(15.0, 10.0, 10.2, 9.8, 10.1, 9.9))
+    for rec in (icl, elc):
+        for e in rec["epochs"]:
+            e["training_cpu_s"] = e["train_s"] / (2.0 if rec is icl else 1.0)
+    cost, _ = _write(tmp_path, [icl, elc])
+    line = _bullet(cost, "Beauty: ELCRec vs ICLRec")
+    assert "training s/epoch after the first: ELCRec saves: -50" in line
+    assert "its CPU seconds (waiting for a core not counted): no difference detectable" in line
+    assert "change in CPU s per epoch" in cost
+    # Records made before the CPU seconds were recorded: no such column, no such words.
+    for rec in (icl, elc):
+        for e in rec["epochs"]:
+            del e["training_cpu_s"]
+    cost, _ = _write(tmp_path / "older", [icl, elc])
+    assert "CPU seconds" not in _bullet(cost, "Beauty: ELCRec vs ICLRec") and "change in CPU s" not in cost
+
+
 def test_different_or_unknown_context_is_not_compared(tmp_path) -> None:
     two = {**CONTEXT, "concurrency": 2}
     icl = make_record("iclrec", train_s=(20.0, 10.0, 10.1, 9.9))

@@ -43,14 +43,15 @@ _PER_EPOCH = tuple(f"{p}_per_epoch" for p in _PHASES)
 _FIRST = tuple(f"{p}_first" for p in _PHASES)
 _STEADY = tuple(f"{p}_steady_median" for p in _PHASES)
 _NUMERIC = (*_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH, *_FIRST, *_STEADY, "peak_memory_bytes")
-# The process's CPU seconds of an epoch (all phases), median over the later epochs that recorded it: beside
-# the wall seconds, what the run itself used, which other work on the cores does not stretch.
-_NUMERIC += ("num_users", "max_users", "spec_epochs", "spec_patience", "threads", "concurrency", "cpu_s_steady_median")
+# The process's CPU seconds of an epoch's E-step + training, median over the later epochs that recorded it:
+# beside the wall seconds, what the run itself used, which other work on the cores does not stretch.
+_NUMERIC += ("num_users", "max_users", "spec_epochs", "spec_patience", "threads", "concurrency", "training_cpu_s_steady_median")
 COLUMNS = [*_FIELDS, "device", "variant", "device_name", "best_epoch", *_SCORES, *_TOTALS, "epochs_run", *_PER_EPOCH]
-COLUMNS += [*_FIRST, *_STEADY, "cpu_s_steady_median", "num_users", "max_users", "spec_epochs", "spec_patience"]
+COLUMNS += [*_FIRST, *_STEADY, "training_cpu_s_steady_median", "num_users", "max_users", "spec_epochs", "spec_patience"]
 COLUMNS += ["machine", "threads", "concurrency", "context", "has_ranks", "hostname", "software"]
-# Per-epoch lists: E-step + train seconds, valid NDCG@20, and the comparable context each epoch ran in.
-COLUMNS += ["epoch_training_s", "valid_curve", "epoch_keys"]
+# Per-epoch lists: E-step + train seconds (wall, and CPU where recorded), valid NDCG@20, and the comparable
+# context each epoch ran in.
+COLUMNS += ["epoch_training_s", "epoch_training_cpu_s", "valid_curve", "epoch_keys"]
 # Every execution option's value (FAITHFUL's keys, defaults filled in) and the config's recommendation loss
 # (None where the record's config does not name one): the tables keep runs that differ in them apart.
 COLUMNS += ["variant_options", "rec_loss"]
@@ -256,8 +257,8 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
         row[f"{phase}_first"] = epochs[0].get(phase) if epochs else None
         later = [e.get(phase) or 0.0 for e in epochs[1:]]
         row[f"{phase}_steady_median"] = float(np.median(later)) if later else None
-    cpu = [e["cpu_s"] for e in epochs[1:] if e.get("cpu_s") is not None]  # absent before it was recorded
-    row["cpu_s_steady_median"] = float(np.median(cpu)) if cpu else None
+    cpu = [e["training_cpu_s"] for e in epochs[1:] if e.get("training_cpu_s") is not None]  # absent in older runs
+    row["training_cpu_s_steady_median"] = float(np.median(cpu)) if cpu else None
     spec = record.get("spec") or {}
     row["num_users"] = record.get("num_users")
     row["max_users"] = spec.get("max_users")
@@ -271,6 +272,7 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     row["hostname"] = (record.get("env") or {}).get("hostname")
     row["software"] = f"torch {known.get('torch') or '?'}, faiss {known.get('faiss') or '?'}"
     row["epoch_training_s"] = [(e.get("estep_s") or 0.0) + (e.get("train_s") or 0.0) for e in epochs]
+    row["epoch_training_cpu_s"] = [e.get("training_cpu_s") for e in epochs]  # None where not recorded
     row["valid_curve"] = [(e.get("valid") or {}).get("NDCG@20", np.nan) for e in epochs]
     row["epoch_keys"] = run_context.epoch_keys(ctx, epochs) if ctx else [None] * len(epochs)
     row["path"] = None if path is None else str(path)

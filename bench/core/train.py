@@ -211,7 +211,7 @@ class _Epochs:
         """One epoch: E-step, training steps and validation, each timed; returns the epoch's row."""
         method = self.method
         method.train()
-        in_flight_at_start, cpu_start = context.runs_in_flight(), time.process_time()
+        in_flight_at_start = context.runs_in_flight()
         with self.timer.phase("estep"):
             method.on_epoch_start(epoch, self.data)
         self.memory.sample()
@@ -224,9 +224,8 @@ class _Epochs:
         # Memory held at the end of the epoch (CUDA: allocated by torch; CPU: RSS): flat across epochs unless
         # something leaks, which tests/test_execution.py checks.
         row = {"epoch": epoch, "valid": valid, **self.timer.lap(), "losses": losses, "memory_bytes": self.memory.current(),
-               # The process's CPU seconds (all its threads) and the runs training on the host, this one
-               # included, the larger of the counts at the epoch's start and end: what the seconds shared.
-               "cpu_s": round(time.process_time() - cpu_start, 6),
+               # The runs training on the host, this one included, the larger of the counts at the epoch's
+               # start and end: what its seconds shared the machine with.
                "in_flight": max(in_flight_at_start, context.runs_in_flight())}
         fit = self.fit
         fit.epochs.append(row)

@@ -144,11 +144,12 @@ def shared_epoch_context(a: pd.DataFrame, b: pd.DataFrame) -> tuple | None:
     return max(shared, key=lambda k: (k[4] == "host", min(in_a[k], in_b[k]), str(k))) if shared else None
 
 
-def epoch_seconds_in(run: pd.Series, key: tuple | None) -> list[float]:
+def epoch_seconds_in(run: pd.Series, key: tuple | None, column: str = "epoch_training_s") -> list[float]:
     """A run's E-step + training seconds of its epochs after the first (warm-up) that ran in context `key`
-    (None: those whose context nobody recorded)."""
-    pairs = list(zip(run["epoch_training_s"], run["epoch_keys"]))[1:]
-    return [seconds for seconds, k in pairs if k == key]
+    (None: those whose context nobody recorded); `column` "epoch_training_cpu_s" gives the CPU seconds of
+    those that recorded them."""
+    pairs = list(zip(run[column], run["epoch_keys"]))[1:]
+    return [seconds for seconds, k in pairs if k == key and seconds is not None]
 
 
 def _epochs_elsewhere(runs: pd.DataFrame, key: tuple) -> list[str]:
@@ -234,9 +235,15 @@ def _cost_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict:
     if key is not None and key[4] != "host" and per_epoch.basis:
         # Said wherever the interval is quoted (the front page too): the count may have missed a run beside it.
         per_epoch = replace(per_epoch, basis=f"{per_epoch.basis}; {GRID_ONLY_NOTE}")
+    # The same epochs' CPU seconds, where recorded: what each run used, which waiting for a core does not
+    # stretch (said beside the wall seconds, never instead of them).
+    per_epoch_cpu = verdicts.per_epoch_interval(
+        [epoch_seconds_in(r, key, "epoch_training_cpu_s") for _, r in a.iterrows()],
+        [epoch_seconds_in(r, key, "epoch_training_cpu_s") for _, r in b.iterrows()])
+    row["per_epoch_cpu_not_compared"] = row["per_epoch_not_compared"]
     total = verdicts.per_run_interval(list(a["training_s"]), list(b["training_s"]))
     memory = verdicts.per_run_interval(list(a["peak_memory_mb"]), list(b["peak_memory_mb"]))
-    for name, iv in (("per_epoch", per_epoch), ("total", total), ("memory", memory)):
+    for name, iv in (("per_epoch", per_epoch), ("per_epoch_cpu", per_epoch_cpu), ("total", total), ("memory", memory)):
         row[f"{name}_change_pct"] = iv.change_pct
         row[f"{name}_low_pct"], row[f"{name}_high_pct"] = iv.low_pct, iv.high_pct
         row[f"{name}_basis"] = iv.basis or iv.reason

@@ -253,6 +253,9 @@ def _cost_verdicts(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str])
         claimed = f"; {COST_SOURCE}: {pct(change)} in total" if pd.notna(change) else ""
         out.append(f"Training seconds per epoch after the first (the paper compares equal epochs): "
                    f"{c['per_epoch_verdict']}{claimed}.")
+        if c["_per_epoch_cpu"].change_pct is not None:  # runs made since the CPU seconds were recorded
+            out.append("The same epochs' CPU seconds (what each run used; time spent waiting for a core that"
+                       f" other work held is not counted): {c['per_epoch_cpu_verdict']}.")
         out.append(f"Total training seconds, each run to its own early stop: {c['total_verdict']}.")
         if c["context"]:
             out.append(f"Execution context: {c['context']}.")

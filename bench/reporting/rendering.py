@@ -182,10 +182,10 @@ def accuracy_blocks(acc: pd.DataFrame, runs: pd.DataFrame, key: tuple) -> list[B
 COST_INTRO = (
     "Warm-up apart from steady state: `1st epoch s` is the first epoch's E-step + training seconds"
     " (compilation, caches, k-means initialisation land there); the per-phase `s/epoch` columns are the"
-    " median over the epochs after the first (empty for a one-epoch run), mean over seeds. `CPU s/epoch`: the"
-    " run process's CPU seconds of an epoch (all its threads), median likewise, mean over the seeds that recorded"
-    " it (empty for runs made before it was): with one thread, below the epoch's wall seconds (E-step + train +"
-    " eval) by the time the run waited for a core that other work held."
+    " median over the epochs after the first (empty for a one-epoch run), mean over seeds. `training CPU"
+    " s/epoch`: the run process's CPU seconds of E-step + training (all its threads), median likewise, mean over"
+    " the seeds that recorded it (empty for runs made before it was): with one thread, below `training s/epoch`"
+    " by the time the run waited for a core that other work held."
     " `training s` (E-step +"
     " training, all epochs, no evaluation: what the paper's Table 2 counts) and `time to best s` count"
     " everything. Peak memory is the run's peak (GPU: reserved/NVML; CPU: RSS) in MB (MiB). Context:"
@@ -216,7 +216,7 @@ def _cost_table(g: pd.DataFrame) -> pd.DataFrame:
         "machine": g["machine"], "threads": g["threads"], "in flight": g["in_flight"], "load": g["load"],
         "1st epoch s": fmt("training_s_first", ".2f"), "E-step s/epoch": fmt("estep_s_steady_median", ".2f"),
         "train s/epoch": fmt("train_s_steady_median", ".2f"), "eval s/epoch": fmt("eval_s_steady_median", ".2f"),
-        "training s/epoch": fmt("training_s_steady_median", ".2f"), "CPU s/epoch": fmt("cpu_s_steady_median", ".2f"),
+        "training s/epoch": fmt("training_s_steady_median", ".2f"), "training CPU s/epoch": fmt("training_cpu_s_steady_median", ".2f"),
         "training s": fmt("training_s", ".1f"),
         "time to best s": fmt("time_to_best_s", ".1f"), "epochs": fmt("epochs_run", "g"),
         "peak MB": fmt("peak_memory_mb", ".1f"),
@@ -239,6 +239,9 @@ def _versus_blocks(c: pd.DataFrame) -> list[Block]:
         "change per epoch after the 1st": change("per_epoch"), "change in training s": change("total"),
         "change in peak memory": change("memory"),
     })
+    cpu_measured = c["_per_epoch_cpu"].map(lambda iv: iv.change_pct is not None)
+    if cpu_measured.any():  # only runs made since the CPU seconds were recorded have them
+        vs.insert(3, "change in CPU s per epoch", change("per_epoch_cpu").where(cpu_measured, "not recorded"))
     if c["paper_train_s_change_pct"].notna().any():
         vs["paper change in training s"] = c["paper_train_s_change_pct"].map(pct)
         vs["paper memory change"] = c["paper_memory_mb_change_pct"].map(pct)
@@ -248,9 +251,11 @@ def _versus_blocks(c: pd.DataFrame) -> list[Block]:
         if _says(r["per_epoch_not_compared"]):  # then nothing is compared
             lines.append(f"{head}: not compared: {r['not_compared']}.")
             continue
+        cpu = (f"; its CPU seconds (waiting for a core not counted): {r['per_epoch_cpu_verdict']}"
+               if r["_per_epoch_cpu"].change_pct is not None else "")
         lines.append(
-            f"{head} ({r['context']}): training s/epoch after the first: {r['per_epoch_verdict']}; total training"
-            f" time: {r['total_verdict']}; peak memory: {r['memory_verdict']}."
+            f"{head} ({r['context']}): training s/epoch after the first: {r['per_epoch_verdict']}{cpu}; total"
+            f" training time: {r['total_verdict']}; peak memory: {r['memory_verdict']}."
         )
     return [("h3", "ELCRec vs ICLRec"), ("table", vs), ("list", lines)]
 

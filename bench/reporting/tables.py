@@ -75,7 +75,7 @@ def load_text(s: pd.DataFrame) -> str:
 
 COST_MEANS = ["training_s_first", "training_s_steady_median"]
 COST_MEANS += [f"{p}_s_{k}" for k in ("first", "steady_median") for p in ("estep", "train", "eval")]
-COST_MEANS += ["cpu_s_steady_median", "training_s", "time_to_best_s", "epochs_run", "peak_memory_mb"]
+COST_MEANS += ["training_cpu_s_steady_median", "training_s", "time_to_best_s", "epochs_run", "peak_memory_mb"]
 
 
 def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
