@@ -143,6 +143,19 @@ def test_runs_in_flight_are_counted_on_the_host_across_processes(tiny_data, tmp_
     assert context.runs_in_flight() == 0 and os.listdir(context.in_flight_folder()) == []
 
 
+def test_an_epoch_keeps_the_most_runs_it_shared_the_host_with_not_only_those_at_its_ends(monkeypatch):
+    from bench.core import context
+
+    monkeypatch.setattr(context, "IN_FLIGHT_SAMPLE_S", 0.02)
+    with context.in_flight_here() as host_runs:
+        assert host_runs.take() == 1
+        with context.in_flight_here():  # a short run that starts and ends within the epoch
+            time.sleep(0.3)
+        assert context.runs_in_flight() == 1
+        assert host_runs.take() == 2  # it was seen while it ran
+        assert host_runs.take() == 1  # the next epoch starts from the count at the boundary
+
+
 def test_a_context_that_counted_only_its_grid_is_a_key_of_its_own():
     from bench.core import context
 

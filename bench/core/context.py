@@ -16,8 +16,8 @@ they ran in (`epoch_keys`).
 
 Runs in flight are counted on the host: every training run holds a lock file in a folder of the user's cache
 for as long as it trains (`in_flight_here`), and `runs_in_flight` counts the live ones, so that two grids, two
-campaign lanes or a tuning study beside a grid see each other. The count is taken when a run starts and at
-every epoch's start and end (the epoch keeps the larger, `in_flight`). A context written before the host count
+campaign lanes or a tuning study beside a grid see each other. A run counts them when it starts and every
+second while it trains (`HostRuns`); each epoch keeps the most it saw (`in_flight`). A context written before the host count
 existed counted only its own grid's runs (`in_flight_counted` "grid"): a lower bound, kept apart from host
 counts by `comparable_key`.
 """
@@ -31,6 +31,7 @@ import os
 import platform
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import torch
@@ -52,13 +53,47 @@ def in_flight_folder() -> Path:
 
 
 _registrations = itertools.count()
+IN_FLIGHT_SAMPLE_S = 1.0  # how often a training run counts the host's runs: a run of a second or more is seen
+
+
+class HostRuns:
+    """The most runs in flight on this host since the last `take()`, counted every IN_FLIGHT_SAMPLE_S by a
+    daemon thread (an epoch keeps what it shared the machine with, not only what ran at its ends)."""
+
+    def __init__(self) -> None:
+        self._most = runs_in_flight()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._count_until_stopped, name="runs-in-flight", daemon=True)
+        self._thread.start()
+
+    def _count_until_stopped(self) -> None:
+        while not self._stop.wait(IN_FLIGHT_SAMPLE_S):
+            self._seen(runs_in_flight())
+
+    def _seen(self, count: int) -> int:
+        with self._lock:
+            self._most = max(self._most, count)
+            return self._most
+
+    def take(self) -> int:
+        """The most seen since the last take (a count now included); the next period starts from now's."""
+        now = runs_in_flight()
+        most = self._seen(now)
+        with self._lock:
+            self._most = now
+        return most
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @contextlib.contextmanager
 def in_flight_here():
     """Count this run among the host's runs in flight for the block: a file named after the host and process,
     locked (flock) while the run trains. The lock goes with the process, so a run killed outright stops
-    counting at once; its file is removed by the next count."""
+    counting at once; its file is removed by the next count. Yields the run's `HostRuns`."""
     folder = in_flight_folder()
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{socket.gethostname()}.{os.getpid()}.{next(_registrations)}"
@@ -68,9 +103,11 @@ def in_flight_here():
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.replace(pending, folder / name)
+        host_runs = HostRuns()
         try:
-            yield
+            yield host_runs
         finally:
+            host_runs.stop()
             (folder / name).unlink(missing_ok=True)
     finally:
         os.close(fd)

@@ -67,9 +67,9 @@ def run(
     # checkpoint until its record is made.
     one_at_a_time = checkpoints.held(spec.checkpoint_dir, spec.run_id) if spec.checkpoint_dir else contextlib.nullcontext()
     try:
-        with one_at_a_time, context.in_flight_here(), _process_settings(spec):
+        with one_at_a_time, context.in_flight_here() as host_runs, _process_settings(spec):
             return _train_and_test(spec, device, memory, data, progress, epoch_callback, evaluate_test,
-                                   stop_when, clock)
+                                   stop_when, clock, host_runs)
     finally:
         memory.stop()  # idempotent; also ends the sampling thread of a run stopped by an exception
 
@@ -91,7 +91,8 @@ def _process_settings(spec: RunSpec):
         _set_faiss_threads(previous_faiss_threads)
 
 
-def _train_and_test(spec, device, memory, data, progress, epoch_callback, evaluate_test, stop_when, clock) -> dict:
+def _train_and_test(spec, device, memory, data, progress, epoch_callback, evaluate_test, stop_when, clock,
+                    host_runs: context.HostRuns) -> dict:
     started, wall_start = now(), time.perf_counter()
     run_context = context.start(spec, device)  # after the thread counts are set (bench/core/context.py)
     if data is None:
@@ -105,6 +106,7 @@ def _train_and_test(spec, device, memory, data, progress, epoch_callback, evalua
     fit = fit_epochs(
         spec, method, data, memory, wall_start, epoch_callback, progress, run_context, resume=resume,
         stop_when=stop_when if stop_when is not None else deadline_stop(spec, clock), checkpoint_path=ckpt_path,
+        host_runs=host_runs,
     )
     if fit.best_state is not None:  # None: stopped (SIGTERM) before its first epoch ended
         method.load_state_dict(fit.best_state)
@@ -185,8 +187,9 @@ class _Epochs:
     the phase timer and what the epochs so far produced (`fit`)."""
 
     def __init__(self, spec: RunSpec, method, data: SequenceData, memory: PeakMemory, wall_start: float,
-                 resume: checkpoints.Resume | None, run_context: dict) -> None:
+                 resume: checkpoints.Resume | None, run_context: dict, host_runs: context.HostRuns) -> None:
         self.spec, self.method, self.data, self.memory, self.wall_start = spec, method, data, memory, wall_start
+        self.host_runs = host_runs
         device = data.device
         self.training_step = step_function(method, spec, device)
         self.optimizer = make_optimizer(method)
@@ -211,7 +214,6 @@ class _Epochs:
         """One epoch: E-step, training steps and validation, each timed; returns the epoch's row."""
         method = self.method
         method.train()
-        in_flight_at_start = context.runs_in_flight()
         with self.timer.phase("estep"):
             method.on_epoch_start(epoch, self.data)
         self.memory.sample()
@@ -224,9 +226,9 @@ class _Epochs:
         # Memory held at the end of the epoch (CUDA: allocated by torch; CPU: RSS): flat across epochs unless
         # something leaks, which tests/test_execution.py checks.
         row = {"epoch": epoch, "valid": valid, **self.timer.lap(), "losses": losses, "memory_bytes": self.memory.current(),
-               # The runs training on the host, this one included, the larger of the counts at the epoch's
-               # start and end: what its seconds shared the machine with.
-               "in_flight": max(in_flight_at_start, context.runs_in_flight())}
+               # The most runs training on the host during the epoch, this one included: what its seconds
+               # shared the machine with.
+               "in_flight": self.host_runs.take()}
         fit = self.fit
         fit.epochs.append(row)
         if valid[SELECTION_METRIC] > fit.best_score:
@@ -265,15 +267,16 @@ class _Epochs:
 def fit_epochs(
     spec, method, data, memory, wall_start, epoch_callback, progress,
     run_context: dict, *, resume: checkpoints.Resume | None = None, stop_when: Callable | None = None,
-    checkpoint_path=None,
+    checkpoint_path=None, host_runs: context.HostRuns,
 ) -> Fit:
     """The epochs, with early stopping on valid NDCG@20 after `spec.patience` epochs without a better one.
 
     `resume` continues a checkpointed run; `checkpoint_path` is where the run's mid-run checkpoint goes (None:
     none); `stop_when(epochs_done)` may end the run after any epoch (Fit.interrupted says why); `run_context`
-    (bench/core/context.start) is the context this invocation starts its segment in.
+    (bench/core/context.start) is the context this invocation starts its segment in; `host_runs` counts the
+    runs in flight on the host that each epoch shares it with.
     """
-    loop = _Epochs(spec, method, data, memory, wall_start, resume, run_context)
+    loop = _Epochs(spec, method, data, memory, wall_start, resume, run_context, host_runs)
     fit = loop.fit
     boundary: dict | None = None  # the last epoch boundary's checkpoint, in host memory (written on SIGTERM)
     # A terminal gets redrawn bars; a log file (a campaign lane, nohup) one line per epoch, which `tail` reads.
