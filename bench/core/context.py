@@ -17,9 +17,9 @@ they ran in (`epoch_keys`).
 Runs in flight are counted on the host: every training run holds a lock file in a folder of the user's cache
 for as long as it trains (`in_flight_here`), and `runs_in_flight` counts the live ones, so that two grids, two
 campaign lanes or a tuning study beside a grid see each other. A run counts them when it starts and every
-second while it trains (`HostRuns`); each epoch keeps the most it saw (`in_flight`). A context written before the host count
-existed counted only its own grid's runs (`in_flight_counted` "grid"): a lower bound, kept apart from host
-counts by `comparable_key`.
+second while it trains (`HostRuns`); each epoch keeps the most it saw (`in_flight`). A context written before
+the host count existed counted only its own grid's runs (`in_flight_counted` "grid"): a lower bound, kept
+apart from host counts by `comparable_key`.
 """
 
 from __future__ import annotations
@@ -116,9 +116,9 @@ def in_flight_here():
 def runs_in_flight() -> int:
     """How many runs train on this host now (those in `in_flight_here` blocks), removing dead runs' files."""
     folder = in_flight_folder()
-    prefix = socket.gethostname() + "."
-    try:
-        names = [n for n in os.listdir(folder) if n.startswith(prefix)]
+    host = socket.gethostname()
+    try:  # <host>.<pid>.<n>: a host name may hold dots, so it is what precedes the last two
+        names = [n for n in os.listdir(folder) if not n.startswith(".") and n.rsplit(".", 2)[0] == host]
     except FileNotFoundError:
         return 0
     live = 0
