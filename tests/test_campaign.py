@@ -72,6 +72,7 @@ def test_a_run_logged_to_a_file_writes_one_line_per_epoch(tiny_data, capsys):
                                                       "iclrec/synthetic seed 1: epoch 1 of 2"]
     for line, row in zip(lines, record["epochs"]):
         assert f"valid NDCG@20 {row['valid']['NDCG@20']:.4f}" in line and "estep " in line and "train " in line
+        assert f"(training CPU {row['training_cpu_s']:.1f} s)" in line and line.endswith("1 run(s) in flight")
 
 
 def test_each_invocation_of_a_resumed_run_is_a_segment_of_its_context(tiny_data, tmp_path, monkeypatch):

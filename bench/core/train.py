@@ -324,8 +324,8 @@ def epoch_line(spec: RunSpec, row: dict, fit: Fit, has_estep: bool) -> str:
     phases = ", ".join(f"{p} {row[f'{p}_s']:.1f} s" for p in shown)
     return (f"{spec.method}/{spec.dataset} seed {spec.seed}: epoch {row['epoch']} of {spec.epochs}, "
             f"valid {SELECTION_METRIC} {row['valid'][SELECTION_METRIC]:.4f} "
-            f"(best {fit.best_score:.4f} at epoch {fit.best_epoch}), {phases}, loss {row['losses']['loss']:.4f}, "
-            f"{row['in_flight']} run(s) in flight")
+            f"(best {fit.best_score:.4f} at epoch {fit.best_epoch}), {phases} (training CPU "
+            f"{row['training_cpu_s']:.1f} s), loss {row['losses']['loss']:.4f}, {row['in_flight']} run(s) in flight")
 
 
 class Terminated(Exception):
