@@ -157,6 +157,14 @@ def test_an_epoch_keeps_the_most_runs_it_shared_the_host_with_not_only_those_at_
         assert host_runs.take() == 1  # the next epoch starts from the count at the boundary
 
 
+def test_a_runs_in_flight_folder_that_cannot_be_written_is_a_one_line_error(tiny_data, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("BENCH_IN_FLIGHT", str(blocker / "in-flight"))
+    with pytest.raises(BenchError, match=r"^runs-in-flight folder \(\$BENCH_IN_FLIGHT\) .* cannot be made: .*a-file is a file"):
+        train.run(tiny_spec("sasrec", epochs=1), data=tiny_data, progress=False)
+
+
 def test_a_context_that_counted_only_its_grid_is_a_key_of_its_own():
     from bench.core import context
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from bench.core.files import check_writable
 from bench.core.paths import cache_folder
 
 # 2: "recorded" says whether the run took it; 3: "segments" (bench/core/migrate.py upgrades); 4: runs in flight
@@ -94,8 +95,8 @@ def in_flight_here():
     """Count this run among the host's runs in flight for the block: a file named after the host and process,
     locked (flock) while the run trains. The lock goes with the process, so a run killed outright stops
     counting at once; its file is removed by the next count. Yields the run's `HostRuns`."""
-    folder = in_flight_folder()
-    folder.mkdir(parents=True, exist_ok=True)
+    # One line (BenchError) where the folder cannot be written, before any work is spent.
+    folder = check_writable(in_flight_folder(), "runs-in-flight folder ($BENCH_IN_FLIGHT)")
     name = f"{socket.gethostname()}.{os.getpid()}.{next(_registrations)}"
     # Locked under a name the counter skips, then renamed: the counter never sees an unlocked live file.
     pending = folder / f".{name}"
