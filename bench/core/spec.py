@@ -69,7 +69,7 @@ class RunSpec:
     device: str = "auto"
     num_threads: int | None = None
     save_checkpoint: str | None = None
-    concurrency: int = 1  # runs in flight on the machine while this one runs (the grid knows it)
+    concurrency: int = 1  # runs the grid puts on the machine at once; the record counts the host (context.py)
     # Campaigns (bench/core/checkpoints.py, bench/campaign/schedule.py): how to run, not what, so not in the run's identity.
     checkpoint_every: int | None = None  # save a mid-run checkpoint every this many epochs
     checkpoint_dir: str | None = None  # where mid-run checkpoints live (<dir>/<run_id>/last.pt); None: none
