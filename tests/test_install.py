@@ -51,7 +51,8 @@ def _bench_python(installed: Path, cwd: Path, script: str) -> subprocess.Complet
 def _installed_python(installed: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
     env.update(PYTHONPATH=str(installed), OMP_NUM_THREADS="1", BENCH_DATA_MIRROR=str(SHARED / "datasets"),
-               BENCH_DATA_DIR=str(cwd / "data"), BENCH_CHECKPOINTS=str(cwd / "checkpoints"))
+               BENCH_DATA_DIR=str(cwd / "data"), BENCH_CHECKPOINTS=str(cwd / "checkpoints"),
+               BENCH_IN_FLIGHT=str(cwd / "in-flight"))  # never the user's cache, where real runs count each other
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -133,7 +134,8 @@ def test_a_fresh_virtual_environment_installs_and_runs(tmp_path):
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "torch==2.13.0", str(REPO)], check=True, timeout=1800)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
-    env.update(BENCH_DATA_MIRROR=str(SHARED / "datasets"), BENCH_DATA_DIR=str(tmp_path / "data"))
+    env.update(BENCH_DATA_MIRROR=str(SHARED / "datasets"), BENCH_DATA_DIR=str(tmp_path / "data"),
+               BENCH_CHECKPOINTS=str(tmp_path / "checkpoints"), BENCH_IN_FLIGHT=str(tmp_path / "in-flight"))
     for args in COMMANDS:
         proc = subprocess.run([str(venv / "bin" / "python"), "-m", "bench", *args], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=300)
