@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from bench.core.errors import BenchError
-from bench.core.files import write_torch_atomic
+from bench.core.files import lock_holder, read_holder, write_torch_atomic
 from bench.core.paths import cache_folder
 
 CHECKPOINT_NAME = "last.pt"
@@ -228,7 +228,7 @@ def held(folder: str | Path, run_id: str):
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         if not _lock_within(fd, seconds=2.0):  # a status reader holds it shared for an instant; a run, for hours
-            holder = _holder(fd)
+            holder = read_holder(fd)
             os.close(fd)
             raise BenchError(
                 f"run {run_id} is already training in another process ({holder or 'unknown'}), from checkpoint"
@@ -254,11 +254,6 @@ def held(folder: str | Path, run_id: str):
         os.close(fd)  # releases the lock
 
 
-def _holder(fd: int) -> str:
-    """What the lock's holder wrote into it: "pid N on HOST" (empty while it is being written)."""
-    return os.pread(fd, 200, 0).decode(errors="replace").strip()
-
-
 def _lock_within(fd: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while True:
@@ -273,15 +268,4 @@ def _lock_within(fd: int, seconds: float) -> bool:
 
 def in_training(folder: str | Path, run_id: str) -> str | None:
     """The holder ("pid N on HOST") of a run being trained now by a live process, else None."""
-    path = _lock_path(folder, run_id)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _holder(fd) or "another process"
-    finally:
-        os.close(fd)  # also releases the shared lock taken when nobody held it
-    return None
+    return lock_holder(_lock_path(folder, run_id))

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from bench.core.files import check_writable
+from bench.core.files import check_writable, lock_holder
 from bench.core.paths import cache_folder
 
 # 2: "recorded" says whether the run took it; 3: "segments" (bench/core/migrate.py upgrades); 4: runs in flight
@@ -124,18 +124,10 @@ def runs_in_flight() -> int:
         return 0
     live = 0
     for name in names:
-        try:
-            fd = os.open(folder / name, os.O_RDONLY)
-        except FileNotFoundError:  # its run just ended
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if lock_holder(folder / name) is not None:
             live += 1
-            continue
-        finally:
-            os.close(fd)
-        (folder / name).unlink(missing_ok=True)  # nobody holds it: its process died
+        else:  # its run just ended, or nobody holds it: its process died
+            (folder / name).unlink(missing_ok=True)
     return live
 
 

@@ -6,6 +6,7 @@ Records, tables, plots, tuned configs, mid-run checkpoints and saved weights all
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import tempfile
@@ -86,3 +87,25 @@ def write_torch_atomic(path: Path, obj) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+# ------------------------------------------------------------------------------------------ lock files
+def read_holder(fd: int) -> str:
+    """What a lock file's holder wrote into it ("pid N on HOST"; empty while it is being written)."""
+    return os.pread(fd, 200, 0).decode(errors="replace").strip()
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the flock on `path` now (what it wrote there, else "another process"), or None where the
+    file is absent or nobody holds it: a lock goes with its process, so a live holder is a live process."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_holder(fd) or "another process"
+    finally:
+        os.close(fd)  # also releases the shared lock taken when nobody held it
+    return None

@@ -241,6 +241,7 @@ def _cost_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict:
         [epoch_seconds_in(r, key, "epoch_training_cpu_s") for _, r in a.iterrows()],
         [epoch_seconds_in(r, key, "epoch_training_cpu_s") for _, r in b.iterrows()])
     row["per_epoch_cpu_not_compared"] = row["per_epoch_not_compared"]
+    row["per_epoch_in_flight_counted"] = key[4] if key is not None else None  # "host" or "grid"
     total = verdicts.per_run_interval(list(a["training_s"]), list(b["training_s"]))
     memory = verdicts.per_run_interval(list(a["peak_memory_mb"]), list(b["peak_memory_mb"]))
     for name, iv in (("per_epoch", per_epoch), ("per_epoch_cpu", per_epoch_cpu), ("total", total), ("memory", memory)):

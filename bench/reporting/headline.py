@@ -237,13 +237,9 @@ def _cost_claim(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str]) ->
         verdict = "is not reproduced here: no difference detectable"
     # The paper's Table 2 change, as the comparison already carries it (NaN where it has none).
     claimed = f"; the paper {pct(c['paper_train_s_change_pct'])}" if pd.notna(c["paper_train_s_change_pct"]) else ""
+    counted = f"; {GRID_ONLY_NOTE}" if c["per_epoch_in_flight_counted"] == "grid" else ""
     return (f"Cost claim ({NAMES[PROPOSED]} trains faster than {NAMES[COST_BASELINE]} for the same epochs)"
-            f" {verdict} (ours per epoch {interval_text(iv) or 'not measured'}{claimed}{_counted_note(iv)}).")
-
-
-def _counted_note(iv) -> str:
-    """The per-epoch interval's word on runs in flight counted in a grid only (comparisons._cost_pair), if any."""
-    return f"; {GRID_ONLY_NOTE}" if GRID_ONLY_NOTE in (iv.basis or "") else ""
+            f" {verdict} (ours per epoch {interval_text(iv) or 'not measured'}{claimed}{counted}).")
 
 
 def _cost_verdicts(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str]) -> list[str]:
