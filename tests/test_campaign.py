@@ -533,6 +533,10 @@ def test_status_shows_every_state_and_the_time_left(tmp_path, capsys):
                  "pending", "1 done, 0 running, 1 interrupted, 1 failed, 1 pending",
                  f"expected cpu time left: {status['expected_left_s']:.0f} s"):
         assert line in out
+    # 3 epoch times in all: each time left says it is a rough guess, and why
+    assert [r["expected_rough"] for r in status["rows"]] == [False, True, True, True]
+    assert "* estimated from fewer than 10 epochs of records of its kind" in out
+    assert sum("*  pending" in line for line in out.splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------------ packing, chosen
@@ -629,6 +633,8 @@ def test_overhead_is_the_time_outside_the_epochs_not_their_spread():
     rows = [{"estep_s": 0.0, "train_s": t, "eval_s": 0.0} for t in (10.0,) * 9 + (100.0,)]
     estimate = estimate_from([{"epochs": rows, "totals": {"wall_s": 195.0}}], "test")
     assert estimate.epoch_s == 10.0 and estimate.overhead_s == pytest.approx(5.0)  # not 195 - 10 x 10 = 95
+    assert estimate.epochs == 9 and estimate.rough  # the first epoch is not counted: 9 times, a rough guess
+    assert not estimate_from([{"epochs": rows + rows[:1], "totals": {"wall_s": 205.0}}], "test").rough
 
 
 def test_estimates_pool_every_folder_and_count_a_collected_copy_once(tmp_path):

@@ -121,6 +121,7 @@ def _record_kind(record: dict) -> tuple:
 
 
 MIN_OWN_EPOCHS = 3  # epochs after the first that this grid's own records need to replace an estimate
+ROUGH_BELOW_EPOCHS = 10  # an estimate from fewer epoch times is shown as a rough guess
 
 
 @dataclass
@@ -131,6 +132,12 @@ class Estimate:
     overhead_s: float
     runs: int  # records it is computed from
     source: str  # the results folder they are in
+    epochs: int = 0  # epoch times its median is taken over
+
+    @property
+    def rough(self) -> bool:
+        """Taken from so few epochs that one busy or idle moment of the machine decides it."""
+        return self.epochs < ROUGH_BELOW_EPOCHS
 
     def expected(self, epochs_left: int) -> float:
         return self.overhead_s + self.epoch_s * max(epochs_left, 0)
@@ -158,7 +165,7 @@ def estimate_from(recs: list[dict], source: str) -> Estimate | None:
     if not epoch_times:
         return None
     overhead = max(0.0, statistics.fmean(overheads)) if overheads else 0.0
-    return Estimate(statistics.median(epoch_times), overhead, len(recs), source)
+    return Estimate(statistics.median(epoch_times), overhead, len(recs), source, len(epoch_times))
 
 
 def load_estimates(*folders: Path | str) -> dict[tuple, Estimate]:

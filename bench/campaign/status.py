@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench.campaign.schedule import (
     PACKING_DIR,
+    ROUGH_BELOW_EPOCHS,
     format_duration,
     kind_of,
     load_estimates,
@@ -116,7 +117,7 @@ def _row(spec, rid: str, latest: dict[str, dict], folder: Path, estimates: dict)
     row = {"method": spec.method, "dataset": spec.dataset, "seed": spec.seed, "run_id": rid, "status": status,
            "max_epochs": spec.epochs, "patience": spec.patience, "epochs_done": None, "best_epoch": None,
            f"test_{SELECTION_METRIC}": None, f"best_valid_{SELECTION_METRIC}": None, "error": None,
-           "expected_left_s": None, "left_if_no_better_s": None}
+           "expected_left_s": None, "expected_rough": False, "left_if_no_better_s": None}
     if status == "ok":
         row["best_epoch"] = record.get("best_epoch")
         row[f"test_{SELECTION_METRIC}"] = (record.get("test") or {}).get(SELECTION_METRIC)
@@ -137,6 +138,7 @@ def _row(spec, rid: str, latest: dict[str, dict], folder: Path, estimates: dict)
     estimate = estimates.get(kind_of(spec))
     if estimate is not None:
         row["expected_left_s"] = estimate.expected(spec.epochs - (in_checkpoint or 0))
+        row["expected_rough"] = estimate.rough
         if row["best_epoch"] is not None:  # early stopping ends it at best + patience unless it improves
             stop_at = min(spec.epochs, row["best_epoch"] + spec.patience + 1)
             row["left_if_no_better_s"] = estimate.expected(stop_at - in_checkpoint)
@@ -162,15 +164,27 @@ def _cell(row: dict) -> str:
     return "pending"
 
 
+def expected_left(row: dict) -> str:
+    """The time a run not done is expected to need still; `*` where the estimate is a rough guess."""
+    if row["status"] == "ok":
+        return ""
+    return format_duration(row["expected_left_s"]) + ("*" if row.get("expected_rough") else "")
+
+
+ROUGH_NOTE = (f"* estimated from fewer than {ROUGH_BELOW_EPOCHS} epochs of records of its kind: a rough guess, "
+              "swayed by whatever else the machine ran then")
+
+
 def print_status(status: dict) -> None:
     """The table (method x dataset x seed) and the totals, in plain text."""
     rows = status["rows"]
     print(f"{status['profile']} protocol on {status['device']} (compile {status['compile']}), records in {status['results']}")
-    width = max([len(_cell(r)) for r in rows] + [10])
-    print(f"{'method':<8} {'dataset':<20} {'seed':>4}  {'state':<{width}}  {'expected left':>13}")
+    # The state, of any length, comes last, so that the columns before it stay aligned in a narrow terminal.
+    print(f"{'method':<8} {'dataset':<20} {'seed':>4}  {'expected left':>13}  state")
     for r in rows:
-        left = "" if r["status"] == "ok" else format_duration(r["expected_left_s"])
-        print(f"{r['method']:<8} {r['dataset']:<20} {r['seed']:>4}  {_cell(r):<{width}}  {left:>13}")
+        print(f"{r['method']:<8} {r['dataset']:<20} {r['seed']:>4}  {expected_left(r):>13}  {_cell(r)}")
+    if any(r["status"] != "ok" and r.get("expected_rough") for r in rows):
+        print(ROUGH_NOTE)
     c = status["counts"]
     print(f"{c['ok']} done, {c['running']} running, {c['interrupted']} interrupted, {c['failed']} failed,"
           f" {c['pending']} pending")
