@@ -131,9 +131,6 @@ def single_run_spec(args):
     from bench.core.configs import parse_overrides
     from bench.core.spec import make_spec
 
-    for flag, value in (("--methods", args.methods), ("--datasets", args.datasets), ("--seeds", args.seeds)):
-        if value:
-            raise BenchError(f"{flag} belongs to the grid: add --all, or use --method/--dataset/--seed")
     return make_spec(args.method, args.dataset, seed=args.seed, save_checkpoint=args.save_checkpoint,
                      overrides=parse_overrides(args.overrides), **_spec_options(args))
 
@@ -144,6 +141,10 @@ def cmd_run(args) -> int:
 
     if args.all:
         return cmd_grid(args)
+    # The grid's flags first: `run --methods X --datasets Y` is a grid with --all forgotten, not a run without a method.
+    for flag, value in (("--methods", args.methods), ("--datasets", args.datasets), ("--seeds", args.seeds)):
+        if value:
+            raise BenchError(f"{flag} belongs to the grid: add --all, or use --method/--dataset/--seed")
     if not args.method or not args.dataset:
         raise BenchError("run needs --method and --dataset (or --all for the grid)")
     if args.time_budget is not None:

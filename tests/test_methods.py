@@ -169,6 +169,8 @@ def test_python_m_bench_says_a_user_error_in_one_line_and_exits_2_without_traceb
     (["run", "--method", "gru4rec", "--dataset", "Beauty"], "error: unknown method 'gru4rec'"),
     (["run", "--method", "sasrec", "--dataset", "MovieLens"], "error: unknown dataset 'MovieLens'"),
     (["run", "--method", "sasrec", "--dataset", "Beauty", "--set", "lr=fast"], "error: --set: lr='fast'"),
+    (["run", "--methods", "sasrec", "--datasets", "Beauty"], "error: --methods belongs to the grid: add --all"),
+    (["run", "--method", "sasrec"], "error: run needs --method and --dataset (or --all for the grid)"),
 ])
 def test_cli_user_errors_exit_2_without_traceback(capsys, args, message):
     code, _, err = run_cli(args, capsys)
