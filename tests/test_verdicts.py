@@ -124,6 +124,23 @@ def test_seeds_give_the_between_run_spread(tmp_path) -> None:
     assert "peak memory: ELCRec saves" in line  # 401-403 MB against 500 MB in every seed
 
 
+def test_peak_memory_is_compared_whatever_else_ran_beside_the_runs(tmp_path) -> None:
+    # A run's peak is its own process's: a second run beside ELCRec seed 1 changes its seconds, not its memory.
+    beside = {**CONTEXT, "concurrency": 2}
+    recs = []
+    for seed in (1, 2, 3):
+        recs.append(make_record("iclrec", seed=seed))
+        recs.append(make_record("elcrec", seed=seed, memory_mb=400 + seed, context=beside if seed == 1 else CONTEXT))
+    row = cost_comparison(_saved_runs(tmp_path / "beside", recs)).iloc[0]
+    assert row["total_verdict"].startswith("not compared: contexts differ")
+    assert row["memory_verdict"].startswith("ELCRec saves") and row["memory_basis"] == "3+3 seeds"
+    # Other torch threads (their buffers) or another machine: not compared, and the line says what differs.
+    recs[1] = make_record("elcrec", seed=1, memory_mb=401, context={**CONTEXT, "threads": 2})
+    row = cost_comparison(_saved_runs(tmp_path / "threads", recs)).iloc[0]
+    assert row["memory_verdict"] == ("not compared: contexts differ (ELCRec: cpu, Test CPU, 1 thread(s); "
+                                     "cpu, Test CPU, 2 thread(s) vs ICLRec: cpu, Test CPU, 1 thread(s))")
+
+
 def test_one_epoch_after_warm_up_gives_no_interval_and_no_verdict(tmp_path) -> None:
     cost, _ = _write(tmp_path, [make_record("iclrec", train_s=(20.0, 10.0)), make_record("elcrec", train_s=(20.0, 17.0))])
     line = _bullet(cost, "Beauty: ELCRec vs ICLRec")

@@ -210,6 +210,24 @@ def context_check(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str | None, str]:
     return None, note
 
 
+def memory_check(a: pd.DataFrame, b: pd.DataFrame, not_compared: str | None) -> str | None:
+    """Why the peak memories of two sets of runs are not compared, or None. A run's peak is its own process's
+    (its RSS on a CPU; its allocations and NVML's bytes for its process on a GPU), which other runs on the
+    machine do not change: device, machine and torch threads must match, the runs in flight need not.
+    `not_compared` is context_check's reason, kept where a run did not record its context."""
+    contexts = list(a["context"]) + list(b["context"])
+    if not all(run_context.recorded(c) for c in contexts):
+        return not_compared
+
+    def key(c: dict) -> str:
+        return f"{c['device']}, {run_context.machine(c)}, {c['threads']} thread(s)"
+
+    keys_a, keys_b = sorted({key(c) for c in a["context"]}), sorted({key(c) for c in b["context"]})
+    if len(set(keys_a + keys_b)) > 1:
+        return f"contexts differ ({a['column'].iloc[0]}: {'; '.join(keys_a)} vs {b['column'].iloc[0]}: {'; '.join(keys_b)})"
+    return None
+
+
 def with_training_seconds(runs: pd.DataFrame) -> pd.DataFrame:
     """Training time as the paper's Table 2 counts it (E-step plus training, no evaluation), and MB."""
     return runs.assign(training_s=runs["estep_s"] + runs["train_s"], peak_memory_mb=runs["peak_memory_bytes"] / MIB)
@@ -223,7 +241,8 @@ def _cost_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict:
     # memory are one number per run, compared only where the runs' last contexts match.
     key = shared_epoch_context(a, b)
     row["per_epoch_not_compared"] = None if key is not None else row["not_compared"]
-    row["total_not_compared"] = row["memory_not_compared"] = row["not_compared"]
+    row["total_not_compared"] = row["not_compared"]
+    row["memory_not_compared"] = memory_check(a, b, row["not_compared"])
     elsewhere = _epochs_elsewhere(pd.concat([a, b]), key) if key is not None else []
     if elsewhere or (key is not None and row["not_compared"]):  # said only where it is not every epoch
         per_epoch_note = f"per epoch: the epochs run in {key_text(key)}"
