@@ -117,3 +117,22 @@ def test_a_less_accurate_costlier_elcrec_is_said_to_fail_both_claims(tmp_path: P
                                 " significantly less accurate")
     assert claims[1].startswith("Cost claim (ELCRec trains faster than ICLRec for the same epochs) does not hold"
                                 " here: ELCRec's epochs cost more (ours per epoch +")
+
+
+def test_totals_of_runs_that_shared_the_host_differently_say_why_once_and_memory_is_still_compared(tmp_path: Path) -> None:
+    from tests.test_verdicts import CONTEXT
+
+    recs = []
+    for seed in (1, 2):
+        base = _ranks(0.10, seed=seed)
+        recs.append(_paper("iclrec", seed, base, (12.0, 10.0, 10.1, 9.9, 10.0)))
+        elcrec = make_record("elcrec", seed=seed, ranks=_better(base), profile="paper", hour=seed, memory_mb=400.0 + seed,
+                             train_s=(12.0, 8.0, 8.1, 7.9, 8.0), context={**CONTEXT, "concurrency": 2} if seed == 2 else CONTEXT)
+        recs.append(elcrec)
+    _, verdicts, _ = _section(tmp_path, recs)
+    total = next(v for v in verdicts if v.startswith("Total training seconds"))
+    assert "not compared: contexts differ (ELCRec: Test CPU, 1 thread(s), 1 in flight; Test CPU, 1 thread(s), 2 in flight" in total
+    targets = [v for v in verdicts if v.startswith("To ")]
+    assert len(targets) == 3 and all(v.endswith("; not compared, as the totals.") for v in targets)
+    memory = next(v for v in verdicts if v.startswith("Peak memory of each run's process"))
+    assert "ELCRec saves" in memory and "(2+2 seeds)" in memory

@@ -253,14 +253,19 @@ def _cost_verdicts(ev: Evidence, key: tuple, dataset: str, cols: dict[str, str])
             out.append("The same epochs' CPU seconds (what each run used; time spent waiting for a core that"
                        f" other work held is not counted): {c['per_epoch_cpu_verdict']}.")
         out.append(f"Total training seconds, each run to its own early stop: {c['total_verdict']}.")
+        out.append(f"Peak memory of each run's process: {c['memory_verdict']}.")
         if c["context"]:
             out.append(f"Execution context: {c['context']}.")
     targets = ev.where(ev.targets, key, dataset)
     targets = targets[(targets["column_a"] == cols[PROPOSED]) & (targets["column_b"] == cols[COST_BASELINE])]
     for _, t in targets.iterrows():
+        # Times to a target are totals too: a reason the totals already gave in full is not repeated.
+        verdict = t["verdict"]
+        if c is not None and c["total_not_compared"] and verdict == f"not compared: {c['total_not_compared']}":
+            verdict = "not compared, as the totals"
         out.append(f"To {t['target_fraction']:.0%} of the best valid NDCG@20 of {t['target_set_by']}"
                    f" ({t['target_valid_ndcg20']:.4f}): {NAMES[PROPOSED]} {t['seconds_a']:,.0f} s vs"
-                   f" {NAMES[COST_BASELINE]} {t['seconds_b']:,.0f} s; {t['verdict']}.")
+                   f" {NAMES[COST_BASELINE]} {t['seconds_b']:,.0f} s; {verdict}.")
     return out
 
 
