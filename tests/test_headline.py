@@ -3,6 +3,7 @@ rows, and its verdicts, from records built as a real run's (test_verdicts' make_
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,31 @@ def test_totals_of_runs_that_shared_the_host_differently_say_why_once_and_memory
     assert len(targets) == 3 and all(v.endswith("; not compared, as the totals.") for v in targets)
     memory = next(v for v in verdicts if v.startswith("Peak memory of each run's process"))
     assert "ELCRec saves" in memory and "(2+2 seeds)" in memory
+
+
+def test_every_dataset_where_both_converged_gets_the_headline_question_in_full(tmp_path: Path) -> None:
+    from bench.reporting.leaderboard import write_leaderboard
+
+    recs = []
+    for hour, dataset in enumerate(("Beauty", "Toys_and_Games", "Yelp"), start=1):
+        base = _ranks(0.10, seed=hour)
+        for method, ranks in (("iclrec", base), ("elcrec", _better(base))):
+            if dataset == "Yelp" and method == "elcrec":
+                continue  # one method only: the question is not answered there, and no section says it is
+            recs.append(make_record(method, ranks=ranks, profile="paper", dataset=dataset, hour=hour,
+                                    train_s=(12.0, 10.0, 10.1, 9.9, 10.0)))
+    for r in recs:
+        records.save(tmp_path, r)
+    write_leaderboard(tmp_path, tmp_path / "out")
+    answers = (tmp_path / "out" / "answers.md").read_text()
+    # Beauty's section is README's; Toys' follows every answer per dataset, beside its Table 1 row and both
+    # authors' released Toys checkpoints (ICLRec's NDCG@5 0.0404, ELCRec's 0.0403).
+    assert answers.count("## Does ELCRec beat ICLRec on") == 1
+    toys = answers.split("## Does ELCRec beat ICLRec on Toys_and_Games?", 1)[1]
+    assert "| ICLRec, published seed-1 checkpoint | 1 | 0.0598 | 0.0404 |" in toys
+    assert "| ELCRec, published seed-1 checkpoint | 1 | 0.0585 | 0.0403 |" in toys
+    assert "Accuracy claim (ELCRec beats ICLRec on test NDCG@5) holds" in toys and "the paper +1.5%" in toys
+    page = (tmp_path / "out" / "index.html").read_text()
+    titles = re.findall(r'<section class="top" id="(headline[^"]*)"><h2>(.*?)</h2>', page)
+    assert titles == [("headline", "Does ELCRec beat ICLRec on Beauty?"),
+                      ("headline-Toys_and_Games", "Does ELCRec beat ICLRec on Toys_and_Games?")]

@@ -67,6 +67,10 @@ class Board:
     def headline(self) -> list[Block]:
         return headline.headline_blocks(self.evidence)
 
+    def headlines(self) -> list[tuple[str, list[Block]]]:
+        """(title, blocks): the headline question on its dataset, then on every other one it is answered on."""
+        return headline.headline_sections(self.evidence)
+
     def loss(self) -> list[Block]:
         return loss_question.loss_blocks(self.evidence)
 
@@ -123,7 +127,10 @@ def _documents(board: Board) -> dict[str, str]:
     comp = ev.comp.drop(columns=[c for c in ev.comp.columns if c.startswith("_")])
     drop = [c for c in ("column", "context", "path") if c in board.cost.columns]
     return {
-        "answers.md": summary.answers_markdown(board.answers(), board.scaling),
+        # The headline dataset's section is README's; the others' follow every answer per dataset.
+        "answers.md": summary.answers_markdown(
+            [*board.answers(), *(b for title, blocks in board.headlines()[1:] for b in (("h2", title), *blocks))],
+            board.scaling),
         "forest.csv": forest.claims_frame(board.front.claims).to_csv(index=False, float_format=CSV_FLOATS),
         "leaderboard.csv": ev.acc.drop(columns="column").to_csv(index=False, float_format=CSV_FLOATS),
         "leaderboard.md": render_md(acc_doc),
@@ -164,7 +171,7 @@ def write_leaderboard(results_dir: Path, out_dir: Path | None = None, readme: Pa
     parts = _group_parts(board, files)
     intros = {"Accuracy tables": ACCURACY_INTRO, "Cost tables": COST_INTRO, "Answers": summary.SUMMARY_INTRO}
     files[front.FOREST_NAME] = board.front.image.png
-    files["index.html"] = report.index_html(board.front, board.answers(), board.headline(), board.loss(),
+    files["index.html"] = report.index_html(board.front, board.answers(), board.headlines(), board.loss(),
                                             board.scaling, parts, measurements.measurement_sections(results_dir),
                                             intros)
     # Plots of groups that no longer exist (records removed, grouping changed) would be stale: remove them.
