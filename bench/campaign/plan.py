@@ -274,18 +274,17 @@ def plan_status(plan: Plan) -> list[tuple[Step, list[dict]]]:
 
 
 def print_plan_status(plan: Plan) -> None:
-    from bench.campaign.status import ROUGH_NOTE, _cell, expected_left
+    from bench.campaign.status import _cell, expected_left, print_rough_note
 
     print(f"campaign {plan.path}: records in {plan.results / 'runs'}")
     counts: dict[str, int] = {}
-    rough = False
+    every: list[dict] = []
     for i, (step, rows) in enumerate(plan_status(plan), start=1):
         print(f"{i}. {step.name}")
+        every += rows
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
-            rough = rough or (r["status"] != "ok" and r["expected_rough"])
             left = f"  (expected left {expected_left(r)})" if r["status"] != "ok" else ""
             print(f"   {r['method']:<8} {r['dataset']:<20} seed {r['seed']}  {_cell(r)}{left}")
     print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
-    if rough:
-        print(ROUGH_NOTE)
+    print_rough_note(every)

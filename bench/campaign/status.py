@@ -171,7 +171,10 @@ def expected_left(row: dict) -> str:
     return format_duration(row["expected_left_s"]) + ("*" if row.get("expected_rough") else "")
 
 
-ROUGH_NOTE = (f"* estimated from fewer than {ROUGH_BELOW_EPOCHS} epochs of records of its kind: a rough guess, "
+def print_rough_note(rows: list[dict]) -> None:
+    """The footnote to `*`, where a run not done has a time left that is a rough guess."""
+    if any(r["status"] != "ok" and r.get("expected_rough") for r in rows):
+        print(f"* estimated from fewer than {ROUGH_BELOW_EPOCHS} epochs of records of its kind: a rough guess, "
               "swayed by whatever else the machine ran then")
 
 
@@ -183,8 +186,7 @@ def print_status(status: dict) -> None:
     print(f"{'method':<8} {'dataset':<20} {'seed':>4}  {'expected left':>13}  state")
     for r in rows:
         print(f"{r['method']:<8} {r['dataset']:<20} {r['seed']:>4}  {expected_left(r):>13}  {_cell(r)}")
-    if any(r["status"] != "ok" and r.get("expected_rough") for r in rows):
-        print(ROUGH_NOTE)
+    print_rough_note(rows)
     c = status["counts"]
     print(f"{c['ok']} done, {c['running']} running, {c['interrupted']} interrupted, {c['failed']} failed,"
           f" {c['pending']} pending")

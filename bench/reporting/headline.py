@@ -59,6 +59,11 @@ def headline_title(dataset: str) -> str:
 HEADLINE_TITLE = headline_title(HEADLINE_DATASET)
 
 
+def _both_ran(key: tuple | None, runs: pd.DataFrame) -> bool:
+    """Whether `_faithful_runs` found converged runs of both methods of the pair: the question is answered."""
+    return key is not None and runs["method"].nunique() == len(PAIR)
+
+
 def _faithful_runs(ev: Evidence, dataset: str) -> tuple[tuple | None, pd.DataFrame]:
     """The most authoritative paper-profile group with faithful, published-config runs of the pair on
     `dataset` (both methods where a group has both), and those runs."""
@@ -281,7 +286,7 @@ def headline_blocks(ev: Evidence, dataset: str = HEADLINE_DATASET) -> list[Block
     key, runs = _faithful_runs(ev, dataset)
     published = [("table", headline_table(runs, dataset)),
                  ("note", f"Published rows: {CHECKPOINT_SOURCE}. Training s: {COST_SOURCE}.")]
-    if key is None or runs["method"].nunique() < len(PAIR):
+    if not _both_ran(key, runs):
         have = ", ".join(f"{NAMES[m]} {int((runs['method'] == m).sum())}" for m in reversed(PAIR))
         why = (f"Not answered yet: no converged `{PAPER_PROFILE}`-profile record of both methods on {dataset}"
                f" (faithful, published config and loss; seeds recorded: {have}). `python -m bench status`"
@@ -298,12 +303,10 @@ def headline_blocks(ev: Evidence, dataset: str = HEADLINE_DATASET) -> list[Block
 
 
 def headline_sections(ev: Evidence) -> list[tuple[str, list[Block]]]:
-    """The headline question in full, titled: on its own dataset always (what is missing, before runs
-    converge), then on every other dataset where both methods have converged runs to answer it from."""
-    others = [d for d in datasets_of(ev.runs) if d != HEADLINE_DATASET]
-    answered = [d for d in others if (found := _faithful_runs(ev, d))[0] is not None
-                and found[1]["method"].nunique() == len(PAIR)]
-    return [(headline_title(d), headline_blocks(ev, d)) for d in [HEADLINE_DATASET, *answered]]
+    """(dataset, blocks): the headline question in full on its own dataset always (what is missing, before
+    runs converge), then on every other dataset where both methods have converged runs to answer it from."""
+    others = [d for d in datasets_of(ev.runs) if d != HEADLINE_DATASET and _both_ran(*_faithful_runs(ev, d))]
+    return [(d, headline_blocks(ev, d)) for d in [HEADLINE_DATASET, *others]]
 
 
 # ------------------------------------------------------------------------------------------ the front page
@@ -331,7 +334,7 @@ def headline_claims(ev: Evidence, dataset: str) -> list[Claim]:
     converged run of both methods there, the paper's values alone, each saying what is missing."""
     key, runs = _faithful_runs(ev, dataset)
     labels = [f"{NAMES[PROPOSED]} vs {NAMES[COST_BASELINE]}, test {m}" for m in (CLAIM_METRIC, "NDCG@20")]
-    if key is None or runs["method"].nunique() < len(PAIR):
+    if not _both_ran(key, runs):
         missing = f"no converged run of both (seeds: {_have(runs)})"
         published = [_paper_change(dataset, CLAIM_METRIC), _paper_change(dataset, "NDCG@20"), _paper_cost_change(dataset)]
         return [Claim(dataset, label, published=paper, missing=missing)
@@ -367,7 +370,7 @@ def _seeds_note(t) -> str:
 def headline_answer(ev: Evidence, dataset: str = HEADLINE_DATASET) -> str:
     """The headline question answered in one sentence, with its intervals and the paper's values."""
     key, runs = _faithful_runs(ev, dataset)
-    if key is None or runs["method"].nunique() < len(PAIR):
+    if not _both_ran(key, runs):
         have = _have(runs)
         command = paper_command([dataset], methods=tuple(reversed(PAIR)))
         return f"Not answered yet: no converged run of both on {dataset} (seeds: {have}); `{command}`."

@@ -68,7 +68,7 @@ class Board:
         return headline.headline_blocks(self.evidence)
 
     def headlines(self) -> list[tuple[str, list[Block]]]:
-        """(title, blocks): the headline question on its dataset, then on every other one it is answered on."""
+        """(dataset, blocks): the headline question on its dataset, then on every other one it is answered on."""
         return headline.headline_sections(self.evidence)
 
     def loss(self) -> list[Block]:
@@ -129,7 +129,8 @@ def _documents(board: Board) -> dict[str, str]:
     return {
         # The headline dataset's section is README's; the others' follow every answer per dataset.
         "answers.md": summary.answers_markdown(
-            [*board.answers(), *(b for title, blocks in board.headlines()[1:] for b in (("h2", title), *blocks))],
+            [*board.answers(), *(b for dataset, blocks in board.headlines()[1:]
+                                 for b in (("h2", headline.headline_title(dataset)), *blocks))],
             board.scaling),
         "forest.csv": forest.claims_frame(board.front.claims).to_csv(index=False, float_format=CSV_FLOATS),
         "leaderboard.csv": ev.acc.drop(columns="column").to_csv(index=False, float_format=CSV_FLOATS),

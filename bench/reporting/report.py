@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 from bench.reporting.front import Front, front_blocks
+from bench.reporting.headline import HEADLINE_DATASET, headline_title
 from bench.reporting.loss_question import LOSS_TITLE
 from bench.reporting.measurements import Section
 from bench.reporting.rendering import Block, Image
@@ -140,15 +141,15 @@ def _contents(groups: list[GroupPart], sections: list[Section]) -> str:
     )
 
 
-def _headline_anchor(i: int, title: str) -> str:
-    """`headline` for the first (the links to it stay), then `headline-<dataset>` from its title."""
-    return "headline" if i == 0 else "headline-" + re.sub(r"[^A-Za-z0-9_]+", "-", title.rsplit(" on ", 1)[-1]).strip("-")
+def _headline_anchor(dataset: str) -> str:
+    """`headline` on the question's own dataset (the links to it stay), `headline-<dataset>` on the others."""
+    return "headline" if dataset == HEADLINE_DATASET else "headline-" + re.sub(r"[^A-Za-z0-9_]+", "-", dataset)
 
 
 def index_html(front: Front, answers: list[Block], headlines: list[tuple[str, list[Block]]], loss: list[Block],
                scaling: list[Block], groups: list[GroupPart], sections: list[Section], intros: dict[str, str]) -> str:
-    """The page; `headlines`: (title, blocks) of the headline question per dataset it is asked on, its own
-    dataset first; `intros`: title -> how to read a kind of table."""
+    """The page; `headlines`: (dataset, blocks) of the headline question per dataset it is answered on, its
+    own dataset first; `intros`: title -> how to read a kind of table."""
     images = [b for b in scaling if b[0] == "image"]
     body = [
         "<h1>intent-bench: what the benchmark found</h1>",
@@ -156,8 +157,8 @@ def index_html(front: Front, answers: list[Block], headlines: list[tuple[str, li
         render_blocks(front_blocks(front, ("image", front.image))),
         '<p class="note">The evidence follows: each headline question in full, every answer per dataset (pipeline'
         " checks labelled as such), the scaling study, then every group of runs.</p></section>",
-        *(f'<section class="top" id="{_headline_anchor(i, title)}"><h2>{inline(title)}</h2>'
-          f"{render_blocks(blocks)}</section>" for i, (title, blocks) in enumerate(headlines)),
+        *(f'<section class="top" id="{_headline_anchor(dataset)}"><h2>{inline(headline_title(dataset))}</h2>'
+          f"{render_blocks(blocks)}</section>" for dataset, blocks in headlines),
         f'<section class="top" id="loss"><h2>{LOSS_TITLE}</h2>', render_blocks(loss), "</section>",
         '<section class="top" id="every-answer"><h2>Every answer, per dataset</h2>', render_blocks(answers),
         "</section>",
