@@ -259,6 +259,16 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert err.startswith(f"error: cannot read checkpoint {bad}") and "Traceback" not in err
 
 
+def test_a_file_of_neither_torch_format_says_so(tmp_path, capsys):
+    """A text file makes torch fail deep in its parser ("list index out of range"): the error says instead
+    what the file is not."""
+    notes = tmp_path / "notes.pt"
+    notes.write_text("user item\n1 2\n3 4\n")
+    code, _, err = run_cli(["evaluate", "--method", "iclrec", "--dataset", "Beauty", "--checkpoint", notes], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: cannot read checkpoint {notes}: not a file of tensors: torch.save writes a zip")
+
+
 def test_per_user_ranks_give_the_metrics(small_data):
     """The stored per-user ranks (clipped at 20, user order) reproduce every metric of the evaluation."""
     from bench.core.evaluate import RANK_CLIP, rank_gains

@@ -37,7 +37,7 @@ def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
         # weights_only reads both the zip format and the legacy one (the published ICSRec checkpoints)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise BenchError(f"cannot read checkpoint {path}: {_load_failure(exc)}") from None
+        raise BenchError(f"cannot read checkpoint {path}: {_load_failure(path, exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -55,9 +55,15 @@ def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_failure(exc: Exception) -> str:
+def _load_failure(path: str, exc: Exception) -> str:
     """Why torch.load failed, in one line. Its weights-only message opens with advice to load with
-    weights_only=False, which would run whatever code the file pickles: the reason is given instead."""
+    weights_only=False, which would run whatever code the file pickles: the reason is given instead. A file
+    that is neither of torch.save's formats (a text file, an archive of something else) makes torch fail
+    deep in its parser ("list index out of range"), so the file's first bytes say what it is not."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        return "not a file of tensors: torch.save writes a zip archive or a pickle, and this file begins with neither"
     text = str(exc).strip()
     if text.startswith("Weights only load failed"):
         detail = [line.strip() for line in text.split("WeightsUnpickler error:", 1)[-1].splitlines() if line.strip()]
