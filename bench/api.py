@@ -327,12 +327,13 @@ def leaderboard(results: Path | str | Results | None = None, *, out: Path | str 
 
 
 def add_dataset(name: str, path: Path | str, *, fmt: str | None = None, user_col: str | None = None,
-                item_col: str | None = None, time_col: str | None = None, k_core: int = 5, force: bool = False,
-                progress: bool = False, log=None):
+                item_col: str | None = None, time_col: str | None = None, columns: list[str] | str | None = None,
+                k_core: int = 5, force: bool = False, progress: bool = False, log=None):
     """Add a dataset of one's own interactions under `name`, as `python -m bench data add NAME FILE` does
     (the same function): every command and `bench.run` then take `name` as a dataset. Returns what was
-    written (`.name`, `.path`, `.manifest`); `log` (e.g. `print`) receives one line per processing step."""
+    written (`.name`, `.path`, `.manifest`); `log` (e.g. `print`) receives one line per processing step.
+    `columns` names the columns of a csv or tsv file without a header line, in order."""
     from bench.core.userdata import add_dataset as add
 
-    return add(name, path, fmt=fmt, user_col=user_col, item_col=item_col, time_col=time_col, k_core=k_core,
-               force=force, progress=progress, log=log)
+    return add(name, path, fmt=fmt, user_col=user_col, item_col=item_col, time_col=time_col, columns=columns,
+               k_core=k_core, force=force, progress=progress, log=log)

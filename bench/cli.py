@@ -138,12 +138,15 @@ def _add_data_command(sub) -> None:
     add.add_argument("--format", dest="fmt", metavar="FORMAT",
                      help="; ".join(f"{k}: {v}" for k, v in FORMAT_HELP.items()) + ". Default: from the extension "
                      "and the first line (.inter or a name:type header: inter; .tsv: tsv; .csv: amazon when its "
-                     "first line is four fields ending in two numbers, else csv; otherwise tabs: tsv, commas: csv, "
-                     "neither: sequence)")
+                     "first line is four fields ending in two numbers, else csv; otherwise four fields separated by '::' "
+                     "ending in two numbers: movielens, tabs: tsv, commas: csv, neither: sequence)")
     add.add_argument("--user-col", help="user column of a csv/tsv/inter file (default: user_id, user, userId, ...)")
     add.add_argument("--item-col", help="item column of a csv/tsv/inter file (default: item_id, item, itemId, ...)")
     add.add_argument("--time-col", help="timestamp column of a csv/tsv/inter file (default: timestamp, time, ...): "
                      "numbers, or ISO 8601 date-times")
+    add.add_argument("--columns", metavar="NAMES", help="the file has no header line: its columns' names, in "
+                     "order, separated by commas (a csv or tsv file; such as user,item,rating,time); --user-col, "
+                     "--item-col, --time-col then choose among them")
     add.add_argument("--k-core", type=int, default=DEFAULT_K_CORE, metavar="K",
                      help=f"keep users and items with at least K interactions, filtering until both hold (default "
                      f"{DEFAULT_K_CORE}; 0 keeps all; users always need 3, for the train/valid/test split)")

@@ -49,7 +49,7 @@ def _cmd_user_data(args) -> int:
     if args.data_command == "add":
         added = userdata.add_dataset(
             args.name, args.file, fmt=args.fmt, user_col=args.user_col, item_col=args.item_col,
-            time_col=args.time_col, k_core=args.k_core, force=args.force, progress=True,
+            time_col=args.time_col, columns=args.columns, k_core=args.k_core, force=args.force, progress=True,
             log=lambda line: print(line, file=sys.stderr),
         )
         if args.json:

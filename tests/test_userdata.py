@@ -82,15 +82,18 @@ def write(path: Path, rows: list[tuple], fmt: str) -> Path:
             path, sep="\t", index=False, header=["user_id:token", "item_id:token", "rating:float", "timestamp:float"])
     elif fmt == "amazon":
         frame.assign(rating=5.0)[["user_id", "item_id", "rating", "timestamp"]].to_csv(path, index=False, header=False)
+    elif fmt == "movielens":  # MovieLens 1M's ratings.dat: "::" between the fields, no header
+        lines = frame.assign(rating=3)[["user_id", "item_id", "rating", "timestamp"]].astype(str).agg("::".join, axis=1)
+        path.write_text("".join(line + "\n" for line in lines))
     else:
         raise ValueError(fmt)
     return path
 
 
-EXTENSION = {"csv": ".csv", "tsv": ".tsv", "inter": ".inter", "amazon": ".csv"}
+EXTENSION = {"csv": ".csv", "tsv": ".tsv", "inter": ".inter", "amazon": ".csv", "movielens": ".dat"}
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv", "inter", "amazon"])
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "inter", "amazon", "movielens"])
 def test_every_table_format_gives_the_rule_on_crafted_rows(tmp_path, fmt):
     path = write(tmp_path / f"log{EXTENSION[fmt]}", CRAFTED, fmt)
     added = userdata.add_dataset("mine", path, k_core=3)
@@ -106,7 +109,7 @@ def test_every_table_format_gives_the_rule_on_crafted_rows(tmp_path, fmt):
     assert added.manifest["source"]["sha256"] == data.sha256_of(path)
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv", "inter", "amazon", "sequence"])
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "inter", "amazon", "movielens", "sequence"])
 def test_random_logs_match_the_plain_reference_in_every_format(tmp_path, fmt):
     rng = np.random.default_rng(7)
     n = 3000
@@ -129,6 +132,32 @@ def test_random_logs_match_the_plain_reference_in_every_format(tmp_path, fmt):
         assert added.manifest["options"]["format"] == fmt
         assert added.path.read_text() == reference(rows, k), k
         data.parse_sequences(added.path)  # a valid dataset file: every user has the split's 3 items
+
+
+@pytest.mark.parametrize("sep, ext", [(",", ".csv"), ("\t", ".tsv"), ("\t", ".txt")])
+def test_a_file_without_header_is_read_with_the_columns_named(tmp_path, capsys, sep, ext):
+    """--columns names the columns of a headerless file (in any order, with others beside them); without it
+    the command says the first line looks like a row, and how to name the columns."""
+    frame = pd.DataFrame(CRAFTED, columns=["u", "i", "t"]).assign(stars=4)[["t", "stars", "i", "u"]]
+    path = tmp_path / f"log{ext}"
+    frame.to_csv(path, sep=sep, index=False, header=False)
+    refused = run_cli(["data", "add", "mine", path, "--k-core", "3"], capsys)
+    _one_line_error(refused, "has no user column among 10, 4, i1, u1")
+    assert "name its columns with --columns (such as --columns user,item,rating,time)" in refused.err
+    added = userdata.add_dataset("mine", path, columns="time,stars,item,user", k_core=3)
+    assert added.path.read_text() == CRAFTED_EXPECTED
+    assert added.manifest["options"] == {"format": "csv" if sep == "," else "tsv", "columns": "time,stars,item,user",
+                                         "user_col": "user", "item_col": "item", "time_col": "time", "k_core": 3}
+    assert added.manifest["source"]["rows"] == len(CRAFTED)  # the first line is a row, not a header
+    chosen = userdata.add_dataset("mine2", path, columns=["a", "b", "c", "d"], user_col="d", item_col="c",
+                                  time_col="a", k_core=3)
+    assert chosen.path.read_text() == CRAFTED_EXPECTED
+
+
+def test_movielens_ratings_are_detected_whatever_the_extension(tmp_path):
+    path = write(tmp_path / "ratings", CRAFTED, "movielens")
+    assert userdata.detect_format(path)[0] == "movielens"
+    assert userdata.add_dataset("ml", path, k_core=3).path.read_text() == CRAFTED_EXPECTED
 
 
 def test_sequence_format_round_trips_and_is_detected(tmp_path):
@@ -221,6 +250,12 @@ def _one_line_error(result, message: str):
         ("a,b,5.0,1\na,c,5.0\n", [], "cannot read it as amazon"),
         ("a b c d\n7\n", ["--format", "sequence"], ":2: user 7 has no items"),
         ("user_id,item_id,timestamp\na,b,1\n", ["--format", "amazon", "--user-col", "u"], "--user-col applies to"),
+        ("a,b,1\na,c,2\n", ["--columns", "user,item"], "--columns names 2 column(s), but the first line"),
+        ("a,b,1\na,c,2\n", ["--columns", "user,item,user"], "--columns needs distinct, non-empty names"),
+        ("a,b,1\na,c,2\n", ["--columns", "user,,time"], "--columns needs distinct, non-empty names"),
+        ("a,b,1\n", ["--format", "sequence", "--columns", "user,item,time"], "--columns names the columns of a csv"),
+        ("1::2::5::10\n1:2:::5::11\n", ["--format", "movielens"], ":2: not four fields separated by '::'"),
+        ("1::2::5::10\n1:2::5::11\n", ["--format", "movielens"], "a row that is not four fields separated by '::': 1:2"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, data_folder, content, extra, message):

@@ -1,8 +1,8 @@
 """Bring your own dataset: `python -m bench data add NAME FILE` (docs/datasets.md).
 
-An interactions file (CSV or TSV with a header, a RecBole atomic `.inter` file, an Amazon 2014 ratings-only
-CSV, or the harness's own sequence format) becomes a dataset in the sequence format, processed as the shipped
-datasets were made:
+An interactions file (CSV or TSV, with a header or with its columns named by `--columns`, a RecBole atomic
+`.inter` file, an Amazon 2014 ratings-only CSV, a MovieLens `ratings.dat`, or the harness's own sequence
+format) becomes a dataset in the sequence format, processed as the shipped datasets were made:
 
 1. each user's interactions in time order, ties kept in file order (a stable sort);
 2. rows repeating an earlier (user, item, time) dropped, and counted;
@@ -25,7 +25,7 @@ import datetime
 import io
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +38,13 @@ from bench.core.data import MIN_ITEMS, Sequences
 from bench.core.errors import BenchError
 from bench.core.files import write_bytes_atomic
 
-FORMATS = ("csv", "tsv", "inter", "amazon", "sequence")
+FORMATS = ("csv", "tsv", "inter", "amazon", "movielens", "sequence")
 FORMAT_HELP = {
     "csv": "comma-separated, with a header (--user-col, --item-col, --time-col)",
     "tsv": "tab-separated, with a header (--user-col, --item-col, --time-col)",
     "inter": "RecBole atomic .inter file: tab-separated, typed header such as user_id:token",
     "amazon": "Amazon 2014 ratings-only CSV: user,item,rating,timestamp, no header",
+    "movielens": "MovieLens 1M/10M ratings.dat: user::item::rating::timestamp, no header",
     "sequence": "the harness's own format: one user a line, the user id then the items in order",
 }
 # Column names looked for when no --user-col/--item-col/--time-col is given (first match wins; a RecBole
@@ -92,6 +93,7 @@ def add_dataset(
     user_col: str | None = None,
     item_col: str | None = None,
     time_col: str | None = None,
+    columns: Sequence[str] | str | None = None,
     k_core: int = DEFAULT_K_CORE,
     force: bool = False,
     progress: bool = False,
@@ -100,8 +102,9 @@ def add_dataset(
     """Make dataset `name` from the interactions file `path` (see the module doc) and return it.
 
     `fmt`: one of FORMATS (default: from the file's extension and first line, `detect_format`). The
-    columns default to the usual names (DEFAULT_COLUMNS). Adding the same file with the same options again
-    writes nothing (`unchanged`); another file or other options under an existing name needs `force`.
+    columns default to the usual names (DEFAULT_COLUMNS). `columns` names the columns of a csv or tsv file
+    that has no header line (a list, or one comma-separated string); the roles are then chosen among those
+    names as among a header's. Adding the same file with the same options again writes nothing (`unchanged`); another file or other options under an existing name needs `force`.
     `log` receives one line per step (the format detected, duplicates, each round of k-core filtering);
     with `progress`, a file of LARGE_BYTES or more shows a bar while it is read and each line as its step
     ends, a smaller one gives its lines once it has succeeded.
@@ -130,11 +133,15 @@ def add_dataset(
     first_line = _first_line(source)
     if fmt is None:
         fmt, why = detect_format(source, first_line)
+        if columns is not None and fmt == "amazon":  # a headerless CSV whose columns the user names
+            fmt, why = "csv", "commas in the first line, and --columns naming its columns (no header)"
         say(f"format: {fmt} ({why}; --format chooses another)")
     elif fmt not in FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    columns = resolve_columns(source, fmt, first_line, user_col, item_col, time_col)
-    options = {"format": fmt, **{f"{role}_col": col for role, col in columns.items()}, "k_core": k_core}
+    names = headerless_names(source, fmt, first_line, columns)
+    roles = resolve_columns(source, fmt, first_line, user_col, item_col, time_col, names)
+    options = {"format": fmt, **({"columns": ",".join(names)} if names else {}),
+               **{f"{role}_col": col for role, col in roles.items()}, "k_core": k_core}
     options = {k: v for k, v in options.items() if v is not None}  # TOML has no null
     source_sha = data.sha256_of(source)
 
@@ -151,7 +158,7 @@ def add_dataset(
                              f"with {_options_text(existing.get('options', {}))}; this is {what}: add --force to "
                              "replace it, or choose another name")
 
-    inter = read_interactions(source, fmt, columns, first_line, progress=large)
+    inter = read_interactions(source, fmt, roles, first_line, progress=large, names=names)
     if len(inter.users) == 0:
         raise BenchError(f"{path} has no rows")
     say(f"read {len(inter.users):,} rows of {source.name}")
@@ -262,6 +269,8 @@ def detect_format(path: Path, first_line: str | None = None) -> tuple[str, str]:
         return "inter", "the extension .inter"
     if ext == ".tsv":
         return "tsv", "the extension .tsv"
+    if "\t" not in line and "," not in line and _looks_like_movielens(line):
+        return "movielens", "four fields separated by '::' ending in two numbers (MovieLens ratings.dat; no header)"
     if ext == ".csv" or ("\t" not in line and "," in line):
         where = "the extension .csv" if ext == ".csv" else "commas in the first line"
         if _looks_like_amazon(line):
@@ -283,22 +292,54 @@ def _looks_like_amazon(line: str) -> bool:
     return True
 
 
-def _header(path: Path, fmt: str, first_line: str) -> list[str]:
-    delimiter = "," if fmt == "csv" else "\t"
-    return next(csv.reader([first_line], delimiter=delimiter))
+def _looks_like_movielens(line: str) -> bool:
+    fields = line.split("::")
+    if len(fields) != 4:
+        return False
+    try:
+        float(fields[2]), float(fields[3])
+    except ValueError:
+        return False
+    return True
 
 
-def resolve_columns(path: Path, fmt: str, first_line: str, user_col, item_col, time_col) -> dict:
-    """The header's column for each role (user, item, time), checked against the header; {} for the
-    formats whose columns are fixed."""
+FIXED_COLUMNS = ("amazon", "movielens", "sequence")
+
+
+def _fields(fmt: str, line: str) -> list[str]:
+    return next(csv.reader([line], delimiter="," if fmt == "csv" else "\t"))
+
+
+def headerless_names(path: Path, fmt: str, first_line: str, columns: Sequence[str] | str | None) -> list[str] | None:
+    """The column names given for a csv/tsv file without a header (`--columns`), checked against the
+    number of fields of its first line; None when the file has its header."""
+    if columns is None:
+        return None
+    if fmt not in ("csv", "tsv"):
+        raise BenchError(f"--columns names the columns of a csv or tsv file without a header; the {fmt} format "
+                         + ("has its typed header" if fmt == "inter" else "has fixed columns"))
+    names = [c.strip() for c in (columns.split(",") if isinstance(columns, str) else columns)]
+    if not names or any(not n for n in names) or len(set(names)) < len(names):
+        raise BenchError(f"--columns needs distinct, non-empty names separated by commas, got {','.join(names)!r}")
+    fields = _fields(fmt, first_line)
+    if len(fields) != len(names):
+        raise BenchError(f"--columns names {len(names)} column(s), but the first line of {path} has {len(fields)} "
+                         f"field(s): {first_line[:80]!r}")
+    return names
+
+
+def resolve_columns(path: Path, fmt: str, first_line: str, user_col, item_col, time_col,
+                    names: list[str] | None = None) -> dict:
+    """The header's column for each role (user, item, time), checked against the header (or against
+    `names`, the columns of a file without one); {} for the formats whose columns are fixed."""
     asked = {"user": user_col, "item": item_col, "time": time_col}
-    if fmt in ("amazon", "sequence"):
+    if fmt in FIXED_COLUMNS:
         given = [f"--{role}-col" for role, col in asked.items() if col is not None]
         if given:
             raise BenchError(f"{', '.join(given)} applies to csv, tsv and inter files; the {fmt} format's columns "
                              "are fixed")
         return {}
-    header = _header(path, fmt, first_line)
+    header = names if names is not None else _fields(fmt, first_line)
     if fmt == "inter":
         bare = [h.split(":", 1)[0] for h in header]
     else:
@@ -316,8 +357,15 @@ def resolve_columns(path: Path, fmt: str, first_line: str, user_col, item_col, t
         lowered = [b.strip().lower() for b in bare]
         found = next((header[lowered.index(c)] for c in DEFAULT_COLUMNS[role] if c in lowered), None)
         if found is None:
+            hint = ""
+            if names is None and fmt in ("csv", "tsv") and len(header) >= 3 and any(_is_number(h) for h in header):
+                # a number is seldom a column's name: the first line is likely a row
+                example = ["user", "item", "time"] if len(header) == 3 else \
+                    ["user", "item", "rating", "time", *(f"c{i}" for i in range(5, len(header) + 1))]
+                hint = (f"; if the file has no header line, name its columns with --columns (such as "
+                        f"--columns {','.join(example)})")
             raise BenchError(f"{path} has no {role} column among {', '.join(header)} (looked for "
-                             f"{', '.join(DEFAULT_COLUMNS[role])}); name it with --{role}-col")
+                             f"{', '.join(DEFAULT_COLUMNS[role])}); name it with --{role}-col{hint}")
         chosen[role] = found
     if len(set(chosen.values())) < 3:
         raise BenchError(f"{path}: user, item and time must be three different columns, got "
@@ -325,11 +373,22 @@ def resolve_columns(path: Path, fmt: str, first_line: str, user_col, item_col, t
     return chosen
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------- reading
-def read_interactions(path: Path, fmt: str, columns: dict, first_line: str, progress: bool = False) -> Interactions:
+def read_interactions(path: Path, fmt: str, columns: dict, first_line: str, progress: bool = False,
+                      names: list[str] | None = None) -> Interactions:
+    """The (user, item, time) rows of the file; `columns` maps each role to its column, `names` are the
+    columns of a csv/tsv file without a header."""
     if fmt == "sequence":
         return _read_sequence_file(path, progress)
-    return _read_table(path, fmt, columns, progress)
+    return _read_table(path, fmt, columns, progress, names)
 
 
 class _Progress(io.RawIOBase):
@@ -358,19 +417,26 @@ class _Progress(io.RawIOBase):
         super().close()
 
 
-def _read_table(path: Path, fmt: str, columns: dict, progress: bool) -> Interactions:
+def _read_table(path: Path, fmt: str, columns: dict, progress: bool, names: list[str] | None = None) -> Interactions:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
+    separators: list[str] = []
     if fmt == "amazon":
         names = ["user", "item", "rating", "timestamp"]
-        read = pcsv.ReadOptions(column_names=names, block_size=BLOCK_BYTES)
+        roles = {"user": "user", "item": "item", "time": "timestamp"}
+    elif fmt == "movielens":
+        # "::" parsed as ':' with an empty field between each pair: pyarrow takes one-character delimiters
+        # only, and streaming the file beats rewriting it. The empty fields are checked below, so a row with
+        # a single ':' is refused rather than shifted.
+        separators = ["sep1", "sep2", "sep3"]
+        names = ["user", "sep1", "item", "sep2", "rating", "sep3", "timestamp"]
         roles = {"user": "user", "item": "item", "time": "timestamp"}
     else:
-        read = pcsv.ReadOptions(block_size=BLOCK_BYTES)
         roles = columns
-    parse = pcsv.ParseOptions(delimiter="," if fmt in ("csv", "amazon") else "\t")
-    wanted = list(roles.values())
+    read = pcsv.ReadOptions(column_names=names, block_size=BLOCK_BYTES)  # names: no header line to skip
+    parse = pcsv.ParseOptions(delimiter={"csv": ",", "amazon": ",", "movielens": ":"}.get(fmt, "\t"))
+    wanted = list(roles.values()) + separators
     convert = pcsv.ConvertOptions(include_columns=wanted, column_types={c: pa.string() for c in wanted},
                                   strings_can_be_null=False, quoted_strings_can_be_null=False)
     stream = _Progress(path, progress)
@@ -381,10 +447,17 @@ def _read_table(path: Path, fmt: str, columns: dict, progress: bool) -> Interact
         text = str(exc).strip().splitlines()
         if text and "Empty CSV file" in text[0]:
             raise BenchError(f"{path} has no rows") from None
-        raise BenchError(f"{path}: cannot read it as {fmt}: {text[0] if text else type(exc).__name__}") from None
+        reason = text[0] if text else type(exc).__name__
+        if fmt == "movielens":  # its rows are parsed as seven ':'-separated fields: say it in its own terms
+            reason = re.sub(r"Expected 7 columns, got \d+: ", "a row that is not four fields separated by '::': ", reason)
+        raise BenchError(f"{path}: cannot read it as {fmt}: {reason}") from None
     finally:
         stream.close()
-    header_lines = 0 if fmt == "amazon" else 1
+    header_lines = 0 if names is not None else 1
+    for sep in separators:
+        filled = np.flatnonzero(_nonempty(table.column(sep)))
+        if len(filled):
+            raise BenchError(f"{path}:{int(filled[0]) + 1}: not four fields separated by '::'")
     # The three columns at once: pyarrow's kernels release the GIL, and hashing ten million ids is bound by
     # memory latency, which a second core hides. Errors come in column order, as one after the other would.
     with ThreadPoolExecutor(max_workers=3) as pool:
@@ -393,7 +466,14 @@ def _read_table(path: Path, fmt: str, columns: dict, progress: bool) -> Interact
                 pool.submit(_times, path, table.column(roles["time"]), header_lines)]
         users, items, times = (job.result() for job in jobs)
     return Interactions(users, items, times, {"user": roles["user"], "item": roles["item"], "time": roles["time"]}
-                        if fmt != "amazon" else {"user": None, "item": None, "time": None})
+                        if fmt not in FIXED_COLUMNS else {"user": None, "item": None, "time": None})
+
+
+def _nonempty(column) -> np.ndarray:
+    """Whether each value of a string column is non-empty."""
+    import pyarrow.compute as pc
+
+    return pc.not_equal(column, "").to_numpy(zero_copy_only=False)
 
 
 def _codes(path: Path, column, what: str, header_lines: int) -> np.ndarray:
