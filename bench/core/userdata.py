@@ -104,7 +104,8 @@ def add_dataset(
     `fmt`: one of FORMATS (default: from the file's extension and first line, `detect_format`). The
     columns default to the usual names (DEFAULT_COLUMNS). `columns` names the columns of a csv or tsv file
     that has no header line (a list, or one comma-separated string); the roles are then chosen among those
-    names as among a header's. Adding the same file with the same options again writes nothing (`unchanged`); another file or other options under an existing name needs `force`.
+    names as among a header's. Adding the same file with the same options again writes nothing
+    (`unchanged`); another file or other options under an existing name needs `force`.
     `log` receives one line per step (the format detected, duplicates, each round of k-core filtering);
     with `progress`, a file of LARGE_BYTES or more shows a bar while it is read and each line as its step
     ends, a smaller one gives its lines once it has succeeded.
