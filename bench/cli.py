@@ -12,6 +12,7 @@
     profile               seconds per phase and the top operators of the training step
     scaling               ICLRec's E-step against ELCRec's clustering terms as the user count grows
     campaign              a plan of long runs (campaigns/*.toml) in niced lanes, continued from checkpoints
+    records list          one line per recorded run (--csv: every column)
     records migrate       upgrade run records of an older schema (bench/core/migrate.py)
 
 User errors (BenchError) print one line `error: ...` on stderr and exit 2, without a traceback. A run
@@ -245,8 +246,18 @@ def _add_profile_command(sub) -> None:
 
 
 def _add_records_command(sub) -> None:
-    rec = sub.add_parser("records", help="maintain run records")
+    rec = sub.add_parser("records", help="list run records, or upgrade older ones")
     rec_sub = rec.add_subparsers(dest="records_command", required=True)
+    ls = rec_sub.add_parser("list", help="one line per recorded run: what ran, its test NDCG@20, epochs, "
+                            "training seconds, peak memory and status",
+                            description="One line per run record of the results folder, in the order method, "
+                            "dataset, profile, seed. --csv prints every column of `bench.records()` instead.")
+    ls.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
+    ls.add_argument("--methods", nargs="+", metavar="METHOD", help="only these methods")
+    ls.add_argument("--datasets", nargs="+", metavar="DATASET", help="only these datasets")
+    ls.add_argument("--profile", help="only runs of this budget (smoke, quick, paper, custom)")
+    ls.add_argument("--status", help="only runs of this status (ok, failed, interrupted)")
+    ls.add_argument("--csv", action="store_true", help="every column, as CSV on standard output")
     mig = rec_sub.add_parser("migrate", help="upgrade records of an older schema to the current one, in place")
     mig.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=RESULTS_HELP)
 

@@ -356,6 +356,8 @@ def cmd_scaling(args) -> int:
 
 # --------------------------------------------------------------------------------------------- records
 def cmd_records(args) -> int:
+    if args.records_command == "list":
+        return _cmd_records_list(args)
     from bench.core.migrate import migrate
     from bench.core.records import RECORD_SCHEMA
 
@@ -369,6 +371,39 @@ def cmd_records(args) -> int:
     print(f"records: {len(done.migrated)} migrated to schema {RECORD_SCHEMA}, {done.current} already current, "
           f"{len(done.refused)} not migrated")
     return 1 if done.refused else 0
+
+
+def _cmd_records_list(args) -> int:
+    import pandas as pd
+
+    from bench.api import records
+
+    table = records(args.results)
+    for column, wanted in (("method", args.methods), ("dataset", args.datasets), ("profile", args.profile),
+                           ("status", args.status)):
+        if wanted is not None:
+            table = table[table[column].isin([wanted] if isinstance(wanted, str) else wanted)]
+    table = table.sort_values(["method", "dataset", "profile", "seed"], kind="stable")
+    if args.csv:
+        table.to_csv(sys.stdout, index=False)
+        return 0
+    if table.empty:
+        print(f"no record under {args.results / 'runs'} matches", file=sys.stderr)
+        return 0
+
+    def cells(column: str, form: str) -> list[str]:  # blank where a run has no value (a failed run's metrics)
+        return ["" if pd.isna(v) else form.format(v) for v in table[column]]
+
+    shown = table[["method", "dataset", "seed", "profile", "loss", "variant", "device", "status"]].copy()
+    shown["test NDCG@20"] = cells("test_NDCG@20", "{:.4f}")
+    shown["best epoch"] = cells("best_epoch", "{}")
+    shown["epochs"] = cells("epochs", "{}")
+    shown["train s"] = cells("train_s", "{:,.0f}")
+    shown["peak MiB"] = [c and f"{int(c) / 2**20:,.0f}" for c in cells("peak_memory_bytes", "{}")]
+    shown["record"] = [str(p).rsplit("/", 1)[-1] for p in table["path"]]
+    print(shown.to_string(index=False))
+    print(f"{len(shown)} record(s) in {args.results / 'runs'}", file=sys.stderr)
+    return 0
 
 
 # -------------------------------------------------------------------------------------------- campaign

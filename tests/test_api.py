@@ -4,12 +4,15 @@ grid's runs and a damaged file the way `leaderboard` does."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.conftest import REPO, run_cli
@@ -69,6 +72,18 @@ def test_the_api_and_the_command_line_give_the_same_run(tmp_path, capsys):
     # counts read as integers in a notebook, not 7.1e+08
     assert table.loc[table["run_id"] == run.run_id, "peak_memory_bytes"].item() == run.costs["peak_memory_bytes"]
     assert all(str(table[c].dtype) == "Int64" for c in ("seed", "best_epoch", "epochs", "peak_memory_bytes"))
+    # `records list` is the same table on the command line: a line per run, --csv every column
+    listed = run_cli(["records", "list", "--results", tmp_path / "api"], capsys)
+    assert listed.code == 0 and "2 record(s)" in listed.err
+    lines = listed.out.splitlines()
+    assert lines[0].split()[:3] == ["method", "dataset", "seed"] and len(lines) == 3
+    assert sorted(line.split()[-1] for line in lines[1:]) == sorted(p.name for p in table["path"].map(Path))
+    assert all(f"{run.test['NDCG@20']:.4f}" in line for line in lines[1:] if run.run_id in line)
+    as_csv = run_cli(["records", "list", "--results", tmp_path / "api", "--csv"], capsys)
+    from_csv = pd.read_csv(io.StringIO(as_csv.out))
+    assert list(from_csv.columns) == list(table.columns) and sorted(from_csv["run_id"]) == sorted(table["run_id"])
+    none = run_cli(["records", "list", "--results", tmp_path / "api", "--methods", "elcrec"], capsys)
+    assert none.code == 0 and none.out == "" and "no record" in none.err
 
 
 @pytest.mark.parametrize(
