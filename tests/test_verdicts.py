@@ -351,6 +351,23 @@ def test_wilcoxon_and_ranks_roundtrip() -> None:
     assert rank_gains(np.array([0, 20]), "NDCG@5").tolist() == [1.0, 0.0]
 
 
+def test_a_mean_outside_zero_that_the_rank_test_does_not_reject_is_called_borderline() -> None:
+    """Per-user differences mostly zero: a few users gain a lot, more lose a little. The mean's interval
+    excludes zero; the Wilcoxon test, on ranks, does not reject. The verdict keeps the rule (not significant)
+    and the text says the two disagree."""
+    d = np.zeros(10_000)
+    d[:80], d[80:280] = 0.5, -0.125  # exact in binary: equal magnitudes stay tied, as gains of one rank do
+    base = np.full(10_000, 0.25)
+    t = verdicts.paired_test(base + d, base, np.array([0.3]), np.array([0.3]))
+    assert t.ci_low > 0 and t.p_users > verdicts.ALPHA and not t.significant and t.borderline
+    assert t.describe().endswith("borderline: the 95% interval of the mean difference excludes zero, but the "
+                                 "Wilcoxon test does not reject at p < 0.05")
+    clear = verdicts.paired_test(base + np.where(d > 0, d, 0.0), base, np.array([0.3]), np.array([0.3]))
+    assert clear.significant and not clear.borderline and "borderline" not in clear.describe()
+    noise = verdicts.paired_test(base + np.tile([0.125, -0.125], 5000), base, np.array([0.3]), np.array([0.3]))
+    assert not noise.significant and not noise.borderline
+
+
 def test_per_run_interval_needs_two_runs() -> None:
     assert verdicts.per_run_interval([100.0], [110.0]).low_pct is None
     iv = verdicts.per_run_interval([100.0, 101.0, 99.0], [110.0, 111.0, 109.0])
