@@ -360,8 +360,8 @@ def test_a_mean_outside_zero_that_the_rank_test_does_not_reject_is_called_border
     base = np.full(10_000, 0.25)
     t = verdicts.paired_test(base + d, base, np.array([0.3]), np.array([0.3]))
     assert t.ci_low > 0 and t.p_users > verdicts.ALPHA and not t.significant and t.borderline
-    assert t.describe().endswith("borderline: the 95% interval of the mean difference excludes zero, but the "
-                                 "Wilcoxon test does not reject at p < 0.05")
+    assert t.describe().endswith("borderline: the 95% interval of the mean difference over users excludes zero, "
+                                 "but the Wilcoxon test does not reject at p < 0.05")
     clear = verdicts.paired_test(base + np.where(d > 0, d, 0.0), base, np.array([0.3]), np.array([0.3]))
     assert clear.significant and not clear.borderline and "borderline" not in clear.describe()
     noise = verdicts.paired_test(base + np.tile([0.125, -0.125], 5000), base, np.array([0.3]), np.array([0.3]))
