@@ -282,26 +282,17 @@ def detect_format(path: Path, first_line: str | None = None) -> tuple[str, str]:
     return "sequence", "neither tabs nor commas in the first line: one user a line"
 
 
+def _ratings_row(fields: list[str]) -> bool:
+    """Whether a headerless ratings row: user, item, rating, timestamp, the last two numbers."""
+    return len(fields) == 4 and _is_number(fields[2]) and _is_number(fields[3])
+
+
 def _looks_like_amazon(line: str) -> bool:
-    fields = next(csv.reader([line]))
-    if len(fields) != 4:
-        return False
-    try:
-        float(fields[2]), float(fields[3])
-    except ValueError:
-        return False
-    return True
+    return _ratings_row(next(csv.reader([line])))
 
 
 def _looks_like_movielens(line: str) -> bool:
-    fields = line.split("::")
-    if len(fields) != 4:
-        return False
-    try:
-        float(fields[2]), float(fields[3])
-    except ValueError:
-        return False
-    return True
+    return _ratings_row(line.split("::"))
 
 
 FIXED_COLUMNS = ("amazon", "movielens", "sequence")
