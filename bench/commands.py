@@ -391,15 +391,15 @@ def _cmd_records_list(args) -> int:
         print(f"no record under {args.results / 'runs'} matches", file=sys.stderr)
         return 0
 
-    def cells(column: str, form: str) -> list[str]:  # blank where a run has no value (a failed run's metrics)
-        return ["" if pd.isna(v) else form.format(v) for v in table[column]]
+    def cells(column: str, form) -> list[str]:  # blank where a run has no value (a failed run's metrics)
+        return ["" if pd.isna(v) else form(v) for v in table[column]]
 
     shown = table[["method", "dataset", "seed", "profile", "loss", "variant", "device", "status"]].copy()
-    shown["test NDCG@20"] = cells("test_NDCG@20", "{:.4f}")
-    shown["best epoch"] = cells("best_epoch", "{}")
-    shown["epochs"] = cells("epochs", "{}")
-    shown["train s"] = cells("train_s", "{:,.0f}")
-    shown["peak MiB"] = [c and f"{int(c) / 2**20:,.0f}" for c in cells("peak_memory_bytes", "{}")]
+    shown["test NDCG@20"] = cells("test_NDCG@20", "{:.4f}".format)
+    shown["best epoch"] = cells("best_epoch", str)
+    shown["epochs"] = cells("epochs", str)
+    shown["train s"] = cells("train_s", "{:,.0f}".format)
+    shown["peak MiB"] = cells("peak_memory_bytes", lambda v: f"{v / 2**20:,.0f}")
     shown["record"] = [str(p).rsplit("/", 1)[-1] for p in table["path"]]
     print(shown.to_string(index=False))
     print(f"{len(shown)} record(s) in {args.results / 'runs'}", file=sys.stderr)

@@ -152,6 +152,12 @@ def test_a_file_without_header_is_read_with_the_columns_named(tmp_path, capsys, 
     chosen = userdata.add_dataset("mine2", path, columns=["a", "b", "c", "d"], user_col="d", item_col="c",
                                   time_col="a", k_core=3)
     assert chosen.path.read_text() == CRAFTED_EXPECTED
+    # a headerless file that looks like Amazon's, columns named: a csv of those columns, not the amazon format
+    amazon_like = write(tmp_path / "ratings.csv", CRAFTED, "amazon")
+    assert userdata.detect_format(amazon_like)[0] == "amazon"
+    assert userdata.detect_format(amazon_like, named_columns=True)[0] == "csv"
+    named = userdata.add_dataset("mine3", amazon_like, columns="user,item,rating,time", k_core=3)
+    assert named.manifest["options"]["format"] == "csv" and named.path.read_text() == CRAFTED_EXPECTED
 
 
 def test_movielens_ratings_are_detected_whatever_the_extension(tmp_path):

@@ -133,9 +133,7 @@ def add_dataset(
 
     first_line = _first_line(source)
     if fmt is None:
-        fmt, why = detect_format(source, first_line)
-        if columns is not None and fmt == "amazon":  # a headerless CSV whose columns the user names
-            fmt, why = "csv", "commas in the first line, and --columns naming its columns (no header)"
+        fmt, why = detect_format(source, first_line, named_columns=columns is not None)
         say(f"format: {fmt} ({why}; --format chooses another)")
     elif fmt not in FORMATS:
         raise BenchError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -250,13 +248,15 @@ def _first_line(path: Path) -> str:
         raise BenchError(f"{path}: the first line is not UTF-8 text") from None
 
 
-def detect_format(path: Path, first_line: str | None = None) -> tuple[str, str]:
+def detect_format(path: Path, first_line: str | None = None, named_columns: bool = False) -> tuple[str, str]:
     """(format, why) from the extension and the first line.
 
     A typed header (`name:type` fields) is RecBole's whatever the extension; `.inter` and `.tsv` are
     theirs; a `.csv` whose first line is four fields ending in two numbers is the Amazon ratings-only file
     (it has no header), any other `.csv` a CSV with a header; any other extension: tabs in the first line
-    make a TSV, commas a CSV (as above), otherwise the sequence format.
+    make a TSV, commas a CSV (as above), four fields separated by '::' ending in two numbers a MovieLens
+    ratings.dat, otherwise the sequence format. With `named_columns` (`--columns` names a headerless file's
+    columns), a file with commas is a CSV whatever its first line.
     """
     line = _first_line(path) if first_line is None else first_line
     if not line.strip():
@@ -274,6 +274,8 @@ def detect_format(path: Path, first_line: str | None = None) -> tuple[str, str]:
         return "movielens", "four fields separated by '::' ending in two numbers (MovieLens ratings.dat; no header)"
     if ext == ".csv" or ("\t" not in line and "," in line):
         where = "the extension .csv" if ext == ".csv" else "commas in the first line"
+        if named_columns:
+            return "csv", f"{where}, and --columns naming its columns (no header)"
         if _looks_like_amazon(line):
             return "amazon", f"{where}, and a first line of four fields ending in two numbers (no header)"
         return "csv", f"{where}, and a header in the first line"
@@ -411,6 +413,7 @@ class _Progress(io.RawIOBase):
 
 def _read_table(path: Path, fmt: str, columns: dict, progress: bool, names: list[str] | None = None) -> Interactions:
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
     separators: list[str] = []
@@ -447,7 +450,7 @@ def _read_table(path: Path, fmt: str, columns: dict, progress: bool, names: list
         stream.close()
     header_lines = 0 if names is not None else 1
     for sep in separators:
-        filled = np.flatnonzero(_nonempty(table.column(sep)))
+        filled = np.flatnonzero(pc.not_equal(table.column(sep), "").to_numpy(zero_copy_only=False))
         if len(filled):
             raise BenchError(f"{path}:{int(filled[0]) + 1}: not four fields separated by '::'")
     # The three columns at once: pyarrow's kernels release the GIL, and hashing ten million ids is bound by
@@ -459,13 +462,6 @@ def _read_table(path: Path, fmt: str, columns: dict, progress: bool, names: list
         users, items, times = (job.result() for job in jobs)
     return Interactions(users, items, times, {"user": roles["user"], "item": roles["item"], "time": roles["time"]}
                         if fmt not in FIXED_COLUMNS else {"user": None, "item": None, "time": None})
-
-
-def _nonempty(column) -> np.ndarray:
-    """Whether each value of a string column is non-empty."""
-    import pyarrow.compute as pc
-
-    return pc.not_equal(column, "").to_numpy(zero_copy_only=False)
 
 
 def _codes(path: Path, column, what: str, header_lines: int) -> np.ndarray:
