@@ -76,7 +76,7 @@ def test_a_step_is_the_grid_command_a_person_would_type(tmp_path):
     assert text.endswith(f"--results {tmp_path / 'campaign'} --time-budget 600s")
 
 
-def test_two_lanes_train_each_run_once_and_collect_copies_the_finished_ones(tmp_path, capsys, monkeypatch):
+def test_two_lanes_train_each_run_once_collect_copies_the_finished_ones_and_a_fresh_folder_skips_them(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     plan = _plan(tmp_path, '[[step]]\nmethods = ["sasrec"]\ndatasets = ["Beauty"]\nseeds = [1]\n'
                            '[[step]]\nmethods = ["sasrec"]\ndatasets = ["Beauty"]\nseeds = [2]\n')
@@ -97,6 +97,18 @@ def test_two_lanes_train_each_run_once_and_collect_copies_the_finished_ones(tmp_
 
     code, out, _ = run_cli(["campaign", plan.path, "--results", plan.results, "--status"], capsys)
     assert code == 0 and out.count("done: best epoch 0") == 2 and "2 ok" in out
+
+    # A fresh machine: an empty campaign folder, and a checkout that has committed one of the two records.
+    fresh = campaign.load_plan(plan.path, tmp_path / "fresh")
+    campaign.print_plan_status(fresh, committed=dest)
+    out = capsys.readouterr().out
+    assert "1 ok, 1 pending" in out
+    said = []
+    assert campaign.run_campaign(fresh, lanes=1, niceness=0, say=said.append, stagger_s=0, committed=dest) == 0
+    assert any("1 run(s) of the plan already committed" in line for line in said)
+    logs = (fresh.results / "logs" / "lane1.log").read_text()
+    # step 1 (seed 1) trains its run; step 2 (seed 2, the committed one) trains nothing
+    assert re.findall(r"^grid: (\d+) ok", logs, flags=re.M) == ["1", "0"] and "1 already done (skipped)" in logs
 
 
 def test_a_stop_reaches_every_lanes_process():

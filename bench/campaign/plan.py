@@ -13,7 +13,8 @@ its SIGTERM handling and its records are the grid's (docs/campaigns.md). Stoppin
 Ctrl-C) passes SIGTERM on to the lanes' grids, which checkpoint their runs at the last epoch boundary and
 record them interrupted; the same command continues them, here or on another machine that has the
 checkpoint folder. Finished records stay in the campaign's results folder (outside any working copy by
-default, like the checkpoints) until `--collect DIR` copies the `ok` ones into a results folder to commit.
+default, like the checkpoints) until `--collect DIR` copies the `ok` ones into a results folder to commit;
+the checkout's committed records count as done, so a clone on a new machine runs only what is missing.
 """
 
 from __future__ import annotations
@@ -189,8 +190,9 @@ def _lane(lanes: Lanes, plan: Plan, number: int, niceness: int, deadline: float 
 
 
 def run_campaign(plan: Plan, lanes: int = 2, niceness: int = 10, time_budget: float | None = None,
-                 say=print, stagger_s: float = 5.0) -> int:
-    """Run the plan in `lanes` lanes until every step's grid has ended in every lane; 143 when stopped."""
+                 say=print, stagger_s: float = 5.0, committed: Path | str | None = None) -> int:
+    """Run the plan in `lanes` lanes until every step's grid has ended in every lane; 143 when stopped.
+    Runs already committed in the checkout (`committed`, default its results folder) are not run again."""
     if lanes < 1:
         raise BenchError(f"--lanes must be at least 1, got {lanes}")
     log_dir = plan.results / "logs"
@@ -200,6 +202,9 @@ def run_campaign(plan: Plan, lanes: int = 2, niceness: int = 10, time_budget: fl
     previous = {s: signal.signal(s, lambda *_: group.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
     say(f"campaign {plan.path}: {len(plan.steps)} steps, {lanes} lane(s), nice {niceness}, records in "
         f"{plan.results / 'runs'}, logs in {log_dir}")
+    adopted = adopt_committed(plan, committed)
+    if adopted:
+        say(f"{len(adopted)} run(s) of the plan already committed in the checkout: counted as done")
     threads = []
     try:
         for number in range(1, lanes + 1):
@@ -220,13 +225,13 @@ def run_campaign(plan: Plan, lanes: int = 2, niceness: int = 10, time_budget: fl
     return 0
 
 
-def collect(plan: Plan, dest: Path | str) -> list[Path]:
-    """Copy the campaign's `ok` records of the plan's steps that `dest/runs` lacks; the copied paths."""
-    dest_runs = Path(dest) / "runs"
+def _copy_ok_records(plan: Plan, source_runs: Path, dest_runs: Path) -> list[Path]:
+    """Copy the `ok` records of the plan's runs from `source_runs` that `dest_runs` lacks (atomically; a record
+    already there is left alone); the copied paths."""
     dest_runs.mkdir(parents=True, exist_ok=True)
-    wanted = {rid for spec_list in step_specs(plan).values() for rid in (s.run_id for s in spec_list)}
+    wanted = {spec.run_id for specs in step_specs(plan).values() for spec in specs}
     copied = []
-    for path in sorted((plan.results / "runs").glob("*.json")):
+    for path in sorted(source_runs.glob("*.json")):
         record = records.read_record(path)
         if record is None or record.get("status") != "ok" or record.get("run_id") not in wanted:
             continue
@@ -237,6 +242,22 @@ def collect(plan: Plan, dest: Path | str) -> list[Path]:
             os.replace(tmp, target)
             copied.append(target)
     return copied
+
+
+def collect(plan: Plan, dest: Path | str) -> list[Path]:
+    """Copy the campaign's `ok` records of the plan's steps that `dest/runs` lacks; the copied paths."""
+    return _copy_ok_records(plan, plan.results / "runs", Path(dest) / "runs")
+
+
+def adopt_committed(plan: Plan, committed: Path | str | None = None) -> list[Path]:
+    """The reverse of `collect`: the plan's runs whose `ok` records the checkout already has (committed in
+    `results/runs`) are copied into the campaign's folder, so that its grids skip them. A fresh machine
+    continues a campaign from a clone alone: only runs in flight, whose checkpoints stayed on the old
+    machine, start again."""
+    from bench.core.spec import COMMITTED_RESULTS
+
+    source = Path(committed) if committed is not None else COMMITTED_RESULTS
+    return _copy_ok_records(plan, source / "runs", plan.results / "runs")
 
 
 def step_specs(plan: Plan) -> dict[str, list]:
@@ -257,15 +278,19 @@ def step_specs(plan: Plan) -> dict[str, list]:
     }
 
 
-def plan_status(plan: Plan) -> list[tuple[Step, list[dict]]]:
+def plan_status(plan: Plan, committed: Path | str | None = None) -> list[tuple[Step, list[dict]]]:
     """Each step with one row per run (bench/campaign/status.py's rows: done, interrupted with its epoch,
-    failed or pending, and the expected time left), read from the campaign's records and checkpoints."""
+    failed or pending, and the expected time left), read from the campaign's records and checkpoints and
+    the checkout's committed records (`committed`, default its results folder)."""
     from bench.campaign.schedule import load_estimates
     from bench.campaign.status import _latest_records, _row
     from bench.core import checkpoints
     from bench.core.spec import COMMITTED_RESULTS
 
     latest = _latest_records(plan.results)
+    for run_id, record in _latest_records(committed if committed is not None else COMMITTED_RESULTS).items():
+        if record.get("status") == "ok" and latest.get(run_id, {}).get("status") != "ok":
+            latest[run_id] = record  # committed in the checkout: done, wherever the campaign's folder is
     estimates = load_estimates(plan.results, COMMITTED_RESULTS)
     folder = checkpoints.default_folder()
     by_name = step_specs(plan)
@@ -273,13 +298,13 @@ def plan_status(plan: Plan) -> list[tuple[Step, list[dict]]]:
             for step in plan.steps]
 
 
-def print_plan_status(plan: Plan) -> None:
+def print_plan_status(plan: Plan, committed: Path | str | None = None) -> None:
     from bench.campaign.status import _cell, expected_left, print_rough_note
 
     print(f"campaign {plan.path}: records in {plan.results / 'runs'}")
     counts: dict[str, int] = {}
     every: list[dict] = []
-    for i, (step, rows) in enumerate(plan_status(plan), start=1):
+    for i, (step, rows) in enumerate(plan_status(plan, committed), start=1):
         print(f"{i}. {step.name}")
         every += rows
         for r in rows:
