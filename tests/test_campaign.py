@@ -83,9 +83,14 @@ def test_each_invocation_of_a_resumed_run_is_a_segment_of_its_context(tiny_data,
     assert [s["first_epoch"] for s in first["context"]["segments"]] == [0]
     # The next invocation runs on another machine: its epochs are a segment of their own.
     monkeypatch.setattr(context, "cpu_model", lambda: "Other CPU")
+    monkeypatch.setattr(context, "speed_probe", lambda: 0.5)  # and that machine is slower
     second = train.run(spec, data=tiny_data, progress=False, stop_when=stop_after(2))
     assert [(s["first_epoch"], s["cpu_model"]) for s in second["context"]["segments"]] == [
         (0, first["context"]["cpu_model"]), (1, "Other CPU")]
+    # Each invocation timed the probe as it started: the first on this machine, the second "slower" one 0.5 s.
+    first_probe = first["context"]["speed_probe_s"]
+    assert 0 < first_probe < 0.5 and second["context"]["speed_probe_s"] == 0.5
+    assert context.epoch_speed_probes(second["context"], second["epochs"]) == [first_probe, 0.5]
     keys = context.epoch_keys(second["context"], second["epochs"])
     assert keys[0] == context.comparable_key(first["context"]) and keys[1][1] == "Other CPU"
     # A checkpoint written before segments were kept: its epochs ran in a context nobody recorded.

@@ -230,6 +230,35 @@ def test_cpu_seconds_per_epoch_are_compared_beside_the_wall_seconds(tmp_path) ->
     assert "CPU seconds" not in _bullet(cost, "Beauty: ELCRec vs ICLRec") and "change in CPU s" not in cost
 
 
+def test_the_machines_speed_probe_is_said_and_a_speed_gap_is_a_caution(tmp_path) -> None:
+    # Same model name, same threads and runs in flight: one context. ELCRec's machine took 30 ms for the probe,
+    # ICLRec's 20 ms: ELCRec's epochs look 50% dearer, and the note says the machines may be why.
+    slow, fast = {**CONTEXT, "speed_probe_s": 0.030}, {**CONTEXT, "speed_probe_s": 0.020}
+    icl = make_record("iclrec", train_s=(20.0, 10.0, 10.2, 9.8, 10.1), context=fast)
+    elc = make_record("elcrec", train_s=(20.0, 15.0, 15.1, 14.9, 15.0), context=slow)
+    row = cost_comparison(_saved_runs(tmp_path / "gap", [icl, elc])).iloc[0]
+    assert row["per_epoch_verdict"].startswith("ELCRec costs more: +49.6%")
+    assert "median over these epochs: ELCRec 30.0 ms, ICLRec 20.0 ms (+50%); caution" in row["context"]
+    # Machines alike: the probes are said, with no caution.
+    alike = make_record("elcrec", train_s=(20.0, 15.0, 15.1, 14.9, 15.0), context={**CONTEXT, "speed_probe_s": 0.021})
+    row = cost_comparison(_saved_runs(tmp_path / "alike", [icl, alike])).iloc[0]
+    assert "ELCRec 21.0 ms, ICLRec 20.0 ms (+5%)" in row["context"] and "caution" not in row["context"]
+    # One side made before the probe: its machines' speed is not compared; neither side probed: nothing said.
+    row = cost_comparison(_saved_runs(tmp_path / "half", [make_record("iclrec", train_s=(20.0, 10.0, 10.2, 9.8, 10.1)),
+                                                          elc])).iloc[0]
+    assert "probe taken for 4 of 4 ELCRec and 0 of 4 ICLRec epochs" in row["context"]
+    row = cost_comparison(_saved_runs(tmp_path / "none", [make_record("iclrec"), make_record("elcrec")])).iloc[0]
+    assert "probe" not in row["context"]
+
+
+def test_a_run_records_the_speed_probe_of_each_invocation() -> None:
+    probe = run_context.speed_probe()
+    assert probe is not None and 0 < probe < 5
+    context = {**CONTEXT, "speed_probe_s": 0.02}
+    segments = [run_context.segment({**CONTEXT, "speed_probe_s": 0.03}, 0), run_context.segment(context, 2)]
+    assert run_context.epoch_speed_probes({**context, "segments": segments}, [{}] * 4) == [0.03, 0.03, 0.02, 0.02]
+
+
 def test_different_or_unknown_context_is_not_compared(tmp_path) -> None:
     two = {**CONTEXT, "concurrency": 2}
     icl = make_record("iclrec", train_s=(20.0, 10.0, 10.1, 9.9))

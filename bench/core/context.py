@@ -44,7 +44,48 @@ from bench.core.paths import cache_folder
 CONTEXT_SCHEMA = 4
 # What a segment keeps of the context its invocation started in: enough for `comparable_key` and `machine`.
 SEGMENT_KEYS = ("recorded", "device", "cpu_model", "cpu_count", "gpu_name", "threads", "interop_threads",
-                "concurrency", "in_flight_counted", "loadavg_start")
+                "concurrency", "in_flight_counted", "loadavg_start", "speed_probe_s")
+
+
+# ------------------------------------------------------------------------------------------------ speed probe
+# Machines that report the same model name (a cloud VM's "AMD EPYC", say) can differ in speed by half or more,
+# by generation or by what their neighbours run, and a campaign continues a run on whichever machine it gets.
+# The probe times one fixed CPU workload at the start of every invocation, in the run's own thread setting,
+# so that epochs run on different machines can be put on one scale (seconds per epoch / probe seconds). Its
+# shapes are those of a SASRec training step on Beauty (64 sequences x 50 positions x 64 dimensions, attention
+# over 50 positions, scores against 12,000 items). Changing the workload changes what the number means:
+# give the key another name then.
+PROBE_REPEATS = 5
+
+
+def _probe_workload(x: torch.Tensor, w: torch.Tensor, items: torch.Tensor) -> None:
+    h = torch.relu(x @ w) @ w.T  # position-wise feed-forward, 64 -> 256 -> 64
+    q = h.view(64, 50, 64)
+    attention = torch.softmax(q @ q.transpose(1, 2) / 8.0, dim=-1) @ q
+    _ = attention[:, -1] @ items.T  # last positions against every item
+
+
+def speed_probe() -> float | None:
+    """Seconds the fixed probe workload takes on the CPU in this process's thread setting: the fastest of
+    PROBE_REPEATS timings (the least disturbed by other work), about 15 ms each on one core. None where it
+    cannot run."""
+    import time
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64 * 50, 64, generator=generator)
+    w = torch.randn(64, 256, generator=generator)
+    items = torch.randn(12_000, 64, generator=generator)
+    try:
+        with torch.no_grad():
+            _probe_workload(x, w, items)  # warm-up: first-call allocations and kernel selection
+            timings = []
+            for _ in range(PROBE_REPEATS):
+                t0 = time.perf_counter()
+                _probe_workload(x, w, items)
+                timings.append(time.perf_counter() - t0)
+    except RuntimeError:
+        return None
+    return round(min(timings), 5)
 
 
 # ------------------------------------------------------------------------------------- runs in flight on the host
@@ -206,6 +247,7 @@ def start(spec, device: torch.device) -> dict:
         "loadavg_start": load_average(),
         "loadavg_end": None,
         "niceness": niceness(),
+        "speed_probe_s": speed_probe(),
         "torch": torch.__version__,
         "faiss": _faiss_version(),
     }
@@ -256,6 +298,18 @@ def epoch_keys(context: dict, epochs: list[dict]) -> list[tuple | None]:
         keys.append(comparable_key({**segment_now, "concurrency": max(segment_now["concurrency"] or 0, seen)}
                                    if seen else segment_now))
     return keys
+
+
+def epoch_speed_probes(context: dict, epochs: list[dict]) -> list[float | None]:
+    """The speed probe of the segment each epoch ran in (None where the segment has none: runs made before the
+    probe, and epochs before the first segment)."""
+    starts = sorted(context["segments"], key=lambda s: s["first_epoch"])
+    probes, probe_now = [], None
+    for epoch in range(len(epochs)):
+        while starts and starts[0]["first_epoch"] <= epoch:
+            probe_now = starts.pop(0).get("speed_probe_s")
+        probes.append(probe_now)
+    return probes
 
 
 def not_recorded(device: str, env: dict) -> dict:

@@ -51,7 +51,7 @@ COLUMNS += [*_FIRST, *_STEADY, "training_cpu_s_steady_median", "num_users", "max
 COLUMNS += ["machine", "threads", "concurrency", "context", "has_ranks", "hostname", "software"]
 # Per-epoch lists: E-step + train seconds (wall, and CPU where recorded), valid NDCG@20, and the comparable
 # context each epoch ran in.
-COLUMNS += ["epoch_training_s", "epoch_training_cpu_s", "valid_curve", "epoch_keys"]
+COLUMNS += ["epoch_training_s", "epoch_training_cpu_s", "valid_curve", "epoch_keys", "epoch_speed_probe_s"]
 # Every execution option's value (FAITHFUL's keys, defaults filled in) and the config's recommendation loss
 # (None where the record's config does not name one): the tables keep runs that differ in them apart.
 COLUMNS += ["variant_options", "rec_loss"]
@@ -275,6 +275,7 @@ def _flatten(record: dict, path: Path) -> dict[str, Any]:
     row["epoch_training_cpu_s"] = [e.get("training_cpu_s") for e in epochs]  # None where not recorded
     row["valid_curve"] = [(e.get("valid") or {}).get("NDCG@20", np.nan) for e in epochs]
     row["epoch_keys"] = run_context.epoch_keys(ctx, epochs) if ctx else [None] * len(epochs)
+    row["epoch_speed_probe_s"] = run_context.epoch_speed_probes(ctx, epochs) if ctx else [None] * len(epochs)
     row["path"] = None if path is None else str(path)
     return row
 

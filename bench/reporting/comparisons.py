@@ -152,6 +152,41 @@ def epoch_seconds_in(run: pd.Series, key: tuple | None, column: str = "epoch_tra
     return [seconds for seconds, k in pairs if k == key and seconds is not None]
 
 
+# Beyond this difference between the two sides' machine speed probes, the per-epoch change may be the machines'.
+PROBE_TOLERANCE = 0.10
+
+
+def probe_note(a: pd.DataFrame, b: pd.DataFrame, key: tuple) -> str | None:
+    """The machines' speed over the epochs a per-epoch comparison uses (each invocation's speed probe,
+    bench/core/context.py): the median probe of each side and their difference, with a caution beyond
+    PROBE_TOLERANCE; None where none of those epochs was probed (runs made before the probe existed)."""
+
+    def probes(runs: pd.DataFrame) -> tuple[list[float], int]:
+        taken, epochs = [], 0
+        for _, r in runs.iterrows():
+            for probe, k in list(zip(r["epoch_speed_probe_s"], r["epoch_keys"]))[1:]:
+                if k == key:
+                    epochs += 1
+                    taken += [probe] if probe is not None else []
+        return taken, epochs
+
+    (pa, na), (pb, nb) = probes(a), probes(b)
+    if not pa and not pb:
+        return None
+    name_a, name_b = a["column"].iloc[0], b["column"].iloc[0]
+    if len(pa) < na or len(pb) < nb:
+        return (f"machine speed probe taken for {len(pa)} of {na} {name_a} and {len(pb)} of {nb} {name_b} epochs"
+                " (runs made before it existed have none): the machines' speeds are not compared")
+    ma, mb = float(np.median(pa)), float(np.median(pb))
+    diff = ma / mb - 1
+    note = (f"machine speed probe (a fixed workload timed as each invocation starts), median over these epochs:"
+            f" {name_a} {ma * 1000:.1f} ms, {name_b} {mb * 1000:.1f} ms ({diff * 100:+.0f}%)")
+    if abs(diff) > PROBE_TOLERANCE:
+        note += (f"; caution: the two sides' machines differ in speed by more than {PROBE_TOLERANCE:.0%},"
+                 " which the per-epoch change may reflect")
+    return note
+
+
 def _epochs_elsewhere(runs: pd.DataFrame, key: tuple) -> list[str]:
     """For each run some of whose epochs ran in another context than `key`: which epochs."""
     out = []
@@ -249,6 +284,9 @@ def _cost_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict:
         if elsewhere:
             per_epoch_note += f" (not {'; '.join(elsewhere)}, which totals and times to a target include)"
         row["context"] = f"{row['context']}; {per_epoch_note}" if row["context"] else per_epoch_note
+    probes = probe_note(a, b, key) if key is not None else None
+    if probes:
+        row["context"] = f"{row['context']}; {probes}" if row["context"] else probes
     per_epoch = verdicts.per_epoch_interval([epoch_seconds_in(r, key) for _, r in a.iterrows()],
                                             [epoch_seconds_in(r, key) for _, r in b.iterrows()])
     if key is not None and key[4] != "host" and per_epoch.basis:
