@@ -51,7 +51,7 @@ SEGMENT_KEYS = ("recorded", "device", "cpu_model", "cpu_count", "gpu_name", "thr
 # Machines that report the same model name (a cloud VM's "AMD EPYC", say) can differ in speed by half or more,
 # by generation or by what their neighbours run, and a campaign continues a run on whichever machine it gets.
 # The probe times one fixed CPU workload at the start of every invocation, in the run's own thread setting,
-# so that epochs run on different machines can be put on one scale (seconds per epoch / probe seconds). Its
+# so that a comparison of epochs run on different machines can say how fast each side's machines were. Its
 # shapes are those of a SASRec training step on Beauty (64 sequences x 50 positions x 64 dimensions, attention
 # over 50 positions, scores against 12,000 items). Changing the workload changes what the number means:
 # give the key another name then.
@@ -283,14 +283,22 @@ def unknown_segment(device: str, first_epoch: int = 0) -> dict:
     return {"first_epoch": first_epoch, **{k: None for k in SEGMENT_KEYS}, "recorded": False, "device": device}
 
 
+def _segment_of_each_epoch(context: dict, epochs: list[dict]) -> list[dict | None]:
+    """The segment each epoch ran in (None for epochs before the first segment)."""
+    starts = sorted(context["segments"], key=lambda s: s["first_epoch"])
+    out, segment_now = [], None
+    for epoch in range(len(epochs)):
+        while starts and starts[0]["first_epoch"] <= epoch:
+            segment_now = starts.pop(0)
+        out.append(segment_now)
+    return out
+
+
 def epoch_keys(context: dict, epochs: list[dict]) -> list[tuple | None]:
     """The `comparable_key` of each epoch: that of the segment it ran in, with the runs in flight the epoch
     saw (its `in_flight`) where its segment counted them on the host."""
-    starts = sorted(context["segments"], key=lambda s: s["first_epoch"])
-    keys, segment_now = [], None
-    for epoch, row in enumerate(epochs):
-        while starts and starts[0]["first_epoch"] <= epoch:
-            segment_now = starts.pop(0)
+    keys = []
+    for row, segment_now in zip(epochs, _segment_of_each_epoch(context, epochs)):
         if segment_now is None:  # epochs before the first segment: none are recorded so
             keys.append(None)
             continue
@@ -303,13 +311,7 @@ def epoch_keys(context: dict, epochs: list[dict]) -> list[tuple | None]:
 def epoch_speed_probes(context: dict, epochs: list[dict]) -> list[float | None]:
     """The speed probe of the segment each epoch ran in (None where the segment has none: runs made before the
     probe, and epochs before the first segment)."""
-    starts = sorted(context["segments"], key=lambda s: s["first_epoch"])
-    probes, probe_now = [], None
-    for epoch in range(len(epochs)):
-        while starts and starts[0]["first_epoch"] <= epoch:
-            probe_now = starts.pop(0).get("speed_probe_s")
-        probes.append(probe_now)
-    return probes
+    return [s.get("speed_probe_s") if s else None for s in _segment_of_each_epoch(context, epochs)]
 
 
 def not_recorded(device: str, env: dict) -> dict:
