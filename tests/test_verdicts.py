@@ -15,7 +15,12 @@ from bench.core import context as run_context
 from bench.core import records
 from bench.core import stats as verdicts
 from bench.core.evaluate import rank_gains
-from bench.reporting.comparisons import cost_comparison, epoch_seconds_in
+from bench.reporting.comparisons import (
+    cost_comparison,
+    epoch_seconds_in,
+    per_epoch_change,
+    with_training_seconds,
+)
 from bench.reporting.leaderboard import write_leaderboard
 from bench.reporting.runs import completed_runs
 
@@ -236,9 +241,14 @@ def test_the_machines_speed_probe_is_said_and_a_speed_gap_is_a_caution(tmp_path)
     slow, fast = {**CONTEXT, "speed_probe_s": 0.030}, {**CONTEXT, "speed_probe_s": 0.020}
     icl = make_record("iclrec", train_s=(20.0, 10.0, 10.2, 9.8, 10.1), context=fast)
     elc = make_record("elcrec", train_s=(20.0, 15.0, 15.1, 14.9, 15.0), context=slow)
-    row = cost_comparison(_saved_runs(tmp_path / "gap", [icl, elc])).iloc[0]
+    runs = _saved_runs(tmp_path / "gap", [icl, elc])
+    row = cost_comparison(runs).iloc[0]
     assert row["per_epoch_verdict"].startswith("ELCRec costs more: +49.6%")
     assert "median over these epochs: ELCRec 30.0 ms, ICLRec 20.0 ms (+50%); caution" in row["context"]
+    # Any other pair of columns (the loss question's) gets the same note beside its per-epoch change.
+    timed = with_training_seconds(runs)
+    iv, why, probes = per_epoch_change(timed[timed["method"] == "elcrec"], timed[timed["method"] == "iclrec"])
+    assert why is None and round(iv.change_pct, 1) == 49.6 and probes in row["context"] and "caution" in probes
     # Machines alike: the probes are said, with no caution.
     alike = make_record("elcrec", train_s=(20.0, 15.0, 15.1, 14.9, 15.0), context={**CONTEXT, "speed_probe_s": 0.021})
     row = cost_comparison(_saved_runs(tmp_path / "alike", [icl, alike])).iloc[0]

@@ -284,9 +284,10 @@ def _cost_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict:
         if elsewhere:
             per_epoch_note += f" (not {'; '.join(elsewhere)}, which totals and times to a target include)"
         row["context"] = f"{row['context']}; {per_epoch_note}" if row["context"] else per_epoch_note
-    probes = probe_note(a, b, key) if key is not None else None
-    if probes:
-        row["context"] = f"{row['context']}; {probes}" if row["context"] else probes
+    row["per_epoch_probes"] = probe_note(a, b, key) if key is not None else None
+    if row["per_epoch_probes"]:
+        row["context"] = (f"{row['context']}; {row['per_epoch_probes']}" if row["context"]
+                          else row["per_epoch_probes"])
     per_epoch = verdicts.per_epoch_interval([epoch_seconds_in(r, key) for _, r in a.iterrows()],
                                             [epoch_seconds_in(r, key) for _, r in b.iterrows()])
     if key is not None and key[4] != "host" and per_epoch.basis:
@@ -311,12 +312,12 @@ def _cost_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict:
     return row
 
 
-def per_epoch_change(a: pd.DataFrame, b: pd.DataFrame) -> tuple[verdicts.Interval, str | None]:
+def per_epoch_change(a: pd.DataFrame, b: pd.DataFrame) -> tuple[verdicts.Interval, str | None, str | None]:
     """Runs `a` against runs `b` (two columns of a group, with training seconds), per epoch after the first:
-    (the change with its interval, why they are not compared or None), as the ELCRec vs ICLRec comparison
-    computes it, for any pair of columns."""
+    (the change with its interval, why they are not compared or None, what the machines' speed probes say of
+    the compared epochs or None), as the ELCRec vs ICLRec comparison computes it, for any pair of columns."""
     row = _cost_pair(a, b)
-    return row["_per_epoch"], row["per_epoch_not_compared"]
+    return row["_per_epoch"], row["per_epoch_not_compared"], row["per_epoch_probes"]
 
 
 def _published_cost(dataset: str, shown: bool) -> dict:

@@ -228,9 +228,10 @@ def _cost_lines(runs: pd.DataFrame) -> list[str]:
     for a, b in [(m, CE) for m in INTENT] + [(CE, BCE)]:
         if a not in have or b not in have:
             continue
-        iv, why = per_epoch_change(timed[timed["role"] == a], timed[timed["role"] == b])
+        iv, why, probes = per_epoch_change(timed[timed["role"] == a], timed[timed["role"] == b])
         claim = cost_claim("", "", iv, why)
-        text = f"{interval_text(claim)} ({claim.basis})" if claim.measured else claim.missing
+        basis = f"{claim.basis}; {probes}" if probes else claim.basis
+        text = f"{interval_text(claim)} ({basis})" if claim.measured else claim.missing
         out.append(f"{ROLE_NAMES[a]} against {ROLE_NAMES[b]}, training s per epoch after the first: {text}.")
     return out
 
